@@ -1,0 +1,35 @@
+# Every target installs what it needs: a fresh clone needs nothing but python3 >= 3.11.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint typecheck run sandbox demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check gateway adapters tests bench
+	$(BIN)/mypy --strict gateway adapters
+
+run: $(STAMP)
+	$(BIN)/jobgate serve
+
+sandbox: $(STAMP)
+	$(BIN)/jobgate sandbox --host 127.0.0.1 --port 8700
+
+demo: $(STAMP)
+	$(BIN)/jobgate demo
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
