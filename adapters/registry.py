@@ -1,4 +1,4 @@
-"""The providers jobgate knows: each one's adapter class, sandbox factory and sandbox mount prefix."""
+"""The providers jobgate knows: each adapter class, sandbox factory and sandbox mount prefix."""
 
 from __future__ import annotations
 

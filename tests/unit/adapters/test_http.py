@@ -82,6 +82,7 @@ def test_parse_time_variants() -> None:
     assert parse_time("yesterday") is None
     assert parse_time(None) is None
     assert parse_time(True) is None
+    assert parse_time(1.25e21) is None
 
 
 def test_lookup_status_is_case_insensitive_and_total() -> None:

@@ -1,0 +1,1 @@
+"""NewsCatcher CatchAll: web-search jobs with staged progress, paged partial results, continue."""

@@ -1,0 +1,1 @@
+"""The KnowledgeSDK extract-jobs provider: its adapter and its sandbox."""

@@ -1,0 +1,1 @@
+"""Pulse (runpulse.com) document extraction: the poll-API adapter and its sandbox."""

@@ -1,0 +1,85 @@
+"""The ``jobgate`` command: ``serve``, ``sandbox`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.logs import configure_logging
+    from gateway.settings import load_settings
+    from gateway.web.app import create_app
+
+    settings = load_settings(args.config)
+    configure_logging(settings.log.format, settings.log.level)
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
+    print(f"jobgate: serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from adapters.registry import PROVIDERS
+    from adapters.sandboxes import create_sandbox_app
+    from adapters.simulator import SandboxSettings
+    from gateway.logs import configure_logging
+
+    configure_logging("console", "INFO")
+    settings = SandboxSettings(speed=args.speed, faults=args.faults, seed=args.seed)
+    print(f"jobgate sandbox on http://{args.host}:{args.port} (speed x{args.speed:g})")
+    for name, spec in sorted(PROVIDERS.items()):
+        print(f"  {name:<9} http://{args.host}:{args.port}{spec.prefix}")
+    web.run_app(
+        create_sandbox_app(settings), host=args.host, port=args.port, print=None, access_log=None
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return asyncio.run(run_demo(args.url, timeout=args.timeout))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jobgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="a TOML file (default: config/sandbox.toml)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.set_defaults(func=_serve)
+
+    sandbox = sub.add_parser("sandbox", help="serve the four provider sandboxes on one port")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8700)
+    sandbox.add_argument("--speed", type=float, default=1.0, help="time acceleration factor")
+    sandbox.add_argument(
+        "--faults", type=float, default=0.0, help="share of status calls that misbehave (0..1)"
+    )
+    sandbox.add_argument("--seed", type=int, default=None, help="seed for the fault generator")
+    sandbox.set_defaults(func=_sandbox)
+
+    demo = sub.add_parser("demo", help="submit one job per provider and watch them finish")
+    demo.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    demo.add_argument("--timeout", type=float, default=180.0, help="give up after this long")
+    demo.set_defaults(func=_demo)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "faults", 0.0) and not 0.0 <= args.faults <= 1.0:
+        parser.error("--faults must be between 0 and 1")
+    if getattr(args, "speed", 1.0) <= 0:
+        parser.error("--speed must be positive")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
