@@ -256,9 +256,18 @@ TRANSIENT_ERRORS: tuple[type[AdapterError], ...] = (
 class Adapter(Protocol):
     """One provider. Every method makes at most one upstream call."""
 
-    name: str
-    capabilities: Capabilities
-    status_table: Mapping[str, JobState]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def status_table(self) -> Mapping[str, JobState]: ...
+
+    def auth_headers(self) -> dict[str, str]:
+        """The header that carries the provider key (the result fetcher needs it for proxies)."""
+        ...
 
     async def submit(self, request: Mapping[str, JSON]) -> Submission: ...
 

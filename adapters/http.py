@@ -30,6 +30,7 @@ from adapters.base import (
     RequestRejected,
     ResultExpired,
     ResultPayload,
+    StatusReport,
     Submission,
     UnsupportedAction,
     UpstreamUnavailable,
@@ -333,6 +334,9 @@ class HttpAdapter:
 
     async def submit(self, request: Mapping[str, JSON]) -> Submission:
         raise self.unsupported("submit")
+
+    async def fetch_status(self, upstream_id: str) -> StatusReport:
+        raise NotImplementedError(f"{type(self).__name__} must implement fetch_status")
 
     async def fetch_result(
         self, upstream_id: str, *, page: int = 1, page_size: int | None = None

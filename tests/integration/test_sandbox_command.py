@@ -1,4 +1,4 @@
-"""``jobgate sandbox``: all four sandboxes on one port, each under its prefix, native paths unchanged."""
+"""``jobgate sandbox``: the four sandboxes on one port, each under its prefix, native paths after."""
 
 from __future__ import annotations
 

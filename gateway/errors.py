@@ -1,0 +1,99 @@
+"""Domain errors of the service layer. Each has a stable ``code`` and the HTTP status it maps to;
+the web layer renders them as RFC 9457 problem+json without knowing any use case."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.base import AdapterError
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class InvalidRequest(ServiceError):
+    status = 422
+    code = "invalid_request"
+    title = "The request is not valid"
+
+
+class UnknownProvider(ServiceError):
+    status = 422
+    code = "unknown_provider"
+    title = "Unknown provider"
+
+
+class JobNotFound(ServiceError):
+    status = 404
+    code = "job_not_found"
+    title = "No such job"
+
+
+class ActionNotSupported(ServiceError):
+    status = 409
+    code = "action_not_supported"
+    title = "The provider does not support this action"
+
+
+class InvalidState(ServiceError):
+    status = 409
+    code = "invalid_state"
+    title = "The job is not in a state that allows this"
+
+
+class ResultNotReady(ServiceError):
+    status = 409
+    code = "result_not_ready"
+    title = "The job has no result yet"
+
+
+class ResultExpiredError(ServiceError):
+    status = 410
+    code = "result_expired"
+    title = "The result has expired upstream"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status = 422
+    code = "idempotency_key_reused"
+    title = "The Idempotency-Key was used with a different request"
+
+
+class IdempotencyKeyInFlight(ServiceError):
+    status = 409
+    code = "idempotency_key_in_flight"
+    title = "A request with this Idempotency-Key is still being processed"
+
+
+class UpstreamProblem(ServiceError):
+    """An upstream call made on the client's behalf failed; ``code`` is the adapter's code."""
+
+    title = "The provider could not complete the request"
+
+    def __init__(self, error: AdapterError) -> None:
+        super().__init__(error.message)
+        self.code = error.code
+        self.status = _UPSTREAM_STATUS.get(error.code, 502)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            self.extra["retry_after"] = round(retry_after, 3)
+
+
+_UPSTREAM_STATUS = {
+    "upstream_rejected": 422,
+    "upstream_not_found": 422,
+    "upstream_rate_limited": 429,
+    "upstream_unavailable": 503,
+    "upstream_malformed": 502,
+    "upstream_auth_rejected": 502,
+    "action_not_supported": 409,
+    "result_expired": 410,
+}

@@ -1,0 +1,286 @@
+"""The canonical job record and the pure rule for folding an upstream report into it.
+
+A :class:`Job` is immutable; every change makes a new one with ``version + 1``. Stores persist it as
+JSON (``to_record`` / ``from_record``), and the web layer renders it (``public``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.base import (
+    JSON,
+    NO_PROGRESS,
+    JobError,
+    Progress,
+    ResultKind,
+    ResultLocator,
+    StatusReport,
+)
+from gateway.states import FINISHED, Action, JobState, Refused, observe
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str = "job_") -> str:
+    """A ULID-shaped id: sortable by creation time, so list cursors follow creation order."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return prefix + "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    provider: str
+    upstream_id: str
+    state: JobState
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime
+    tenant: str = "default"
+    native_status: str | None = None
+    progress: Progress = NO_PROGRESS
+    eta: datetime | None = None
+    result: ResultLocator | None = None
+    error: JobError | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    upstream_finished_at: datetime | None = None
+    next_poll_at: datetime | None = None
+    polls: int = 0
+    unchanged_polls: int = 0
+    failures: int = 0
+    not_found: int = 0
+    action: Action | None = None
+    rerun_of: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    request: JSON = None
+    """The native submit body, kept for a resubmitting rerun. Provider keys never travel in it."""
+    callback_url: str | None = None
+    version: int = 1
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def bump(self, now: datetime, **changes: Any) -> Job:
+        """A new version of this job with ``changes`` applied."""
+        return replace(self, updated_at=now, version=self.version + 1, **changes)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, JSON]:
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "provider": self.provider,
+            "upstream_id": self.upstream_id,
+            "state": self.state.value,
+            "native_status": self.native_status,
+            "progress": _progress_dict(self.progress),
+            "eta": _iso(self.eta),
+            "result": _locator_dict(self.result),
+            "error": _error_dict(self.error),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "deadline_at": _iso(self.deadline_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "upstream_finished_at": _iso(self.upstream_finished_at),
+            "next_poll_at": _iso(self.next_poll_at),
+            "polls": self.polls,
+            "unchanged_polls": self.unchanged_polls,
+            "failures": self.failures,
+            "not_found": self.not_found,
+            "action": self.action.value if self.action else None,
+            "rerun_of": self.rerun_of,
+            "labels": dict(self.labels),
+            "request": self.request,
+            "callback_url": self.callback_url,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, JSON]) -> Job:
+        progress = data.get("progress") or {}
+        result = data.get("result")
+        error = data.get("error")
+        return cls(
+            id=data["id"],
+            tenant=data.get("tenant", "default"),
+            provider=data["provider"],
+            upstream_id=data["upstream_id"],
+            state=JobState(data["state"]),
+            native_status=data.get("native_status"),
+            progress=Progress(**progress),
+            eta=_dt(data.get("eta")),
+            result=_locator(result) if result else None,
+            error=JobError(**error) if error else None,
+            created_at=_req_dt(data["created_at"]),
+            updated_at=_req_dt(data["updated_at"]),
+            deadline_at=_req_dt(data["deadline_at"]),
+            started_at=_dt(data.get("started_at")),
+            finished_at=_dt(data.get("finished_at")),
+            upstream_finished_at=_dt(data.get("upstream_finished_at")),
+            next_poll_at=_dt(data.get("next_poll_at")),
+            polls=data.get("polls", 0),
+            unchanged_polls=data.get("unchanged_polls", 0),
+            failures=data.get("failures", 0),
+            not_found=data.get("not_found", 0),
+            action=Action(data["action"]) if data.get("action") else None,
+            rerun_of=data.get("rerun_of"),
+            labels=dict(data.get("labels") or {}),
+            request=data.get("request"),
+            callback_url=data.get("callback_url"),
+            version=data.get("version", 1),
+        )
+
+    def public(self) -> dict[str, JSON]:
+        """The job resource as clients see it (DESIGN.md's sketch)."""
+        result = self.result
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "upstream_id": self.upstream_id,
+            "state": self.state.value,
+            "native_status": self.native_status,
+            "progress": _progress_dict(self.progress),
+            "eta": _iso(self.eta),
+            "result": {
+                "available": result is not None,
+                "partial": bool(result and result.partial),
+                "kind": result.kind.value if result else None,
+                "total_records": result.total_records if result else None,
+            },
+            "error": _error_dict(self.error),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "next_poll_at": _iso(self.next_poll_at),
+            "polls": self.polls,
+            "rerun_of": self.rerun_of,
+            "labels": dict(self.labels),
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of folding a report into a job: the new job, what changed, and any anomaly."""
+
+    job: Job
+    state_changed: bool
+    progress_changed: bool
+    refused: Refused | None = None
+
+
+def apply_report(job: Job, report: StatusReport, now: datetime) -> Applied:
+    """Fold one upstream observation into ``job``. Pure; the caller schedules the next poll.
+
+    A refused state (backwards, unknown, illegal) keeps the canonical state but still records the
+    poll and the native status, so the anomaly is visible on the job and nothing else is lost.
+    """
+    outcome = observe(job.state, report.state, report.native_status, job.action)
+    refused = outcome if isinstance(outcome, Refused) else None
+    state = job.state if refused else outcome
+    assert isinstance(state, JobState)
+    state_changed = state != job.state
+    progress_changed = report.progress != job.progress and refused is None
+    result = report.result if report.result is not None else job.result
+    if state_changed and state is JobState.RUNNING and job.state is JobState.SUCCEEDED:
+        finished_at: datetime | None = None  # continued: the job runs again
+    elif state_changed and state in FINISHED:
+        finished_at = now
+    else:
+        finished_at = job.finished_at
+    started_at = job.started_at
+    if started_at is None and state is not JobState.QUEUED:
+        started_at = report.times.started_at or now
+    new = job.bump(
+        now,
+        state=state,
+        native_status=report.native_status,
+        progress=report.progress if refused is None else job.progress,
+        result=result if refused is None else job.result,
+        error=report.error if refused is None and report.error else job.error,
+        started_at=started_at,
+        finished_at=finished_at,
+        upstream_finished_at=report.times.finished_at or job.upstream_finished_at,
+        polls=job.polls + 1,
+        unchanged_polls=0 if (state_changed or progress_changed) else job.unchanged_polls + 1,
+        failures=0,
+        not_found=0,
+        # A continue stays in effect until the job is seen running again.
+        action=None if state is JobState.RUNNING else job.action,
+    )
+    return Applied(new, state_changed, progress_changed, refused)
+
+
+# --------------------------------------------------------------------------------------------------
+# (de)serialisation helpers
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _dt(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _req_dt(value: object) -> datetime:
+    parsed = _dt(value)
+    if parsed is None:
+        raise ValueError(f"missing timestamp in job record: {value!r}")
+    return parsed
+
+
+def _progress_dict(progress: Progress) -> dict[str, JSON]:
+    return {
+        "fraction": progress.fraction,
+        "step": progress.step,
+        "step_index": progress.step_index,
+        "step_count": progress.step_count,
+    }
+
+
+def _error_dict(error: JobError | None) -> dict[str, str] | None:
+    return {"code": error.code, "message": error.message} if error else None
+
+
+def _locator_dict(locator: ResultLocator | None) -> dict[str, JSON] | None:
+    if locator is None:
+        return None
+    return {
+        "kind": locator.kind.value,
+        "partial": locator.partial,
+        "inline": locator.inline,
+        "url": locator.url,
+        "needs_provider_key": locator.needs_provider_key,
+        "total_records": locator.total_records,
+        "meta": dict(locator.meta),
+    }
+
+
+def _locator(data: Mapping[str, JSON]) -> ResultLocator:
+    return ResultLocator(
+        kind=ResultKind(data["kind"]),
+        partial=bool(data.get("partial")),
+        inline=data.get("inline"),
+        url=data.get("url"),
+        needs_provider_key=bool(data.get("needs_provider_key")),
+        total_records=data.get("total_records"),
+        meta=dict(data.get("meta") or {}),
+    )

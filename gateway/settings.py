@@ -1,0 +1,201 @@
+"""Configuration: one root settings object with nested sections.
+
+Sources, strongest first: ``JOBGATE_...`` environment variables (nested with ``__``, e.g.
+``JOBGATE_PROVIDERS__PULSE__API_KEY``), then the TOML file named by ``--config`` or
+``JOBGATE_CONFIG``, then ``config/sandbox.toml`` (the embedded default), then the defaults here.
+Provider keys come from the environment or from a file (``api_key_file``); a key written into a
+config file in the repository is refused at load time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from adapters.http import Timeouts
+from gateway.policy import PollPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config" / "sandbox.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicySettings(_Section):
+    first_delay: float = Field(5.0, gt=0)
+    min_interval: float = Field(5.0, gt=0)
+    max_interval: float = Field(60.0, gt=0)
+    multiplier: float = Field(1.5, ge=1)
+    jitter: float = Field(1.0, ge=0, le=1)
+    deadline: float = Field(24 * 3600.0, gt=0)
+    error_max_interval: float = Field(300.0, gt=0)
+    not_found_limit: int = Field(3, ge=1)
+    concurrency: int = Field(16, ge=1)
+    rate_per_second: float = Field(20.0, gt=0)
+    burst: int = Field(20, ge=1)
+    breaker_threshold: int = Field(5, ge=1)
+    breaker_cooldown: float = Field(30.0, gt=0)
+    eta_aware: bool = True
+
+    def to_policy(self) -> PollPolicy:
+        return PollPolicy(**self.model_dump())
+
+
+class ProviderSettings(_Section):
+    enabled: bool = True
+    base_url: str
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    total_timeout: float = Field(60.0, gt=0)
+    result_hosts: list[str] = Field(default_factory=list)
+    """Hosts that large-result pointers may name (the provider's own host is always allowed)."""
+    result_networks: list[str] = Field(default_factory=list)
+    """Address ranges that pointers may resolve to although private (the sandbox: 127.0.0.1/32)."""
+    callback_secret: SecretStr | None = None
+    policy: PolicySettings = PolicySettings()
+
+    @field_validator("result_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    def timeouts(self) -> Timeouts:
+        return Timeouts(self.connect_timeout, self.read_timeout, self.total_timeout)
+
+    def key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip()
+        return None
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_base_url: str | None = None
+    """Where providers can reach this gateway (extract's ``callbackUrl``); none disables pushes."""
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list)
+    max_wait_seconds: float = Field(60.0, gt=0)
+
+
+class StoreSettings(_Section):
+    kind: Literal["sqlite", "memory"] = "sqlite"
+    path: Path = Path("var/jobgate.db")
+    idempotency_ttl_hours: float = Field(24.0, ge=24.0)
+
+
+class RunnerSettings(_Section):
+    tick_ms: int = Field(20, ge=1, le=1000)
+    """Due work is coalesced into ticks; state changes are written once per tick."""
+    batch: int = Field(500, ge=1)
+    lease_seconds: float = Field(120.0, gt=0)
+    enabled: bool = True
+
+
+class SandboxSettingsModel(_Section):
+    embedded: bool = False
+    """Serve the four provider sandboxes inside the gateway process (``make run``)."""
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, le=65535)
+    speed: float = Field(24.0, gt=0)
+    faults: float = Field(0.0, ge=0, le=1)
+    seed: int | None = None
+
+
+class LogSettings(_Section):
+    format: Literal["json", "console"] = "console"
+    level: str = "INFO"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="JOBGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    runner: RunnerSettings = RunnerSettings()
+    sandbox: SandboxSettingsModel = SandboxSettingsModel()
+    log: LogSettings = LogSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _CONFIG_FILE.get() or Path(os.environ.get("JOBGATE_CONFIG", DEFAULT_CONFIG))
+        toml = _KeylessToml(settings_cls, toml_file=path)
+        return (init_settings, env_settings, toml)
+
+    @model_validator(mode="after")
+    def _known_providers(self) -> Self:
+        from adapters.registry import PROVIDERS
+
+        unknown = sorted(set(self.providers) - set(PROVIDERS))
+        if unknown:
+            raise ValueError(f"unknown providers in configuration: {', '.join(unknown)}")
+        return self
+
+    def provider_key(self, name: str) -> str:
+        """The provider's key; the embedded sandbox accepts any, so it gets a throwaway one."""
+        key = self.providers[name].key()
+        if key:
+            return key
+        if self.sandbox.embedded:
+            return _SANDBOX_KEY
+        raise ValueError(
+            f"no API key for provider {name!r}: set JOBGATE_PROVIDERS__{name.upper()}__API_KEY "
+            f"or providers.{name}.api_key_file"
+        )
+
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("jobgate_config_file", default=None)
+_SANDBOX_KEY = "sandbox-" + secrets.token_hex(8)
+
+
+class _KeylessToml(TomlConfigSettingsSource):
+    """The TOML source, refusing provider keys written into the file itself."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for name, provider in (data.get("providers") or {}).items():
+            if isinstance(provider, dict) and provider.get("api_key"):
+                raise ValueError(
+                    f"providers.{name}.api_key is set in a config file; provider keys come from "
+                    "the environment or from api_key_file"
+                )
+        return data
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``config`` (or the default chain) with keyword overrides on top."""
+    token = _CONFIG_FILE.set(Path(config) if config is not None else None)
+    try:
+        return Settings(**overrides)
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -1,0 +1,184 @@
+"""The storage protocol every store implements, and the values it trades in.
+
+One contract test suite (``tests/unit/store/test_contract.py``) runs against every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from adapters.base import JSON
+from gateway.jobs import Job
+from gateway.states import JobState
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An entry for a job's event log, before the store numbers it."""
+
+    kind: str
+    """``created``, ``state``, ``progress``, ``records``, ``anomaly`` or ``deleted``."""
+    data: Mapping[str, JSON]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A persisted event. ``id`` increases monotonically across the whole store (SSE ids)."""
+
+    id: int
+    job_id: str
+    tenant: str
+    provider: str
+    state: JobState
+    kind: str
+    data: Mapping[str, JSON]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    tenant: str = "default"
+    provider: str | None = None
+    state: JobState | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """A finished idempotent request: replayed verbatim when the same key and body come again."""
+
+    key: str
+    fingerprint: str
+    status: int
+    body: Mapping[str, JSON]
+    job_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedIdempotency:
+    """The caller now owns the key and must ``finish_idempotency`` or ``release_idempotency``."""
+
+    key: str
+
+
+class IdempotencyConflict(Exception):
+    """The key was used with a different request body (HTTP 422)."""
+
+
+class IdempotencyInFlight(Exception):
+    """Another request with the same key is still being processed (HTTP 409)."""
+
+
+class StaleWrite(Exception):
+    """A fenced write found a newer version in the store; the caller's copy is out of date."""
+
+
+class JobStore(Protocol):
+    """Async persistence for jobs, their event logs and idempotency keys.
+
+    Writes are fenced by ``Job.version``: ``save`` succeeds only if the stored version is exactly
+    ``job.version - 1``, so a stale writer changes nothing.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def create(self, job: Job, events: Sequence[NewEvent]) -> list[Event]:
+        """Insert a new job (version 1) and its first events in one transaction."""
+        ...
+
+    async def get(self, job_id: str, tenant: str = "default") -> Job | None: ...
+
+    async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
+        """Newest first by id; ``cursor`` is opaque and comes from a previous page."""
+        ...
+
+    async def save_many(
+        self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]
+    ) -> list[tuple[Job, list[Event]] | None]:
+        """Apply a batch of fenced updates in ONE transaction (the runner writes once per tick).
+
+        For each change: ``None`` if the fence failed (the row was changed or deleted meanwhile),
+        else the job and its numbered events.
+        """
+        ...
+
+    async def delete(self, job_id: str, tenant: str = "default") -> bool:
+        """Stop tracking: remove the job and its events; the answer says whether it existed."""
+        ...
+
+    async def claim_due(self, now: datetime, *, limit: int, lease_until: datetime) -> list[Job]:
+        """Jobs whose ``next_poll_at`` <= ``now``, soonest first, at most ``limit``.
+
+        Claimed jobs get ``next_poll_at = lease_until`` (and ``version + 1``) so that no other claim
+        takes them until the lease runs out: a crashed poll is retried when its lease expires.
+        """
+        ...
+
+    async def next_due(self) -> datetime | None:
+        """The earliest ``next_poll_at`` of any job, or ``None``."""
+        ...
+
+    async def count_by_state(self) -> dict[tuple[str, JobState], int]:
+        """(provider, state) -> number of jobs, for the jobs gauge."""
+        ...
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        job_id: str | None = None,
+        tenant: str = "default",
+        providers: Sequence[str] = (),
+        states: Sequence[JobState] = (),
+        limit: int = 500,
+    ) -> list[Event]:
+        """Events with ``id > after_id`` in id order, optionally for one job or some providers."""
+        ...
+
+    async def last_event_id(self) -> int: ...
+
+    # -- idempotency keys ----------------------------------------------------------------------
+
+    async def claim_idempotency(
+        self, key: str, fingerprint: str, now: datetime
+    ) -> IdempotencyRecord | ClaimedIdempotency:
+        """The stored answer for a finished request with this key and fingerprint; or the claim.
+
+        Raises :class:`IdempotencyConflict` for the same key with another fingerprint and
+        :class:`IdempotencyInFlight` while the first request with the key is still running.
+        """
+        ...
+
+    async def finish_idempotency(
+        self,
+        key: str,
+        *,
+        status: int,
+        body: Mapping[str, JSON],
+        job_id: str | None,
+        now: datetime,
+    ) -> None: ...
+
+    async def release_idempotency(self, key: str) -> None:
+        """Forget an unfinished claim (the request failed before any upstream effect)."""
+        ...
+
+    async def purge_idempotency(self, older_than: datetime) -> int: ...

@@ -1,0 +1,328 @@
+"""An in-memory :class:`~gateway.store.base.JobStore` for unit tests.
+
+It keeps the same contract as the SQLite store (one suite, ``tests/unit/store/test_contract.py``,
+checks both), including JSON serialisation: every job and event goes through ``orjson`` on the way
+in, so a value the real store could not persist fails here too, and no caller can alias a stored
+object.
+
+No method awaits between reading and writing its state, so each one is atomic on the event loop and
+needs no lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal
+
+import orjson
+
+from adapters.base import JSON
+from gateway.jobs import Job
+from gateway.states import JobState
+from gateway.store.base import (
+    ClaimedIdempotency,
+    Event,
+    IdempotencyConflict,
+    IdempotencyInFlight,
+    IdempotencyRecord,
+    JobFilter,
+    NewEvent,
+    Page,
+)
+
+_CURSOR_PREFIX = "v1:"
+
+
+def encode_cursor(last_id: str) -> str:
+    """An opaque cursor naming the last job of a page."""
+    raw = (_CURSOR_PREFIX + last_id).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The job id inside ``cursor``; ``ValueError`` if it was not made by :func:`encode_cursor`."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
+    if not raw.startswith(_CURSOR_PREFIX) or len(raw) == len(_CURSOR_PREFIX):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return raw[len(_CURSOR_PREFIX) :]
+
+
+@dataclass(slots=True)
+class _IdempotencyRow:
+    fingerprint: str
+    state: Literal["pending", "done"]
+    created_at: datetime
+    status: int = 0
+    body: Mapping[str, JSON] | None = None
+    job_id: str | None = None
+
+
+def _copy_job(job: Job) -> Job:
+    return Job.from_record(orjson.loads(orjson.dumps(job.to_record())))
+
+
+def _copy_data(data: Mapping[str, JSON]) -> dict[str, JSON]:
+    copied: dict[str, JSON] = orjson.loads(orjson.dumps(dict(data)))
+    return copied
+
+
+class MemoryStore:
+    """Jobs in a dict, due times in a heap, events in one id-ordered list."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        # (next_poll_at, job id, version). Entries are never removed in place: an entry is live only
+        # while the job still has that version, since every change to a job bumps its version.
+        self._due: list[tuple[datetime, str, int]] = []
+        self._events: list[Event] = []
+        self._event_ids: list[int] = []
+        self._last_event_id = 0
+        self._idempotency: dict[str, _IdempotencyRow] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def create(self, job: Job, events: Sequence[NewEvent]) -> list[Event]:
+        if job.id in self._jobs:
+            raise ValueError(f"job {job.id} already exists")
+        stored = _copy_job(job)
+        numbered = [self._number(stored, event) for event in events]
+        self._put(stored)
+        self._append_events(numbered)
+        return numbered
+
+    async def _create_many(self, items: Sequence[tuple[Job, Sequence[NewEvent]]]) -> int:
+        """Bulk insert for benchmarks and imports; all or nothing, like the SQLite store's."""
+        ids = [job.id for job, _ in items]
+        if len(set(ids)) != len(ids) or any(job_id in self._jobs for job_id in ids):
+            raise ValueError("duplicate job id in bulk insert")
+        for job, events in items:
+            await self.create(job, events)
+        return len(items)
+
+    async def get(self, job_id: str, tenant: str = "default") -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.tenant != tenant:
+            return None
+        return job
+
+    async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        before = decode_cursor(cursor) if cursor is not None else None
+        matches = sorted(
+            (
+                job
+                for job in self._jobs.values()
+                if _matches(job, where) and (before is None or job.id < before)
+            ),
+            key=lambda job: job.id,
+            reverse=True,
+        )
+        page = matches[:limit]
+        next_cursor = encode_cursor(page[-1].id) if len(matches) > limit else None
+        return Page(jobs=page, next_cursor=next_cursor)
+
+    async def save_many(
+        self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]
+    ) -> list[tuple[Job, list[Event]] | None]:
+        results: list[tuple[Job, list[Event]] | None] = []
+        for job, events in changes:
+            current = self._jobs.get(job.id)
+            if current is None or current.version != job.version - 1:
+                results.append(None)
+                continue
+            stored = _copy_job(job)
+            numbered = [self._number(stored, event) for event in events]
+            self._put(stored)
+            self._append_events(numbered)
+            results.append((stored, numbered))
+        self._compact_due()
+        return results
+
+    async def delete(self, job_id: str, tenant: str = "default") -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or job.tenant != tenant:
+            return False
+        del self._jobs[job_id]
+        kept = [event for event in self._events if event.job_id != job_id]
+        if len(kept) != len(self._events):
+            self._events = kept
+            self._event_ids = [event.id for event in kept]
+        return True
+
+    async def claim_due(self, now: datetime, *, limit: int, lease_until: datetime) -> list[Job]:
+        claimed: list[Job] = []
+        while self._due and len(claimed) < limit and self._due[0][0] <= now:
+            _, job_id, version = heapq.heappop(self._due)
+            job = self._jobs.get(job_id)
+            if job is None or job.version != version:
+                continue
+            leased = replace(job, next_poll_at=lease_until, version=job.version + 1)
+            self._jobs[job_id] = leased
+            claimed.append(leased)
+        # Pushed only now, so that a lease already due (lease_until <= now) is not claimed twice.
+        for job in claimed:
+            heapq.heappush(self._due, (lease_until, job.id, job.version))
+        self._compact_due()
+        return claimed
+
+    async def next_due(self) -> datetime | None:
+        while self._due:
+            when, job_id, version = self._due[0]
+            job = self._jobs.get(job_id)
+            if job is not None and job.version == version:
+                return when
+            heapq.heappop(self._due)
+        return None
+
+    async def count_by_state(self) -> dict[tuple[str, JobState], int]:
+        counts: dict[tuple[str, JobState], int] = {}
+        for job in self._jobs.values():
+            key = (job.provider, job.state)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        job_id: str | None = None,
+        tenant: str = "default",
+        providers: Sequence[str] = (),
+        states: Sequence[JobState] = (),
+        limit: int = 500,
+    ) -> list[Event]:
+        found: list[Event] = []
+        start = bisect_right(self._event_ids, after_id)
+        for event in self._events[start:]:
+            if len(found) >= limit:
+                break
+            if event.tenant != tenant:
+                continue
+            if job_id is not None and event.job_id != job_id:
+                continue
+            if providers and event.provider not in providers:
+                continue
+            if states and event.state not in states:
+                continue
+            found.append(event)
+        return found
+
+    async def last_event_id(self) -> int:
+        return self._last_event_id
+
+    # -- idempotency keys ----------------------------------------------------------------------
+
+    async def claim_idempotency(
+        self, key: str, fingerprint: str, now: datetime
+    ) -> IdempotencyRecord | ClaimedIdempotency:
+        row = self._idempotency.get(key)
+        if row is None:
+            self._idempotency[key] = _IdempotencyRow(fingerprint, "pending", now)
+            return ClaimedIdempotency(key)
+        if row.fingerprint != fingerprint:
+            raise IdempotencyConflict(key)
+        if row.state == "pending" or row.body is None:
+            raise IdempotencyInFlight(key)
+        return IdempotencyRecord(
+            key=key,
+            fingerprint=row.fingerprint,
+            status=row.status,
+            body=_copy_data(row.body),
+            job_id=row.job_id,
+            created_at=row.created_at,
+        )
+
+    async def finish_idempotency(
+        self,
+        key: str,
+        *,
+        status: int,
+        body: Mapping[str, JSON],
+        job_id: str | None,
+        now: datetime,
+    ) -> None:
+        row = self._idempotency.get(key)
+        # A missing row was purged while the request ran; the answer is simply not kept.
+        if row is None:
+            return
+        row.state = "done"
+        row.status = status
+        row.body = _copy_data(body)
+        row.job_id = job_id
+
+    async def release_idempotency(self, key: str) -> None:
+        row = self._idempotency.get(key)
+        if row is not None and row.state == "pending":
+            del self._idempotency[key]
+
+    async def purge_idempotency(self, older_than: datetime) -> int:
+        old = [key for key, row in self._idempotency.items() if row.created_at < older_than]
+        for key in old:
+            del self._idempotency[key]
+        return len(old)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _put(self, job: Job) -> None:
+        self._jobs[job.id] = job
+        if job.next_poll_at is not None:
+            heapq.heappush(self._due, (job.next_poll_at, job.id, job.version))
+
+    def _compact_due(self) -> None:
+        # Dead entries pile up as jobs are saved and claimed; rebuild once they dominate the heap.
+        if len(self._due) <= 2 * len(self._jobs) + 64:
+            return
+        self._due = [
+            (job.next_poll_at, job.id, job.version)
+            for job in self._jobs.values()
+            if job.next_poll_at is not None
+        ]
+        heapq.heapify(self._due)
+
+    def _number(self, job: Job, event: NewEvent) -> Event:
+        self._last_event_id += 1
+        return Event(
+            id=self._last_event_id,
+            job_id=job.id,
+            tenant=job.tenant,
+            provider=job.provider,
+            state=job.state,
+            kind=event.kind,
+            data=_copy_data(event.data),
+            created_at=job.updated_at,
+        )
+
+    def _append_events(self, events: list[Event]) -> None:
+        self._events.extend(events)
+        self._event_ids.extend(event.id for event in events)
+
+
+def _matches(job: Job, where: JobFilter) -> bool:
+    if job.tenant != where.tenant:
+        return False
+    if where.provider is not None and job.provider != where.provider:
+        return False
+    if where.state is not None and job.state != where.state:
+        return False
+    return all(job.labels.get(key) == value for key, value in where.labels.items())

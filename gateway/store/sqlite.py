@@ -1,0 +1,673 @@
+"""The embedded :class:`~gateway.store.base.JobStore`: one SQLite file in WAL mode.
+
+Every call runs on ONE dedicated worker thread that owns the only connection, so the connection is
+never shared between threads, transactions never interleave, and the event loop never blocks on
+disk. Batches (``save_many``, ``claim_due``) are one executor hop and one transaction each.
+
+A job row keeps the whole :meth:`Job.to_record` as JSON plus the columns the queries filter and
+order on. Times in columns are integer microseconds since the epoch: exact, compact and cheap to
+compare (a float would not round-trip every microsecond, ISO text is three times larger).
+
+Crash safety comes from WAL with ``synchronous=NORMAL``: a killed process loses nothing it
+committed; only a power cut can drop the last few commits, never corrupt the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, ParamSpec, TypeVar
+
+import orjson
+
+from adapters.base import JSON
+from gateway.jobs import Job
+from gateway.states import JobState
+from gateway.store.base import (
+    ClaimedIdempotency,
+    Event,
+    IdempotencyConflict,
+    IdempotencyInFlight,
+    IdempotencyRecord,
+    JobFilter,
+    NewEvent,
+    Page,
+)
+from gateway.store.memory import decode_cursor, encode_cursor
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------------------------------
+# Schema. Each migration is a tuple of statements applied in one transaction; the database's
+# ``PRAGMA user_version`` records how many have run. Append new migrations; never edit old ones.
+
+CREATE_JOBS: Final = """
+CREATE TABLE jobs (
+    id           TEXT PRIMARY KEY,
+    tenant       TEXT NOT NULL,
+    provider     TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    next_poll_at INTEGER,
+    version      INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    labels       TEXT NOT NULL DEFAULT '{}',
+    record       TEXT NOT NULL
+)
+"""
+# Partial: finished jobs (no next poll) cost nothing in the index the poll loop lives on.
+CREATE_JOBS_DUE_INDEX: Final = """
+CREATE INDEX jobs_due ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL
+"""
+# Serves the newest-first listing; provider and state ride along so that filtering on them and
+# counting by them read only the index, never the records.
+CREATE_JOBS_LIST_INDEX: Final = """
+CREATE INDEX jobs_list ON jobs (tenant, id, provider, state)
+"""
+CREATE_JOB_LABELS: Final = """
+CREATE TABLE job_labels (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (job_id, key)
+) WITHOUT ROWID
+"""
+CREATE_JOB_LABELS_INDEX: Final = """
+CREATE INDEX job_labels_lookup ON job_labels (key, value, job_id)
+"""
+# The triggers keep job_labels in step with jobs.labels (canonical JSON), so the hot save path
+# writes one row and pays for label rows only when the labels actually change.
+CREATE_LABELS_INSERT_TRIGGER: Final = """
+CREATE TRIGGER jobs_labels_insert AFTER INSERT ON jobs WHEN NEW.labels <> '{}'
+BEGIN
+    INSERT INTO job_labels (job_id, key, value)
+    SELECT NEW.id, key, value FROM json_each(NEW.labels);
+END
+"""
+CREATE_LABELS_UPDATE_TRIGGER: Final = """
+CREATE TRIGGER jobs_labels_update AFTER UPDATE OF labels ON jobs
+WHEN OLD.labels IS NOT NEW.labels
+BEGIN
+    DELETE FROM job_labels WHERE job_id = NEW.id;
+    INSERT INTO job_labels (job_id, key, value)
+    SELECT NEW.id, key, value FROM json_each(NEW.labels);
+END
+"""
+# AUTOINCREMENT, so that ids are never reused even after the newest events are deleted: they are
+# SSE ids, and a client resuming from Last-Event-ID must never be handed an old number again.
+CREATE_EVENTS: Final = """
+CREATE TABLE events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    tenant     TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+)
+"""
+CREATE_EVENTS_JOB_INDEX: Final = """
+CREATE INDEX events_by_job ON events (job_id, id)
+"""
+CREATE_IDEMPOTENCY: Final = """
+CREATE TABLE idempotency (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+    status      INTEGER,
+    body        TEXT,
+    job_id      TEXT,
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER
+)
+"""
+CREATE_IDEMPOTENCY_AGE_INDEX: Final = """
+CREATE INDEX idempotency_age ON idempotency (created_at)
+"""
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        CREATE_JOBS,
+        CREATE_JOBS_DUE_INDEX,
+        CREATE_JOBS_LIST_INDEX,
+        CREATE_JOB_LABELS,
+        CREATE_JOB_LABELS_INDEX,
+        CREATE_LABELS_INSERT_TRIGGER,
+        CREATE_LABELS_UPDATE_TRIGGER,
+        CREATE_EVENTS,
+        CREATE_EVENTS_JOB_INDEX,
+        CREATE_IDEMPOTENCY,
+        CREATE_IDEMPOTENCY_AGE_INDEX,
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+# --------------------------------------------------------------------------------------------------
+# Named statements
+
+INSERT_JOB: Final = """
+INSERT INTO jobs (id, tenant, provider, state, next_poll_at, version, created_at, labels, record)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# The fence: the row changes only if nobody else wrote it since the caller read it.
+UPDATE_JOB_FENCED: Final = """
+UPDATE jobs SET state = ?, next_poll_at = ?, version = ?, labels = ?, record = ?
+WHERE id = ? AND version = ?
+"""
+SELECT_JOB: Final = "SELECT record FROM jobs WHERE id = ? AND tenant = ?"
+DELETE_JOB: Final = "DELETE FROM jobs WHERE id = ? AND tenant = ?"
+SELECT_DUE: Final = """
+SELECT rowid, record FROM jobs
+WHERE next_poll_at IS NOT NULL AND next_poll_at <= ?
+ORDER BY next_poll_at
+LIMIT ?
+"""
+LEASE_JOB: Final = "UPDATE jobs SET next_poll_at = ?, version = ?, record = ? WHERE rowid = ?"
+SELECT_NEXT_DUE: Final = "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
+COUNT_BY_STATE: Final = "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state"
+LIST_JOBS: Final = "SELECT record FROM jobs WHERE tenant = ?"
+LIST_JOBS_BEFORE: Final = " AND id < ?"
+LIST_JOBS_PROVIDER: Final = " AND provider = ?"
+LIST_JOBS_STATE: Final = " AND state = ?"
+LIST_JOBS_LABEL: Final = " AND id IN (SELECT job_id FROM job_labels WHERE key = ? AND value = ?)"
+LIST_JOBS_ORDER: Final = " ORDER BY id DESC LIMIT ?"
+
+LAST_EVENT_ID: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+INSERT_EVENT: Final = """
+INSERT INTO events (id, job_id, tenant, provider, state, kind, data, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+EVENTS_AFTER: Final = """
+SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
+WHERE id > ? AND tenant = ?
+"""
+EVENTS_AFTER_JOB: Final = " AND job_id = ?"
+EVENTS_AFTER_ORDER: Final = " ORDER BY id LIMIT ?"
+
+CLAIM_IDEMPOTENCY: Final = """
+INSERT OR IGNORE INTO idempotency (key, fingerprint, state, created_at)
+VALUES (?, ?, 'pending', ?)
+"""
+SELECT_IDEMPOTENCY: Final = """
+SELECT fingerprint, state, status, body, job_id, created_at FROM idempotency WHERE key = ?
+"""
+FINISH_IDEMPOTENCY: Final = """
+UPDATE idempotency SET state = 'done', status = ?, body = ?, job_id = ?, finished_at = ?
+WHERE key = ?
+"""
+RELEASE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE key = ? AND state = 'pending'"
+PURGE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE created_at < ?"
+
+_PRAGMAS: Final = (
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA foreign_keys = ON",
+    # 64 MiB: the hot part of a million-job table (the due index and recently polled rows).
+    "PRAGMA cache_size = -65536",
+    "PRAGMA temp_store = MEMORY",
+)
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+_JobRow = tuple[str, str, str, str, int | None, int, int, str, str]
+_EventRow = tuple[int, str, str, str, str, str, str, int]
+
+
+class SqliteStore:
+    """A :class:`~gateway.store.base.JobStore` on one SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        # Touched only on the worker thread.
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobgate-sqlite")
+        opened = False
+        try:
+            await self._call(self._open_sync)
+            opened = True
+        finally:
+            if not opened:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    async def close(self) -> None:
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            await self._call(self._close_sync)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        if self._executor is None:
+            return False
+        try:
+            return await self._call(self._ping_sync)
+        except sqlite3.Error:
+            return False
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def create(self, job: Job, events: Sequence[NewEvent]) -> list[Event]:
+        numbered = await self._call(self._create_many_sync, [(job, events)])
+        return numbered[0]
+
+    async def _create_many(self, items: Sequence[tuple[Job, Sequence[NewEvent]]]) -> int:
+        """Insert many new jobs in one transaction (benchmarks, imports); all or nothing."""
+        return len(await self._call(self._create_many_sync, items))
+
+    async def get(self, job_id: str, tenant: str = "default") -> Job | None:
+        return await self._call(self._get_sync, job_id, tenant)
+
+    async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        before = decode_cursor(cursor) if cursor is not None else None
+        jobs = await self._call(self._list_sync, where, limit + 1, before)
+        if len(jobs) > limit:
+            del jobs[limit:]
+            return Page(jobs=jobs, next_cursor=encode_cursor(jobs[-1].id))
+        return Page(jobs=jobs, next_cursor=None)
+
+    async def save_many(
+        self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]
+    ) -> list[tuple[Job, list[Event]] | None]:
+        if not changes:
+            return []
+        return await self._call(self._save_many_sync, changes)
+
+    async def delete(self, job_id: str, tenant: str = "default") -> bool:
+        return await self._call(self._delete_sync, job_id, tenant)
+
+    async def claim_due(self, now: datetime, *, limit: int, lease_until: datetime) -> list[Job]:
+        if limit < 1:
+            return []
+        return await self._call(self._claim_due_sync, now, limit, lease_until)
+
+    async def next_due(self) -> datetime | None:
+        return await self._call(self._next_due_sync)
+
+    async def count_by_state(self) -> dict[tuple[str, JobState], int]:
+        return await self._call(self._count_by_state_sync)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        job_id: str | None = None,
+        tenant: str = "default",
+        providers: Sequence[str] = (),
+        states: Sequence[JobState] = (),
+        limit: int = 500,
+    ) -> list[Event]:
+        if limit < 1:
+            return []
+        sql = EVENTS_AFTER
+        params: list[Any] = [after_id, tenant]
+        if job_id is not None:
+            sql += EVENTS_AFTER_JOB
+            params.append(job_id)
+        if providers:
+            sql += f" AND provider IN ({', '.join('?' * len(providers))})"
+            params.extend(providers)
+        if states:
+            sql += f" AND state IN ({', '.join('?' * len(states))})"
+            params.extend(state.value for state in states)
+        sql += EVENTS_AFTER_ORDER
+        params.append(limit)
+        return await self._call(self._events_sync, sql, params)
+
+    async def last_event_id(self) -> int:
+        return await self._call(self._last_event_id_sync)
+
+    # -- idempotency keys ----------------------------------------------------------------------
+
+    async def claim_idempotency(
+        self, key: str, fingerprint: str, now: datetime
+    ) -> IdempotencyRecord | ClaimedIdempotency:
+        return await self._call(self._claim_idempotency_sync, key, fingerprint, now)
+
+    async def finish_idempotency(
+        self,
+        key: str,
+        *,
+        status: int,
+        body: Mapping[str, JSON],
+        job_id: str | None,
+        now: datetime,
+    ) -> None:
+        params = (status, _dumps(dict(body)), job_id, _to_us(now), key)
+        await self._call(self._write_one_sync, FINISH_IDEMPOTENCY, params)
+
+    async def release_idempotency(self, key: str) -> None:
+        await self._call(self._write_one_sync, RELEASE_IDEMPOTENCY, (key,))
+
+    async def purge_idempotency(self, older_than: datetime) -> int:
+        return await self._call(self._write_one_sync, PURGE_IDEMPOTENCY, (_to_us(older_than),))
+
+    # -- the worker thread ---------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._executor is None:
+            raise RuntimeError("SqliteStore is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteStore is not open")
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        # IMMEDIATE takes the write lock up front, so a read-then-write (claim, fence) cannot be
+        # overtaken by another process between its read and its write.
+        cursor = self._db.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        committed = False
+        try:
+            yield cursor
+            cursor.execute("COMMIT")
+            committed = True
+        finally:
+            if not committed and self._db.in_transaction:
+                cursor.execute("ROLLBACK")
+            cursor.close()
+
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+        ready = False
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode != "wal":
+                raise RuntimeError(f"{self.path}: cannot use WAL (journal mode is {mode})")
+            for pragma in _PRAGMAS:
+                conn.execute(pragma)
+            self._conn = conn
+            self._migrate()
+            ready = True
+        finally:
+            if not ready:
+                self._conn = None
+                conn.close()
+
+    def _migrate(self) -> None:
+        with self._transaction() as cursor:
+            (version,) = cursor.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}; this jobgate knows only up to "
+                    f"{SCHEMA_VERSION}"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    cursor.execute(statement)
+            # PRAGMA takes no parameters; the value is an int from our own table.
+            cursor.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    def _close_sync(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        try:
+            # Folds the WAL back into the main file so the next open starts from one small file.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    def _ping_sync(self) -> bool:
+        row: tuple[int] | None = self._db.execute("SELECT 1").fetchone()
+        return row == (1,)
+
+    def _create_many_sync(
+        self, items: Sequence[tuple[Job, Sequence[NewEvent]]]
+    ) -> list[list[Event]]:
+        rows: list[_JobRow] = []
+        for job, _ in items:
+            rows.append(
+                (
+                    job.id,
+                    job.tenant,
+                    job.provider,
+                    job.state.value,
+                    _to_us_or_none(job.next_poll_at),
+                    job.version,
+                    _to_us(job.created_at),
+                    _labels(job.labels),
+                    _dumps(job.to_record()),
+                )
+            )
+        try:
+            with self._transaction() as cursor:
+                cursor.executemany(INSERT_JOB, rows)
+                return _insert_events(cursor, items)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"job already exists: {exc}") from exc
+
+    def _get_sync(self, job_id: str, tenant: str) -> Job | None:
+        row = self._db.execute(SELECT_JOB, (job_id, tenant)).fetchone()
+        return _job(row[0]) if row else None
+
+    def _list_sync(self, where: JobFilter, limit: int, before: str | None) -> list[Job]:
+        sql = LIST_JOBS
+        params: list[Any] = [where.tenant]
+        if before is not None:
+            sql += LIST_JOBS_BEFORE
+            params.append(before)
+        if where.provider is not None:
+            sql += LIST_JOBS_PROVIDER
+            params.append(where.provider)
+        if where.state is not None:
+            sql += LIST_JOBS_STATE
+            params.append(where.state.value)
+        for key, value in where.labels.items():
+            sql += LIST_JOBS_LABEL
+            params.extend((key, value))
+        sql += LIST_JOBS_ORDER
+        params.append(limit)
+        return [_job(record) for (record,) in self._db.execute(sql, params)]
+
+    def _save_many_sync(
+        self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]
+    ) -> list[tuple[Job, list[Event]] | None]:
+        results: list[tuple[Job, list[Event]] | None] = []
+        applied: list[tuple[Job, Sequence[NewEvent]]] = []
+        with self._transaction() as cursor:
+            # One statement per row rather than executemany: the fence needs each row's count.
+            for job, events in changes:
+                cursor.execute(
+                    UPDATE_JOB_FENCED,
+                    (
+                        job.state.value,
+                        _to_us_or_none(job.next_poll_at),
+                        job.version,
+                        _labels(job.labels),
+                        _dumps(job.to_record()),
+                        job.id,
+                        job.version - 1,
+                    ),
+                )
+                if cursor.rowcount == 1:
+                    applied.append((job, events))
+                    results.append((job, []))
+                else:
+                    results.append(None)
+            numbered = iter(_insert_events(cursor, applied))
+        return [(result[0], next(numbered)) if result else None for result in results]
+
+    def _delete_sync(self, job_id: str, tenant: str) -> bool:
+        # The foreign keys cascade to the job's events and labels.
+        with self._transaction() as cursor:
+            return cursor.execute(DELETE_JOB, (job_id, tenant)).rowcount == 1
+
+    def _claim_due_sync(self, now: datetime, limit: int, lease_until: datetime) -> list[Job]:
+        lease_us = _to_us(lease_until)
+        lease_iso = _iso(lease_until)
+        claimed: list[Job] = []
+        updates: list[tuple[int, int, str, int]] = []
+        with self._transaction() as cursor:
+            for rowid, text in cursor.execute(SELECT_DUE, (_to_us(now), limit)).fetchall():
+                record = orjson.loads(text)
+                record["version"] += 1
+                record["next_poll_at"] = lease_iso
+                claimed.append(Job.from_record(record))
+                updates.append((lease_us, record["version"], _dumps(record), rowid))
+            cursor.executemany(LEASE_JOB, updates)
+        return claimed
+
+    def _next_due_sync(self) -> datetime | None:
+        (earliest,) = self._db.execute(SELECT_NEXT_DUE).fetchone()
+        return _from_us(earliest) if earliest is not None else None
+
+    def _count_by_state_sync(self) -> dict[tuple[str, JobState], int]:
+        return {
+            (provider, JobState(state)): count
+            for provider, state, count in self._db.execute(COUNT_BY_STATE)
+        }
+
+    def _events_sync(self, sql: str, params: Sequence[Any]) -> list[Event]:
+        return [
+            Event(
+                id=row[0],
+                job_id=row[1],
+                tenant=row[2],
+                provider=row[3],
+                state=JobState(row[4]),
+                kind=row[5],
+                data=orjson.loads(row[6]),
+                created_at=_from_us(row[7]),
+            )
+            for row in self._db.execute(sql, params)
+        ]
+
+    def _last_event_id_sync(self) -> int:
+        row = self._db.execute(LAST_EVENT_ID).fetchone()
+        return int(row[0]) if row else 0
+
+    def _claim_idempotency_sync(
+        self, key: str, fingerprint: str, now: datetime
+    ) -> IdempotencyRecord | ClaimedIdempotency:
+        with self._transaction() as cursor:
+            if cursor.execute(CLAIM_IDEMPOTENCY, (key, fingerprint, _to_us(now))).rowcount == 1:
+                return ClaimedIdempotency(key)
+            stored, state, status, body, job_id, created_at = cursor.execute(
+                SELECT_IDEMPOTENCY, (key,)
+            ).fetchone()
+        if stored != fingerprint:
+            raise IdempotencyConflict(key)
+        if state != "done":
+            raise IdempotencyInFlight(key)
+        return IdempotencyRecord(
+            key=key,
+            fingerprint=stored,
+            status=status,
+            body=orjson.loads(body),
+            job_id=job_id,
+            created_at=_from_us(created_at),
+        )
+
+    def _write_one_sync(self, sql: str, params: Sequence[Any]) -> int:
+        with self._transaction() as cursor:
+            return cursor.execute(sql, params).rowcount
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversions
+
+
+def _insert_events(
+    cursor: sqlite3.Cursor, items: Sequence[tuple[Job, Sequence[NewEvent]]]
+) -> list[list[Event]]:
+    """Number and insert the events of ``items`` (inside the caller's transaction).
+
+    Ids are assigned here rather than by SQLite so that one ``executemany`` can insert them all and
+    still tell each caller its ids; the write lock makes reading the sequence first safe.
+    """
+    numbered: list[list[Event]] = []
+    rows: list[_EventRow] = []
+    next_id = 0
+    for job, events in items:
+        if events and next_id == 0:
+            row = cursor.execute(LAST_EVENT_ID).fetchone()
+            next_id = (int(row[0]) if row else 0) + 1
+        created_us = _to_us(job.updated_at) if events else 0
+        batch: list[Event] = []
+        for event in events:
+            batch.append(
+                Event(
+                    id=next_id,
+                    job_id=job.id,
+                    tenant=job.tenant,
+                    provider=job.provider,
+                    state=job.state,
+                    kind=event.kind,
+                    data=event.data,
+                    created_at=job.updated_at,
+                )
+            )
+            rows.append(
+                (
+                    next_id,
+                    job.id,
+                    job.tenant,
+                    job.provider,
+                    job.state.value,
+                    event.kind,
+                    _dumps(dict(event.data)),
+                    created_us,
+                )
+            )
+            next_id += 1
+        numbered.append(batch)
+    if rows:
+        cursor.executemany(INSERT_EVENT, rows)
+    return numbered
+
+
+def _job(record: str) -> Job:
+    return Job.from_record(orjson.loads(record))
+
+
+def _dumps(value: JSON) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    # Sorted, so equal labels give equal text and the update trigger can skip unchanged ones.
+    return orjson.dumps(dict(labels), option=orjson.OPT_SORT_KEYS).decode() if labels else "{}"
+
+
+def _to_us(value: datetime) -> int:
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _to_us_or_none(value: datetime | None) -> int | None:
+    return None if value is None else (value - _EPOCH) // _MICROSECOND
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _iso(value: datetime) -> str:
+    # The same shape as Job.to_record writes, so a leased record reads back like any other.
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,148 @@
+"""``create_app(settings)``: the composition root. Every resource is opened in ``cleanup_ctx`` and
+closed in reverse order, so a test that builds an app leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from adapters.base import Adapter
+from adapters.http import Connection
+from adapters.registry import PROVIDERS
+from adapters.sandboxes import create_sandbox_app
+from adapters.simulator import SandboxSettings
+from gateway.events import EventHub
+from gateway.policy import PollPolicy
+from gateway.results import FetchPolicy, ResultFetcher
+from gateway.runner import Runner
+from gateway.service import JobService
+from gateway.settings import Settings
+from gateway.store.base import JobStore
+from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SqliteStore
+from gateway.web.openapi import docs_page, openapi_json
+from gateway.web.problems import MAX_BODY_KEY, problem_middleware
+from gateway.web.routes import ROUTES
+from gateway.web.state import COMPONENTS_KEY, Components
+
+log = structlog.get_logger("jobgate.app")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes, middlewares=[problem_middleware]
+    )
+    app[COMPONENTS_KEY] = Components(settings=settings)
+    app[MAX_BODY_KEY] = settings.server.max_body_bytes
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs_page)
+    if settings.sandbox.embedded:
+        app.cleanup_ctx.append(_embedded_sandbox)
+    app.cleanup_ctx.append(_core)
+    return app
+
+
+def make_store(settings: Settings) -> JobStore:
+    if settings.store.kind == "memory":
+        return MemoryStore()
+    path = Path(settings.store.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(path)
+
+
+async def _embedded_sandbox(app: web.Application) -> AsyncIterator[None]:
+    """The four provider sandboxes in this process, for ``make run`` and the demo."""
+    config = app[COMPONENTS_KEY].settings.sandbox
+    sandbox = create_sandbox_app(
+        SandboxSettings(speed=config.speed, faults=config.faults, seed=config.seed)
+    )
+    runner = web.AppRunner(sandbox, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    app[COMPONENTS_KEY].sandbox_url = f"http://{config.host}:{config.port}"
+    log.info("sandbox.started", url=app[COMPONENTS_KEY].sandbox_url, speed=config.speed)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def _fetch_policy(settings: Settings, name: str) -> FetchPolicy:
+    provider = settings.providers[name]
+    own_host = urlsplit(provider.base_url).hostname or ""
+    return FetchPolicy(
+        allowed_hosts=frozenset({own_host, *provider.result_hosts}),
+        allowed_networks=tuple(
+            ipaddress.ip_network(net, strict=False) for net in provider.result_networks
+        ),
+    )
+
+
+async def _core(app: web.Application) -> AsyncIterator[None]:
+    components = app[COMPONENTS_KEY]
+    settings = components.settings
+    store = make_store(settings)
+    await store.open()
+    session = aiohttp.ClientSession()
+    hub = EventHub()
+    adapters: dict[str, Adapter] = {}
+    policies: dict[str, PollPolicy] = {}
+    key_headers: dict[str, tuple[str, str]] = {}
+    for name, provider in settings.providers.items():
+        if not provider.enabled:
+            continue
+        adapter = PROVIDERS[name].adapter(
+            session,
+            Connection(provider.base_url, settings.provider_key(name), provider.timeouts()),
+        )
+        adapters[name] = adapter
+        policies[name] = provider.policy.to_policy()
+        key_headers[name] = next(iter(adapter.auth_headers().items()))
+        components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
+    runner = Runner(
+        store,
+        adapters,
+        policies,
+        hub,
+        tick=settings.runner.tick_ms / 1000,
+        batch=settings.runner.batch,
+        lease=settings.runner.lease_seconds,
+    )
+    components.runner = runner
+    components.service = JobService(
+        store,
+        adapters,
+        policies,
+        hub,
+        wake=runner.wake,
+        key_headers=key_headers,
+        public_base_url=settings.server.public_base_url,
+    )
+    task: asyncio.Task[None] | None = None
+    if settings.runner.enabled:
+        task = asyncio.create_task(runner.run(), name="jobgate-runner")
+    log.info("gateway.started", providers=sorted(adapters), store=settings.store.kind)
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for fetcher in components.fetchers.values():
+            await fetcher.close()
+        await session.close()
+        await store.close()
+        components.service = None
+        components.runner = None

@@ -1,0 +1,211 @@
+"""Route handlers: parse, call the service, render. Domain errors become problem+json in the
+middleware, so each handler is the happy path only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel
+
+from gateway.service import JobService, JsonResult, RedirectResult, SubmitCommand
+from gateway.states import JobState
+from gateway.store.base import JobFilter
+from gateway.web.models import ContinueBody, SubmitBody
+from gateway.web.problems import BadInput
+from gateway.web.state import COMPONENTS_KEY
+from gateway.web.streaming import stream_pointer
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", "") and not request.content_type.endswith(
+        "+json"
+    ):
+        raise BadInput(
+            "unsupported_media_type",
+            f"expected Content-Type application/json, got {request.content_type}",
+            status=415,
+        )
+    raw = await request.read()
+    if not raw.strip():
+        raise BadInput("invalid_json", "the request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput("invalid_json", f"the request body is not valid JSON: {exc}") from exc
+
+
+def parse(model: type[M], data: Any) -> M:
+    if not isinstance(data, dict):
+        raise BadInput("invalid_json", "the request body must be a JSON object")
+    return model.model_validate(data)
+
+
+def query_number(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise BadInput("invalid_query", f"{name} must be a number, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise BadInput("invalid_query", f"{name} must be between {low:g} and {high:g}")
+    return value
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    value = query_number(request, name, default, low, high)
+    if value != int(value):
+        raise BadInput("invalid_query", f"{name} must be a whole number")
+    return int(value)
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise BadInput("invalid_query", f"{name} must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
+
+
+def service(request: web.Request) -> JobService:
+    return request.app[COMPONENTS_KEY].require_service()
+
+
+def max_wait(request: web.Request) -> float:
+    return request.app[COMPONENTS_KEY].settings.server.max_wait_seconds
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    body = parse(SubmitBody, await read_json(request))
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise BadInput("invalid_header", "Idempotency-Key must be 1-255 characters", status=400)
+    command = SubmitCommand(
+        provider=body.provider,
+        request=body.request,
+        upstream_id=body.upstream_id,
+        labels=body.labels,
+        callback_url=body.callback_url,
+    )
+    answer = await service(request).submit(command, key)
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    if answer.status == 201 and "id" in answer.body:
+        headers["Location"] = f"/v1/jobs/{answer.body['id']}"
+    return json_response(answer.body, status=answer.status, headers=headers)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    state = request.query.get("state")
+    if state is not None and state not in JobState.__members__.values():
+        allowed = ", ".join(s.value for s in JobState)
+        raise BadInput("invalid_query", f"state must be one of {allowed}, got {state!r}")
+    labels: dict[str, str] = {}
+    for item in request.query.getall("label", []):
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise BadInput("invalid_query", f"label filters look like key:value, got {item!r}")
+        labels[key] = value
+    provider = request.query.get("provider")
+    if provider is not None:
+        service(request).adapter(provider)
+    where = JobFilter(provider=provider, state=JobState(state) if state else None, labels=labels)
+    limit = query_int(request, "limit", 50, 1, 500)
+    page = await service(request).list(where, limit=limit, cursor=request.query.get("cursor"))
+    return json_response(
+        {"jobs": [job.public() for job in page.jobs], "next_cursor": page.next_cursor}
+    )
+
+
+async def get_job(request: web.Request) -> web.Response:
+    wait = query_number(request, "wait", 0, 0, max_wait(request))
+    job = await service(request).wait(request.match_info["job_id"], wait)
+    return json_response(job.public())
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    await service(request).delete(request.match_info["job_id"])
+    return web.Response(status=204)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job = await service(request).cancel(request.match_info["job_id"])
+    return json_response(job.public(), status=202)
+
+
+async def rerun_job(request: web.Request) -> web.Response:
+    job = await service(request).rerun(request.match_info["job_id"])
+    return json_response(job.public(), status=201, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def continue_job(request: web.Request) -> web.Response:
+    params: dict[str, Any] = {}
+    if request.can_read_body:
+        params = parse(ContinueBody, await read_json(request)).model_dump(exclude_none=True)
+    job = await service(request).continue_(request.match_info["job_id"], params)
+    return json_response(job.public(), status=202)
+
+
+async def job_result(request: web.Request) -> web.StreamResponse:
+    job_id = request.match_info["job_id"]
+    wait = query_number(request, "wait", 0, 0, max_wait(request))
+    page = query_int(request, "page", 1, 1, 1_000_000)
+    page_size = (
+        query_int(request, "page_size", 100, 1, 1000) if "page_size" in request.query else None
+    )
+    redirect = query_bool(request, "redirect")
+    if wait > 0:
+        await service(request).wait_result(job_id, wait)
+    answer = await service(request).result(
+        job_id, page=page, page_size=page_size, redirect=redirect
+    )
+    if isinstance(answer, JsonResult):
+        return json_response(answer.body)
+    if isinstance(answer, RedirectResult):
+        raise web.HTTPTemporaryRedirect(answer.url)
+    return await stream_pointer(request, answer)
+
+
+# -- providers and health -------------------------------------------------------------------------
+
+
+async def list_providers(request: web.Request) -> web.Response:
+    components = request.app[COMPONENTS_KEY]
+    svc = components.require_service()
+    circuits = components.runner.circuits() if components.runner else {}
+    providers = []
+    for name, adapter in sorted(svc.adapters.items()):
+        providers.append(
+            {
+                "name": name,
+                "base_url": components.settings.providers[name].base_url,
+                "capabilities": adapter.capabilities.as_dict(),
+                "policy": asdict(svc.policies[name]),
+                "circuit": circuits.get(name, "closed"),
+            }
+        )
+    return json_response({"providers": providers})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ok = await service(request).store.ping()
+    return json_response({"status": "ready" if ok else "store unavailable"}, 200 if ok else 503)

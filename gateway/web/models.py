@@ -1,0 +1,153 @@
+"""Request and response models. The handlers validate with them and ``/openapi.json`` is generated
+from them, so the documented shapes are the enforced ones."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_LABELS = 32
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitBody(_Strict):
+    """Submit a new upstream job (``request``) or adopt an existing one (``upstream_id``)."""
+
+    provider: str = Field(description="catchall, extract, pulse or platform", min_length=1)
+    request: dict[str, Any] | None = Field(
+        None, description="The provider's native submit body, forwarded as it is."
+    )
+    upstream_id: str | None = Field(
+        None, min_length=1, max_length=256, description="Adopt this existing upstream job."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form tags for filtering."
+    )
+    callback_url: str | None = Field(
+        None, max_length=2048, description="POSTed the signed canonical job when it finishes."
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_bounded(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels")
+        for key, item in value.items():
+            if not key or len(key) > 64 or ":" in key or len(item) > 256:
+                raise ValueError(
+                    "label keys are 1-64 characters without ':', values at most 256 characters"
+                )
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("callback_url must be an absolute http or https URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        if (self.request is None) == (self.upstream_id is None):
+            raise ValueError("give exactly one of 'request' (submit) or 'upstream_id' (adopt)")
+        return self
+
+
+class ContinueBody(_Strict):
+    new_limit: int | None = Field(None, ge=1, description="CatchAll: the new, higher record limit.")
+
+
+class Progress(BaseModel):
+    fraction: float | None
+    step: str | None
+    step_index: int | None
+    step_count: int | None
+
+
+class ResultSummary(BaseModel):
+    available: bool
+    partial: bool
+    kind: Literal["inline", "paged", "pointer"] | None
+    total_records: int | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    """The canonical job."""
+
+    id: str
+    provider: str
+    upstream_id: str
+    state: Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+    native_status: str | None
+    progress: Progress
+    eta: str | None
+    result: ResultSummary
+    error: JobError | None
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    next_poll_at: str | None
+    polls: int
+    rerun_of: str | None
+    labels: dict[str, str]
+    version: int
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+class ResultOut(BaseModel):
+    """An inline result (``data``) or one page of records (``records``)."""
+
+    kind: Literal["inline", "paged"]
+    partial: bool
+    data: Any | None = None
+    page: int | None = None
+    page_size: int | None = None
+    total_pages: int | None = None
+    total_records: int | None = None
+    records: list[Any] | None = None
+    meta: dict[str, Any] | None = None
+
+
+class ProviderOut(BaseModel):
+    name: str
+    base_url: str
+    capabilities: dict[str, Any]
+    policy: dict[str, Any]
+    circuit: str
+
+
+class ProviderList(BaseModel):
+    providers: list[ProviderOut]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details. ``code`` is stable; ``errors`` lists field problems."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,140 @@
+"""RFC 9457 problem+json: one renderer, and the middleware that turns every 4xx/5xx into it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.errors import ServiceError
+
+log = structlog.get_logger("jobgate.web")
+PROBLEM_TYPE = "application/problem+json"
+MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadInput(ServiceError):
+    """Input the handler could not parse: bad JSON, bad query parameters, unknown fields."""
+
+    status = 400
+    code = "invalid_json"
+    title = "The request body is not valid JSON"
+
+    def __init__(self, code: str, message: str, status: int = 400, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.code = code
+        self.status = status
+        self.title = _TITLES.get(code, "Bad request")
+
+
+_TITLES = {
+    "invalid_json": "The request body is not valid JSON",
+    "validation_error": "The request does not match the schema",
+    "invalid_query": "A query parameter is not valid",
+    "body_too_large": "The request body is too large",
+    "not_found": "No such resource",
+    "method_not_allowed": "Method not allowed",
+    "unsupported_media_type": "Unsupported media type",
+}
+
+
+def problem(
+    request: web.Request,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    body: dict[str, Any] = {
+        "type": f"https://jobgate.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": request.path,
+        **{k: v for k, v in extra.items() if v is not None},
+    }
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type=PROBLEM_TYPE, headers=headers
+    )
+
+
+def validation_problem(request: web.Request, error: ValidationError) -> web.Response:
+    """Name every field that is wrong: unknown, missing, or of the wrong type."""
+    errors = []
+    phrases = []
+    for item in error.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in item["loc"]) or "(body)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            message = f"unknown field: {field}"
+        elif kind == "missing":
+            message = f"missing field: {field}"
+        else:
+            message = f"{field}: {item['msg']}"
+        errors.append({"field": field, "type": kind, "message": message})
+        phrases.append(message)
+    return problem(
+        request,
+        status=422,
+        code="validation_error",
+        title=_TITLES["validation_error"],
+        detail="; ".join(phrases),
+        errors=errors,
+    )
+
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ValidationError as error:
+        return validation_problem(request, error)
+    except ServiceError as error:
+        headers = None
+        retry_after = error.extra.get("retry_after")
+        if isinstance(retry_after, int | float):
+            headers = {"Retry-After": str(max(1, round(retry_after)))}
+        return problem(
+            request,
+            status=error.status,
+            code=error.code,
+            title=error.title,
+            detail=error.message,
+            headers=headers,
+            **error.extra,
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
+        detail = exc.text or exc.reason
+        if exc.status == 413:
+            detail = f"the request body exceeds the limit of {request.app[MAX_BODY_KEY]} bytes"
+        elif exc.status == 404:
+            detail = f"no route for {request.method} {request.path}"
+        return problem(
+            request,
+            status=exc.status,
+            code=code,
+            title=_TITLES.get(code, exc.reason),
+            detail=detail,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"} or None,
+        )

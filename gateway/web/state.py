@@ -1,0 +1,31 @@
+"""The live parts of a running app, filled in at startup (the app's mapping is frozen by then)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.results import ResultFetcher
+    from gateway.runner import Runner
+    from gateway.service import JobService
+    from gateway.settings import Settings
+
+
+@dataclass
+class Components:
+    settings: Settings
+    service: JobService | None = None
+    runner: Runner | None = None
+    fetchers: dict[str, ResultFetcher] = field(default_factory=dict)
+    sandbox_url: str | None = None
+
+    def require_service(self) -> JobService:
+        if self.service is None:
+            raise RuntimeError("the application has not started")
+        return self.service
+
+
+COMPONENTS_KEY = web.AppKey("components", Components)
