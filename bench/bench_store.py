@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -159,9 +159,6 @@ async def run(kind: str, total: int, directory: Path) -> None:
         await store.close()
         if kind == "sqlite":
             print(f"{'close() (checkpoint)':<44} {(time.perf_counter() - started) * 1000:9.1f} ms")
-    if kind == "sqlite":
-        size = os.path.getsize(path)
-        print(f"{'file size':<44} {size / 2**20:9.1f} MiB  {size / total:11,.0f} bytes/job")
 
 
 def main() -> None:
@@ -172,12 +169,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 2 * SINGLE_CREATES:
         parser.error(f"--jobs must be at least {2 * SINGLE_CREATES}")
-    if args.dir is not None:
-        args.dir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(run(args.store, args.jobs, args.dir))
-        return
-    with tempfile.TemporaryDirectory(prefix="jobgate-bench-") as directory:
-        asyncio.run(run(args.store, args.jobs, Path(directory)))
+    with ExitStack() as stack:
+        directory: Path = args.dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="jobgate-bench-"))
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        asyncio.run(run(args.store, args.jobs, directory))
+        if args.store == "sqlite":
+            # After close(): the WAL has been checkpointed into the one file.
+            size = (directory / "bench.db").stat().st_size
+            per_job = size / args.jobs
+            print(f"{'file size':<44} {size / 2**20:9.1f} MiB  {per_job:11,.0f} bytes/job")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from aiohttp import web
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.logs import configure_logging
+    from gateway.logs import configure_logging, secrets_of
     from gateway.settings import load_settings
     from gateway.web.app import create_app
 
     settings = load_settings(args.config)
-    configure_logging(settings.log.format, settings.log.level)
+    configure_logging(settings.log.format, settings.log.level, secrets=secrets_of(settings))
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     print(f"jobgate: serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")

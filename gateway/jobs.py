@@ -66,6 +66,8 @@ class Job:
     request: JSON = None
     """The native submit body, kept for a resubmitting rerun. Provider keys never travel in it."""
     callback_url: str | None = None
+    records_seen: int = 0
+    """Partial-result records already sent as ``records`` events (the next one starts here)."""
     version: int = 1
 
     @property
@@ -106,6 +108,7 @@ class Job:
             "labels": dict(self.labels),
             "request": self.request,
             "callback_url": self.callback_url,
+            "records_seen": self.records_seen,
             "version": self.version,
         }
 
@@ -141,6 +144,7 @@ class Job:
             labels=dict(data.get("labels") or {}),
             request=data.get("request"),
             callback_url=data.get("callback_url"),
+            records_seen=data.get("records_seen", 0),
             version=data.get("version", 1),
         )
 
@@ -220,8 +224,9 @@ def apply_report(job: Job, report: StatusReport, now: datetime) -> Applied:
         unchanged_polls=0 if (state_changed or progress_changed) else job.unchanged_polls + 1,
         failures=0,
         not_found=0,
-        # A continue stays in effect until the job is seen running again.
-        action=None if state is JobState.RUNNING else job.action,
+        # A continue opens the succeeded -> running exit for the next report only: if that report
+        # still says "completed", the continue did not restart the job and polling stops again.
+        action=None,
     )
     return Applied(new, state_changed, progress_changed, refused)
 

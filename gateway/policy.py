@@ -57,7 +57,13 @@ def backoff(
     Jitter never goes below ``min_interval``: the floor is the provider's stated minimum cadence.
     """
     cap = policy.max_interval if ceiling is None else ceiling
-    window = min(cap, policy.min_interval * policy.multiplier ** max(0, attempt))
+    try:
+        grown = policy.min_interval * policy.multiplier ** max(0, attempt)
+    except OverflowError:
+        # A job unchanged for thousands of polls (1.5 ** 1751 > float max, about 16 h at the
+        # default cadence) must saturate at the cap, not crash the poll with OverflowError.
+        grown = cap
+    window = min(cap, grown)
     low = window - policy.jitter * (window - policy.min_interval)
     return low + rand * (window - low)
 

@@ -26,6 +26,8 @@ from adapters.base import (
     JobError,
     NotFound,
     RateLimited,
+    ResultKind,
+    ResultPage,
     StatusReport,
 )
 from adapters.http import utcnow
@@ -49,6 +51,9 @@ from gateway.store.base import Event, JobStore, NewEvent
 
 log = structlog.get_logger("jobgate.runner")
 
+RECORDS_PAGE = 100
+"""Partial-result records fetched per poll, at most: also the most one ``records`` event holds."""
+
 
 class RunnerObserver(Protocol):
     """What the runner tells the metrics layer. Every method is cheap and never raises."""
@@ -62,6 +67,8 @@ class RunnerObserver(Protocol):
     def rate_limited(self, provider: str, wait: float) -> None: ...
 
     def circuit(self, provider: str, circuit: Circuit) -> None: ...
+
+    def retry_after(self, provider: str, seconds: float) -> None: ...
 
 
 @dataclass
@@ -101,6 +108,7 @@ class Runner:
         mono: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         observer: RunnerObserver | None = None,
+        push_expected: Callable[[Job], bool] | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -111,6 +119,7 @@ class Runner:
         self.mono = mono
         self.rand = rand
         self.observer = observer
+        self.push_expected = push_expected
         self.providers = {
             name: _Provider(
                 adapter=adapter,
@@ -178,7 +187,9 @@ class Runner:
         delay = 1.0 if due is None else (due - now).total_seconds()
         # Coalesce: never wake more often than a tick, and re-check at least every second.
         delay = min(1.0, max(self.tick, delay))
-        if self._inflight:
+        # Re-checked after the await above: a poll that finished meanwhile has left _inflight for
+        # _pending, and its outcome must be written within a tick, not at the next due time.
+        if self._inflight or self._pending:
             delay = self.tick
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
@@ -194,7 +205,12 @@ class Runner:
         for (job, before, _, applied), saved in zip(pending, results, strict=True):
             if saved is None:
                 # A user action (cancel, continue, delete) wrote first: its version stands.
-                log.info("runner.write_fenced", job_id=job.id, provider=job.provider)
+                log.info(
+                    "runner.write_fenced",
+                    job_id=job.id,
+                    provider=job.provider,
+                    state=job.state.value,
+                )
                 continue
             published.extend(saved[1])
             self._observe(job, before, applied, now)
@@ -215,12 +231,20 @@ class Runner:
     # -- one poll ------------------------------------------------------------------------------
 
     async def _poll_guarded(self, job: Job) -> None:
+        # Each poll runs in its own task, so this binding reaches whatever the poll logs (the
+        # adapters included) and nothing else.
+        bound = structlog.contextvars.bound_contextvars(
+            job_id=job.id, provider=job.provider, state=job.state.value
+        )
         try:
-            await self.poll(job)
+            with bound:
+                await self.poll(job)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("runner.poll_crashed", job_id=job.id, provider=job.provider)
+            log.exception(
+                "runner.poll_crashed", job_id=job.id, provider=job.provider, state=job.state.value
+            )
             provider = self.providers.get(job.provider)
             delay = provider.policy.error_max_interval if provider else 300.0
             self._reschedule(job, delay, failures=job.failures + 1)
@@ -241,7 +265,10 @@ class Runner:
         mono = self.mono()
         provider.breaker, allowed = breaker_allows(policy, provider.breaker, mono)
         if not allowed:
-            self._reschedule(job, breaker_retry_in(policy, provider.breaker, mono) + self.tick)
+            # Half open: one probe is out; the others wait a poll interval, not a tick, so they
+            # are not rewritten every 20 ms while the probe is in flight.
+            wait = breaker_retry_in(policy, provider.breaker, mono) or policy.min_interval
+            self._reschedule(job, wait + self.tick)
             return
         provider.bucket, wait = take_token(policy, provider.bucket, mono)
         if wait > 0:
@@ -256,8 +283,46 @@ class Runner:
                 self._record_breaker(provider, job.provider, ok=not _provider_fault(error))
                 self._on_error(job, provider.policy, error)
                 return
+            except Exception:
+                # A crash (an adapter bug) gives no verdict, but a half-open probe must still end:
+                # left ``probing``, the circuit would refuse every later call for good. Count it as
+                # a failed probe so the circuit reopens and probes again after the cooldown.
+                if provider.breaker.circuit is Circuit.HALF_OPEN:
+                    self._record_breaker(provider, job.provider, ok=False)
+                raise
         self._record_breaker(provider, job.provider, ok=True)
-        self._on_report(job, provider.policy, report)
+        records = await self._partial_records(job, provider, report)
+        self._on_report(job, provider.policy, report, records)
+
+    async def _partial_records(
+        self, job: Job, provider: _Provider, report: StatusReport
+    ) -> ResultPage | None:
+        """The page holding the partial-result records after ``job.records_seen``: at most one
+        extra call per poll, only while the provider says records are accumulating (their count
+        can grow only then), and never at the cost of waiting for a rate-limit token."""
+        locator = report.result
+        if (
+            locator is None
+            or not locator.partial
+            or locator.kind is not ResultKind.PAGED
+            or not provider.adapter.capabilities.partial_results
+        ):
+            return None
+        bucket, wait = take_token(provider.policy, provider.bucket, self.mono())
+        if wait > 0:
+            return None  # status polls need the token more; the records come on a later poll
+        provider.bucket = bucket
+        page = job.records_seen // RECORDS_PAGE + 1
+        async with provider.semaphore:
+            try:
+                result = await provider.adapter.fetch_result(
+                    job.upstream_id, page=page, page_size=RECORDS_PAGE
+                )
+            except AdapterError as error:
+                # The records are a bonus on top of the poll: a failure changes nothing else.
+                log.info("runner.records_skipped", job_id=job.id, code=error.code)
+                return None
+        return result if isinstance(result, ResultPage) else None
 
     def _record_breaker(self, provider: _Provider, name: str, *, ok: bool) -> None:
         before = provider.breaker.circuit
@@ -267,7 +332,13 @@ class Runner:
             if self.observer:
                 self.observer.circuit(name, provider.breaker.circuit)
 
-    def _on_report(self, job: Job, policy: PollPolicy, report: StatusReport) -> None:
+    def _on_report(
+        self,
+        job: Job,
+        policy: PollPolicy,
+        report: StatusReport,
+        records: ResultPage | None = None,
+    ) -> None:
         now = self.clock()
         applied = apply_report(job, report, now)
         new = applied.job
@@ -283,6 +354,10 @@ class Runner:
         if new.finished:
             new = replace(new, next_poll_at=None, eta=None)
         else:
+            if self.push_expected is not None and self.push_expected(new):
+                # The provider will push the end (a callback polls the job at once), so polling is
+                # only the safety net: at the slowest cadence the policy allows.
+                policy = replace(policy, min_interval=policy.max_interval)
             eta = estimate_eta(new.progress, new.started_at, now) if policy.eta_aware else None
             delay = next_delay(
                 policy,
@@ -302,7 +377,10 @@ class Runner:
                 state=new.state.value,
                 native_status=new.native_status,
             )
-        self._pending.append((new, job, job_events(job, applied), applied))
+        events = job_events(job, applied)
+        if records is not None:
+            new, events = _add_records(new, events, records)
+        self._pending.append((new, job, events, applied))
 
     def _on_error(self, job: Job, policy: PollPolicy, error: AdapterError) -> None:
         now = self.clock()
@@ -322,6 +400,7 @@ class Runner:
         retry_after = error.retry_after if isinstance(error, RateLimited) else None
         if retry_after is not None and self.observer:
             self.observer.rate_limited(job.provider, retry_after)
+            self.observer.retry_after(job.provider, retry_after)
         failures = job.failures + 1
         delay = error_delay(policy, failures=failures, rand=self.rand(), retry_after=retry_after)
         log.warning(
@@ -341,6 +420,10 @@ class Runner:
         self._pending.append((new, None, [], None))
 
     def _finish_with_error(self, job: Job, code: str, message: str, now: datetime) -> None:
+        if job.finished:
+            # A succeeded job polled once more after a continue: stop, but never fail it.
+            self._pending.append((job.bump(now, next_poll_at=None, action=None), None, [], None))
+            return
         new = job.bump(
             now,
             state=JobState.FAILED,
@@ -359,6 +442,27 @@ class Runner:
         )
         applied = Applied(new, state_changed=True, progress_changed=False)
         self._pending.append((new, job, job_events(job, applied), applied))
+
+
+def _add_records(job: Job, events: list[NewEvent], page: ResultPage) -> tuple[Job, list[NewEvent]]:
+    """A ``records`` event for the records of ``page`` that no earlier event carried."""
+    first = (page.page - 1) * page.page_size
+    if first > job.records_seen:
+        return job, events  # a page past the ones seen: it would leave a gap
+    fresh = page.records[job.records_seen - first :][:RECORDS_PAGE]
+    if not fresh:
+        return job, events
+    event = NewEvent(
+        "records",
+        {
+            "offset": job.records_seen,
+            "count": len(fresh),
+            "total_records": page.total_records,
+            "partial": page.partial,
+            "records": fresh,
+        },
+    )
+    return replace(job, records_seen=job.records_seen + len(fresh)), [*events, event]
 
 
 def _provider_fault(error: AdapterError) -> bool:

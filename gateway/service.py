@@ -32,6 +32,7 @@ from adapters.base import (
     UpstreamUnavailable,
 )
 from adapters.http import utcnow
+from gateway.callbacks import callback_url, with_callback
 from gateway.errors import (
     ActionNotSupported,
     IdempotencyKeyInFlight,
@@ -120,6 +121,7 @@ class JobService:
         wake: Callable[[], None] = lambda: None,
         key_headers: Mapping[str, tuple[str, str]] | None = None,
         public_base_url: str | None = None,
+        callback_secrets: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -129,6 +131,7 @@ class JobService:
         self.wake = wake
         self.key_headers = dict(key_headers or {})
         self.public_base_url = public_base_url
+        self.callback_secrets = dict(callback_secrets or {})
         self.clock = clock
 
     # -- lookups -------------------------------------------------------------------------------
@@ -273,8 +276,15 @@ class JobService:
         return job
 
     def _with_callback(self, provider: str, request: Mapping[str, JSON]) -> Mapping[str, JSON]:
-        """Hook for providers that push (filled in by the callbacks feature); identity here."""
-        return request
+        """The body to submit: asking the provider to push to jobgate when it can.
+
+        Only the submitted copy carries the token-bearing URL; the job keeps the client's body.
+        """
+        secret = self.callback_secrets.get(provider)
+        if self.public_base_url is None or secret is None:
+            return request
+        url = callback_url(self.public_base_url, provider, secret)
+        return with_callback(provider, request, url)
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -430,6 +440,14 @@ class JobService:
             )
             saved = (await self.store.save_many([(new, events)]))[0]
             if saved is not None:
+                if new.state != before_state:
+                    log.info(
+                        "job.transition",
+                        job_id=new.id,
+                        provider=new.provider,
+                        src=before_state.value,
+                        state=new.state.value,
+                    )
                 self.hub.publish(saved[1])
                 self.wake()
                 return saved[0]

@@ -95,7 +95,10 @@ class ServerSettings(_Section):
     """Where providers can reach this gateway (extract's ``callbackUrl``); none disables pushes."""
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)
+    """Browser origins allowed by CORS, matched exactly (``https://app.example.com``); ``*`` any."""
     max_wait_seconds: float = Field(60.0, gt=0)
+    sse_heartbeat_seconds: float = Field(15.0, gt=0)
+    """An idle SSE stream gets a ``: keep-alive`` comment this often (proxies drop silent ones)."""
 
 
 class StoreSettings(_Section):

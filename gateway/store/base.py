@@ -104,6 +104,15 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str, tenant: str = "default") -> Job | None: ...
 
+    async def get_by_upstream(
+        self, provider: str, upstream_id: str, tenant: str = "default"
+    ) -> Job | None:
+        """The job tracking this upstream job (an inbound callback names only that), or ``None``.
+
+        An upstream job adopted more than once is tracked by several jobs: the newest one answers.
+        """
+        ...
+
     async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
         """Newest first by id; ``cursor`` is opaque and comes from a previous page."""
         ...

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -80,6 +80,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
+        self._ids: list[str] = []  # sorted, for newest-first listing
+        self._by_upstream: dict[tuple[str, str], set[str]] = {}  # (provider, upstream id) -> ids
         # (next_poll_at, job id, version). Entries are never removed in place: an entry is live only
         # while the job still has that version, since every change to a job bumps its version.
         self._due: list[tuple[datetime, str, int]] = []
@@ -105,6 +107,8 @@ class MemoryStore:
         stored = _copy_job(job)
         numbered = [self._number(stored, event) for event in events]
         self._put(stored)
+        insort(self._ids, stored.id)
+        self._by_upstream.setdefault((stored.provider, stored.upstream_id), set()).add(stored.id)
         self._append_events(numbered)
         return numbered
 
@@ -123,22 +127,26 @@ class MemoryStore:
             return None
         return job
 
+    async def get_by_upstream(
+        self, provider: str, upstream_id: str, tenant: str = "default"
+    ) -> Job | None:
+        ids = self._by_upstream.get((provider, upstream_id), ())
+        jobs = [self._jobs[job_id] for job_id in ids if self._jobs[job_id].tenant == tenant]
+        return max(jobs, key=lambda job: job.id, default=None)
+
     async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        before = decode_cursor(cursor) if cursor is not None else None
-        matches = sorted(
-            (
-                job
-                for job in self._jobs.values()
-                if _matches(job, where) and (before is None or job.id < before)
-            ),
-            key=lambda job: job.id,
-            reverse=True,
-        )
-        page = matches[:limit]
-        next_cursor = encode_cursor(page[-1].id) if len(matches) > limit else None
-        return Page(jobs=page, next_cursor=next_cursor)
+        end = len(self._ids) if cursor is None else bisect_left(self._ids, decode_cursor(cursor))
+        page: list[Job] = []
+        for index in range(end - 1, -1, -1):
+            job = self._jobs[self._ids[index]]
+            if not _matches(job, where):
+                continue
+            if len(page) == limit:
+                return Page(jobs=page, next_cursor=encode_cursor(page[-1].id))
+            page.append(job)
+        return Page(jobs=page, next_cursor=None)
 
     async def save_many(
         self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]
@@ -162,6 +170,11 @@ class MemoryStore:
         if job is None or job.tenant != tenant:
             return False
         del self._jobs[job_id]
+        del self._ids[bisect_left(self._ids, job_id)]
+        tracking = self._by_upstream.get((job.provider, job.upstream_id), set())
+        tracking.discard(job_id)
+        if not tracking:
+            self._by_upstream.pop((job.provider, job.upstream_id), None)
         kept = [event for event in self._events if event.job_id != job_id]
         if len(kept) != len(self._events):
             self._events = kept

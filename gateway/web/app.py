@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,7 +20,9 @@ from adapters.http import Connection
 from adapters.registry import PROVIDERS
 from adapters.sandboxes import create_sandbox_app
 from adapters.simulator import SandboxSettings
+from gateway.callbacks import CallbackConfig, CallbackInbox, callback_secrets
 from gateway.events import EventHub
+from gateway.metrics import Metrics
 from gateway.policy import PollPolicy
 from gateway.results import FetchPolicy, ResultFetcher
 from gateway.runner import Runner
@@ -28,9 +31,17 @@ from gateway.settings import Settings
 from gateway.store.base import JobStore
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore
+from gateway.web.cors import setup_cors
+from gateway.web.observability import (
+    echo_request_id,
+    metrics_endpoint,
+    metrics_middleware,
+    request_id_middleware,
+)
 from gateway.web.openapi import docs_page, openapi_json
 from gateway.web.problems import MAX_BODY_KEY, problem_middleware
 from gateway.web.routes import ROUTES
+from gateway.web.sse import setup_sse
 from gateway.web.state import COMPONENTS_KEY, Components
 
 log = structlog.get_logger("jobgate.app")
@@ -38,14 +49,20 @@ log = structlog.get_logger("jobgate.app")
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        client_max_size=settings.server.max_body_bytes, middlewares=[problem_middleware]
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[request_id_middleware, metrics_middleware, problem_middleware],
     )
-    app[COMPONENTS_KEY] = Components(settings=settings)
+    app.on_response_prepare.append(echo_request_id)
+    app[COMPONENTS_KEY] = Components(settings=settings, metrics=Metrics())
     app[MAX_BODY_KEY] = settings.server.max_body_bytes
+    setup_cors(app, settings.server.cors_origins)
+    setup_sse(app)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs_page)
+    # Prometheus text, not JSON: served beside the API rather than documented in its OpenAPI.
+    app.router.add_get("/metrics", metrics_endpoint)
     if settings.sandbox.embedded:
         app.cleanup_ctx.append(_embedded_sandbox)
     app.cleanup_ctx.append(_core)
@@ -105,11 +122,14 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         adapter = PROVIDERS[name].adapter(
             session,
             Connection(provider.base_url, settings.provider_key(name), provider.timeouts()),
+            observer=components.metrics.upstream_call,
         )
         adapters[name] = adapter
         policies[name] = provider.policy.to_policy()
         key_headers[name] = next(iter(adapter.auth_headers().items()))
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
+    pushing = [name for name, adapter in adapters.items() if adapter.capabilities.push]
+    callbacks = CallbackConfig(settings.server.public_base_url, callback_secrets(settings, pushing))
     runner = Runner(
         store,
         adapters,
@@ -118,7 +138,10 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         tick=settings.runner.tick_ms / 1000,
         batch=settings.runner.batch,
         lease=settings.runner.lease_seconds,
+        observer=components.metrics,
+        push_expected=callbacks.expects_push,
     )
+    components.metrics.add_providers(adapters)
     components.runner = runner
     components.service = JobService(
         store,
@@ -128,15 +151,17 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         wake=runner.wake,
         key_headers=key_headers,
         public_base_url=settings.server.public_base_url,
+        callback_secrets=callbacks.secrets,
     )
-    task: asyncio.Task[None] | None = None
+    components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
+    tasks = [asyncio.create_task(_purge_keys(store, settings), name="jobgate-key-purge")]
     if settings.runner.enabled:
-        task = asyncio.create_task(runner.run(), name="jobgate-runner")
+        tasks.append(asyncio.create_task(runner.run(), name="jobgate-runner"))
     log.info("gateway.started", providers=sorted(adapters), store=settings.store.kind)
     try:
         yield
     finally:
-        if task is not None:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -146,3 +171,14 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         await store.close()
         components.service = None
         components.runner = None
+        components.callbacks = None
+
+
+async def _purge_keys(store: JobStore, settings: Settings) -> None:
+    """Forget idempotency keys past their time to live, hourly (and once at start-up)."""
+    ttl = timedelta(hours=settings.store.idempotency_ttl_hours)
+    while True:
+        purged = await store.purge_idempotency(datetime.now(UTC) - ttl)
+        if purged:
+            log.info("idempotency.purged", keys=purged)
+        await asyncio.sleep(3600)

@@ -30,8 +30,12 @@ def json_response(
 
 
 async def read_json(request: web.Request) -> Any:
-    if request.content_type not in ("application/json", "") and not request.content_type.endswith(
-        "+json"
+    # aiohttp reports a missing Content-Type as application/octet-stream: only a given one counts.
+    given = "Content-Type" in request.headers
+    if (
+        given
+        and request.content_type not in ("application/json", "")
+        and not request.content_type.endswith("+json")
     ):
         raise BadInput(
             "unsupported_media_type",
@@ -62,8 +66,12 @@ def query_number(request: web.Request, name: str, default: float, low: float, hi
     except ValueError as exc:
         raise BadInput("invalid_query", f"{name} must be a number, got {raw!r}") from exc
     if not low <= value <= high:
-        raise BadInput("invalid_query", f"{name} must be between {low:g} and {high:g}")
+        raise BadInput("invalid_query", f"{name} must be between {_num(low)} and {_num(high)}")
     return value
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -122,11 +130,20 @@ async def list_jobs(request: web.Request) -> web.Response:
             raise BadInput("invalid_query", f"label filters look like key:value, got {item!r}")
         labels[key] = value
     provider = request.query.get("provider")
-    if provider is not None:
-        service(request).adapter(provider)
+    if provider is not None and provider not in service(request).adapters:
+        known = ", ".join(sorted(service(request).adapters))
+        raise BadInput("invalid_query", f"provider must be one of {known}, got {provider!r}")
     where = JobFilter(provider=provider, state=JobState(state) if state else None, labels=labels)
     limit = query_int(request, "limit", 50, 1, 500)
-    page = await service(request).list(where, limit=limit, cursor=request.query.get("cursor"))
+    cursor = request.query.get("cursor")
+    try:
+        page = await service(request).list(where, limit=limit, cursor=cursor)
+    except ValueError as exc:  # the store's answer to a cursor it did not make
+        if cursor is None:
+            raise
+        raise BadInput(
+            "invalid_query", f"cursor must be a next_cursor from a previous page, got {cursor!r}"
+        ) from exc
     return json_response(
         {"jobs": [job.public() for job in page.jobs], "next_cursor": page.next_cursor}
     )

@@ -61,7 +61,10 @@ class SubmitBody(_Strict):
 
 
 class ContinueBody(_Strict):
-    new_limit: int | None = Field(None, ge=1, description="CatchAll: the new, higher record limit.")
+    # strict: the schema says integer, so true and "30" are refused rather than read as 1 and 30.
+    new_limit: int | None = Field(
+        None, ge=1, strict=True, description="CatchAll: the new, higher record limit."
+    )
 
 
 class Progress(BaseModel):

@@ -52,6 +52,8 @@ def build_spec() -> dict[str, Any]:
                 content = (
                     {"application/problem+json": {"schema": problem_ref}} if status >= 400 else None
                 )
+                if 200 <= status < 300 and route.media != "application/json":
+                    content = {route.media: {"schema": {"type": "string"}}}
                 entry: dict[str, Any] = {"description": answer}
                 if content:
                     entry["content"] = content

@@ -41,6 +41,7 @@ _TITLES = {
     "not_found": "No such resource",
     "method_not_allowed": "Method not allowed",
     "unsupported_media_type": "Unsupported media type",
+    "invalid_header": "A request header is not valid",
 }
 
 
@@ -130,6 +131,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             detail = f"the request body exceeds the limit of {request.app[MAX_BODY_KEY]} bytes"
         elif exc.status == 404:
             detail = f"no route for {request.method} {request.path}"
+        elif isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            detail = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         return problem(
             request,
             status=exc.status,

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import BaseModel
 
+from gateway.web import callbacks as cb
 from gateway.web import handlers as h
+from gateway.web import sse
 from gateway.web.models import (
     ContinueBody,
     Health,
@@ -42,9 +44,25 @@ class Route:
     responses: dict[int, type[BaseModel] | str] = field(default_factory=dict)
     params: tuple[Param, ...] = ()
     tag: str = "jobs"
+    media: str = "application/json"
+    """The media type of the success answer (``text/event-stream`` for SSE)."""
 
 
 JOB_ID = Param("job_id", "path", {"type": "string"}, "The jobgate job id", required=True)
+LAST_EVENT_ID = (
+    Param(
+        "Last-Event-ID",
+        "header",
+        {"type": "integer", "minimum": 0},
+        "Resume after this event id (EventSource sends it when it reconnects)",
+    ),
+    Param(
+        "last_event_id",
+        "query",
+        {"type": "integer", "minimum": 0},
+        "The same, for EventSource polyfills that cannot set headers (the header wins)",
+    ),
+)
 WAIT = Param(
     "wait",
     "query",
@@ -172,6 +190,63 @@ ROUTES: tuple[Route, ...] = (
         body=ContinueBody,
         responses={202: JobOut, 409: "Not supported"},
         params=(JOB_ID,),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}/events",
+        sse.job_events,
+        "Server-Sent Events for one job: its whole history first (unless Last-Event-ID), then "
+        "live; ends with event 'end' once the job is finished",
+        responses={200: "An SSE stream (id, event, data per event)", 404: "No such job"},
+        params=(JOB_ID, *LAST_EVENT_ID),
+        media="text/event-stream",
+    ),
+    Route(
+        "GET",
+        "/v1/events",
+        sse.all_events,
+        "Server-Sent Events for all jobs, from now (or after Last-Event-ID)",
+        responses={200: "An SSE stream (id, event, data per event)"},
+        params=(
+            Param(
+                "provider",
+                "query",
+                {"type": "string"},
+                "Only these providers: repeat, or separate with commas",
+            ),
+            Param(
+                "state",
+                "query",
+                {"type": "string"},
+                "Only events of jobs in these canonical states: repeat, or separate with commas",
+            ),
+            *LAST_EVENT_ID,
+        ),
+        media="text/event-stream",
+    ),
+    Route(
+        "POST",
+        "/v1/callbacks/{provider}",
+        cb.receive_callback,
+        "Inbound provider notification (extract callbackUrl, CatchAll webhook): a hint that "
+        "polls the job it names now; the body is the provider's own",
+        responses={
+            202: cb.CallbackAck,
+            401: "The callback token is missing or wrong",
+            404: "The provider does not push, or has no callback_secret",
+            422: "The body names no upstream job",
+        },
+        params=(
+            Param("provider", "path", {"type": "string"}, "A provider that pushes", required=True),
+            Param("token", "query", {"type": "string"}, "The provider's callback secret"),
+            Param(
+                "X-Jobgate-Callback-Token",
+                "header",
+                {"type": "string"},
+                "The provider's callback secret (instead of ?token=)",
+            ),
+        ),
+        tag="callbacks",
     ),
     Route("GET", "/healthz", h.healthz, "Liveness", responses={200: Health}, tag="service"),
     Route(

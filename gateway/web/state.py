@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gateway.metrics import Metrics
+
 if TYPE_CHECKING:
+    from gateway.callbacks import CallbackInbox
     from gateway.results import ResultFetcher
     from gateway.runner import Runner
     from gateway.service import JobService
@@ -21,6 +24,8 @@ class Components:
     runner: Runner | None = None
     fetchers: dict[str, ResultFetcher] = field(default_factory=dict)
     sandbox_url: str | None = None
+    callbacks: CallbackInbox | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
     def require_service(self) -> JobService:
         if self.service is None:

@@ -33,13 +33,18 @@ FAST_POLICY: dict[str, Any] = {
 
 
 def gateway_settings(
-    sandbox_url: str, db: Path, *, policy: dict[str, Any] | None = None, **sections: Any
+    sandbox_url: str,
+    db: Path,
+    *,
+    policy: dict[str, Any] | None = None,
+    api_key: str = "test-key",
+    **sections: Any,
 ) -> Settings:
     """Settings for a test gateway: SQLite at ``db``, every provider at the test sandbox."""
     providers = {
         name: {
             "base_url": sandbox_url + spec.prefix,
-            "api_key": "test-key",
+            "api_key": api_key,
             "result_hosts": ["127.0.0.1"],
             "result_networks": ["127.0.0.1/32"],
             "policy": {**FAST_POLICY, **(policy or {})},

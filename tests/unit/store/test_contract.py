@@ -122,6 +122,25 @@ async def test_get_unknown_or_other_tenant_is_none(store: JobStore) -> None:
     assert await store.get("job_missing", "acme") is None
 
 
+async def test_get_by_upstream_answers_with_the_newest_tracking_job(store: JobStore) -> None:
+    first = make_job(id="job_1" + "0" * 25, upstream_id="up-shared")
+    second = make_job(id="job_2" + "0" * 25, upstream_id="up-shared")
+    elsewhere = make_job(id="job_3" + "0" * 25, upstream_id="up-shared", provider="catchall")
+    foreign = make_job(id="job_4" + "0" * 25, upstream_id="up-shared", tenant="acme")
+    await create_all(store, [first, second, elsewhere, foreign])
+    assert await store.get_by_upstream("pulse", "up-shared") == second
+    assert await store.get_by_upstream("catchall", "up-shared") == elsewhere
+    assert await store.get_by_upstream("pulse", "up-shared", "acme") == foreign
+    assert await store.get_by_upstream("pulse", "up-other") is None
+    saved = second.bump(T0, polls=1)
+    await store.save_many([(saved, [])])
+    assert await store.get_by_upstream("pulse", "up-shared") == saved
+    await store.delete(second.id)
+    assert await store.get_by_upstream("pulse", "up-shared") == first
+    await store.delete(first.id)
+    assert await store.get_by_upstream("pulse", "up-shared") is None
+
+
 async def test_create_numbers_and_stamps_events(store: JobStore) -> None:
     job = make_job(state=JobState.RUNNING, tenant="acme", updated_at=T0 + timedelta(seconds=2))
     events = await store.create(job, [NewEvent("created", {"by": "test"}), state_event(job.state)])
@@ -404,19 +423,32 @@ async def test_next_due(store: JobStore) -> None:
 
 async def test_count_by_state(store: JobStore) -> None:
     assert await store.count_by_state() == {}
+    moving = make_job(provider="pulse")
+    doomed = make_job(provider="catchall", state=JobState.FAILED)
     await create_all(
         store,
         [
             make_job(provider="pulse"),
-            make_job(provider="pulse"),
             make_job(provider="pulse", state=JobState.RUNNING, tenant="acme"),
-            make_job(provider="catchall", state=JobState.FAILED),
+            moving,
+            doomed,
         ],
     )
     assert await store.count_by_state() == {
         ("pulse", JobState.QUEUED): 2,
         ("pulse", JobState.RUNNING): 1,
         ("catchall", JobState.FAILED): 1,
+    }
+    running = moving.bump(T0, state=JobState.RUNNING)
+    await store.save_many(
+        [(running, []), (running.bump(T0, polls=1), []), (moving.bump(T0, polls=3), [])]
+    )
+    await store.claim_due(T0, limit=10, lease_until=T0 + LEASE)
+    await store.delete(doomed.id)
+    await store.delete(doomed.id)
+    assert await store.count_by_state() == {
+        ("pulse", JobState.QUEUED): 1,
+        ("pulse", JobState.RUNNING): 2,
     }
 
 

@@ -1,0 +1,237 @@
+"""Prometheus metrics: one registry per app, fed by the runner, the adapters and the HTTP layer.
+
+``Metrics`` implements the runner's ``RunnerObserver`` protocol and, through
+:meth:`Metrics.upstream_call`, the adapters' ``CallObserver``. Every label value comes from a
+bounded set: configured provider names, canonical states, adapter operation names, error codes,
+route templates and HTTP status codes. A job id, an upstream id or a URL is never a label: each
+would make a new time series per job and grow the scrape without bound.
+
+Each app owns its ``CollectorRegistry`` rather than the process-wide default, so two apps in one
+process (tests, or a gateway with embedded sandboxes) never share or double-register a series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from gateway.jobs import Job
+from gateway.policy import Circuit
+from gateway.states import TRANSITIONS, Anomaly, JobState, Refused
+
+__all__ = ["CIRCUIT_VALUES", "CONTENT_TYPE_LATEST", "HTTP_METHODS", "Metrics"]
+
+CIRCUIT_VALUES: dict[Circuit, int] = {Circuit.CLOSED: 0, Circuit.HALF_OPEN: 1, Circuit.OPEN: 2}
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods kept as label values; a client can send any token, so the rest become ``OTHER``."""
+
+# Buckets are chosen for the quantity each histogram measures, from the sandbox's sub-second jobs to
+# real providers' hours-long ones; quantiles are only as fine as the buckets around them.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+POLL_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987)
+DURATION_BUCKETS = (
+    0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800,
+)  # fmt: skip
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """Every jobgate series, registered in this instance's own registry."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        # A ``_created`` timestamp per series doubles the scrape for nothing a dashboard uses.
+        # The switch is process-wide in prometheus_client; every registry here wants it off.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self._providers: set[str] = set()
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+
+        self.jobs = Gauge(
+            "jobgate_jobs",
+            "Tracked jobs by provider and canonical state (read from the store at each scrape)",
+            ["provider", "state"],
+            registry=registry,
+        )
+        self.transitions = Counter(
+            "jobgate_job_transitions",
+            "Canonical state changes applied by the runner",
+            ["provider", "from", "to"],
+            registry=registry,
+        )
+        self.anomalies = Counter(
+            "jobgate_job_anomalies",
+            "Upstream reports not applied: unknown native statuses and backwards or illegal moves",
+            ["provider", "kind"],
+            registry=registry,
+        )
+        self.upstream_requests = Counter(
+            "jobgate_upstream_requests",
+            "Calls to a provider's API by operation and outcome (ok, or the error code)",
+            ["provider", "operation", "outcome"],
+            registry=registry,
+        )
+        self.upstream_latency = Histogram(
+            "jobgate_upstream_request_duration_seconds",
+            "Latency of calls to a provider's API, whatever their outcome",
+            ["provider", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.polls = Histogram(
+            "jobgate_job_polls",
+            "Status polls a job took, observed when it finishes",
+            ["provider"],
+            buckets=POLL_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_terminal = Histogram(
+            "jobgate_job_duration_seconds",
+            "From the job's creation in jobgate (submit or adopt) to a finished state",
+            ["provider"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.detection_lag = Histogram(
+            "jobgate_job_detection_lag_seconds",
+            "From the provider's own finish time to jobgate noticing it (where the provider "
+            "reports one)",
+            ["provider"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.rate_limit_waits = Counter(
+            "jobgate_rate_limit_waits",
+            "Times a poll waited on a rate limit: the local token bucket or a provider's 429",
+            ["provider"],
+            registry=registry,
+        )
+        self.rate_limit_wait_seconds = Histogram(
+            "jobgate_rate_limit_wait_seconds",
+            "How long each rate-limit wait was",
+            ["provider"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.retry_after_seconds = Histogram(
+            "jobgate_upstream_retry_after_seconds",
+            "The wait a provider's 429 asked for (Retry-After, else X-RateLimit-Reset; 0 if "
+            "neither)",
+            ["provider"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "jobgate_circuit_state",
+            "Each provider's circuit breaker: 0 closed, 1 half-open, 2 open",
+            ["provider"],
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "jobgate_http_requests",
+            "Requests served, by method, route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.http_latency = Histogram(
+            "jobgate_http_request_duration_seconds",
+            "Time to serve a request (long polls and streams included)",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+
+    # -- set-up and scrape ---------------------------------------------------------------------
+
+    def add_providers(self, names: Iterable[str]) -> None:
+        """Create each provider's series at zero, so rates and dashboards see them before any
+        event (an absent series is not a zero in PromQL)."""
+        for name in names:
+            self._providers.add(name)
+            self.circuit_state.labels(name).set(CIRCUIT_VALUES[Circuit.CLOSED])
+            self.rate_limit_waits.labels(name)
+            self.rate_limit_wait_seconds.labels(name)
+            self.retry_after_seconds.labels(name)
+            self.polls.labels(name)
+            self.time_to_terminal.labels(name)
+            self.detection_lag.labels(name)
+            for kind in Anomaly:
+                self.anomalies.labels(name, kind.value)
+            for src, targets in TRANSITIONS.items():
+                for dst in targets:
+                    self.transitions.labels(name, src.value, dst.value)
+            for state in JobState:
+                self.jobs.labels(name, state.value).set(0)
+
+    def set_job_counts(self, counts: Mapping[tuple[str, JobState], int]) -> None:
+        """Replace the jobs gauge with the store's counts; a state with no jobs reads 0."""
+        # A provider seen once stays listed, so its series drop to 0 rather than go stale.
+        self._providers.update(provider for provider, _ in counts)
+        for provider in self._providers:
+            for state in JobState:
+                self.jobs.labels(provider, state.value).set(counts.get((provider, state), 0))
+
+    def render(self) -> bytes:
+        """The text exposition of every series in this registry."""
+        return generate_latest(self.registry)
+
+    # -- adapters.http.CallObserver ------------------------------------------------------------
+
+    def upstream_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        self.upstream_requests.labels(provider, operation, outcome).inc()
+        self.upstream_latency.labels(provider, operation).observe(max(0.0, seconds))
+
+    # -- gateway.runner.RunnerObserver ---------------------------------------------------------
+
+    def transition(self, provider: str, src: JobState, dst: JobState) -> None:
+        self.transitions.labels(provider, src.value, dst.value).inc()
+
+    def anomaly(self, provider: str, refused: Refused) -> None:
+        self.anomalies.labels(provider, refused.anomaly.value).inc()
+
+    def finished(self, job: Job, now: datetime) -> None:
+        finished_at = job.finished_at or now
+        self.polls.labels(job.provider).observe(job.polls)
+        self.time_to_terminal.labels(job.provider).observe(
+            max(0.0, (finished_at - job.created_at).total_seconds())
+        )
+        if job.finished_at is not None and job.upstream_finished_at is not None:
+            lag = (job.finished_at - job.upstream_finished_at).total_seconds()
+            # A negative lag is clock skew between the provider and us, not a measurement.
+            if lag >= 0:
+                self.detection_lag.labels(job.provider).observe(lag)
+
+    def rate_limited(self, provider: str, wait: float) -> None:
+        self.rate_limit_waits.labels(provider).inc()
+        self.rate_limit_wait_seconds.labels(provider).observe(max(0.0, wait))
+
+    def retry_after(self, provider: str, seconds: float) -> None:
+        self.retry_after_seconds.labels(provider).observe(max(0.0, seconds))
+
+    def circuit(self, provider: str, circuit: Circuit) -> None:
+        self.circuit_state.labels(provider).set(CIRCUIT_VALUES[circuit])
+
+    # -- the HTTP server -----------------------------------------------------------------------
+
+    def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in HTTP_METHODS else "OTHER"
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_latency.labels(method, route).observe(max(0.0, seconds))

@@ -1,0 +1,306 @@
+"""What only the SQLite store promises: the file outlives its process; a kill loses no commit."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.states import JobState
+from gateway.store.base import (
+    ClaimedIdempotency,
+    IdempotencyInFlight,
+    IdempotencyRecord,
+    JobFilter,
+    NewEvent,
+)
+from gateway.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from tests.unit.store.test_contract import LEASE, T0, full_job, make_job
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Read the file with a connection of our own, as an operator's sqlite3 shell would."""
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    impl = SqliteStore(tmp_path / "jobs.db")
+    await impl.open()
+    yield impl
+    await impl.close()
+
+
+async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    first = SqliteStore(path)
+    await first.open()
+    job = full_job()
+    other = make_job(next_poll_at=T0)
+    await first.create(job, [NewEvent("created", {"by": "test"})])
+    await first.create(other, [NewEvent("created", {})])
+    [(saved, _)] = [r for r in await first.save_many([(job.bump(T0, polls=8), [])]) if r]
+    await first.claim_idempotency("done", "fp", T0)
+    await first.finish_idempotency("done", status=201, body={"id": job.id}, job_id=job.id, now=T0)
+    await first.claim_idempotency("pending", "fp", T0)
+    events = await first.events_after(0, tenant="acme")
+    # The newest event goes with its job: a reopened store must still not reuse its id.
+    [newest] = await first.save_many([(other.bump(T0), [NewEvent("progress", {})])])
+    assert newest is not None
+    last_id = newest[1][0].id
+    assert await first.delete(other.id)
+    await first.close()
+
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert await second.get(job.id, "acme") == saved
+        assert await second.get(other.id) is None
+        assert await second.events_after(0, tenant="acme") == events
+        assert await second.events_after(0) == []  # the deleted job's events went with it
+        assert await second.last_event_id() == last_id
+        replay = await second.claim_idempotency("done", "fp", T0)
+        assert isinstance(replay, IdempotencyRecord)
+        assert (replay.status, replay.body, replay.job_id) == (201, {"id": job.id}, job.id)
+        with pytest.raises(IdempotencyInFlight):
+            await second.claim_idempotency("pending", "fp", T0)
+        [created] = await second.create(make_job(), [NewEvent("created", {})])
+        assert created.id > last_id
+    finally:
+        await second.close()
+
+
+async def test_the_file_is_in_wal_mode_with_the_current_schema(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "jobs.db"
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+    def settings() -> list[tuple[Any, ...]]:
+        pragmas = ("synchronous", "foreign_keys", "busy_timeout")
+        return [store._db.execute(f"PRAGMA {name}").fetchone() for name in pragmas]
+
+    # synchronous 1 is NORMAL: durable against a killed process, fsyncs only at checkpoints.
+    assert await store._call(settings) == [(1,), (1,), (5000,)]
+
+
+async def test_close_folds_the_wal_back(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.create(make_job(), [NewEvent("created", {})])
+    await store.close()
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert query(path, "SELECT COUNT(*) FROM jobs") == [(1,)]
+
+
+async def test_a_file_from_the_first_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    job = make_job(upstream_id="up-old", labels={"team": "x"})
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, provider, state, next_poll_at, version, created_at,"
+            " labels, record) VALUES (?, ?, ?, ?, NULL, 1, 0, '{}', ?)",
+            (
+                job.id,
+                job.tenant,
+                job.provider,
+                job.state.value,
+                orjson.dumps(job.to_record()).decode(),
+            ),
+        )
+        conn.execute("PRAGMA user_version = 1")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store.get(job.id) == job
+        assert await store.get_by_upstream(job.provider, "up-old") == job
+    finally:
+        await store.close()
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store = SqliteStore(path)
+    with pytest.raises(RuntimeError, match="schema version"):
+        await store.open()
+    assert await store.ping() is False
+    await store.close()
+
+
+async def test_open_and_close_are_idempotent_and_calls_need_an_open_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.db")
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get("job_x")
+    await store.open()
+    await store.open()
+    assert await store.ping() is True
+    await store.close()
+    await store.close()
+    assert await store.ping() is False
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.next_due()
+
+
+async def test_fences_hold_between_two_stores_on_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    a, b = SqliteStore(path), SqliteStore(path)
+    await a.open()
+    await b.open()
+    try:
+        job = make_job(next_poll_at=T0)
+        await a.create(job, [])
+        assert (await a.save_many([(job.bump(T0, polls=1), [])]))[0] is not None
+        assert await b.save_many([(job.bump(T0, polls=2), [])]) == [None]
+        [claimed] = await b.claim_due(T0 + LEASE, limit=5, lease_until=T0 + 2 * LEASE)
+        assert await a.claim_due(T0 + LEASE, limit=5, lease_until=T0 + 2 * LEASE) == []
+        assert await a.get(job.id) == claimed
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_columns_agree_with_the_record(store: SqliteStore, tmp_path: Path) -> None:
+    job = make_job(next_poll_at=T0, labels={"team": "x", "env": "dev"})
+    await store.create(job, [])
+    await store.claim_due(T0, limit=1, lease_until=T0 + LEASE)
+    rows = query(
+        tmp_path / "jobs.db",
+        "SELECT version, json_extract(record, '$.version'), next_poll_at,"
+        " json_extract(record, '$.next_poll_at') FROM jobs",
+    )
+    lease_us = (T0 + LEASE - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert rows == [(2, 2, lease_us, "2026-11-22T10:00:30.123457Z")]
+
+
+async def test_labels_follow_saves_and_deletes(store: SqliteStore, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    job = make_job(labels={"team": "x", "env": "dev"})
+    await store.create(job, [])
+    assert query(path, "SELECT key, value FROM job_labels ORDER BY key") == [
+        ("env", "dev"),
+        ("team", "x"),
+    ]
+    relabelled = job.bump(T0, labels={"team": "y"}, state=JobState.RUNNING)
+    await store.save_many([(relabelled, [])])
+    assert query(path, "SELECT key, value FROM job_labels") == [("team", "y")]
+    page = await store.list_jobs(JobFilter(state=JobState.RUNNING), limit=5, cursor=None)
+    assert page.jobs == [relabelled]
+    await store.delete(job.id)
+    assert query(path, "SELECT COUNT(*) FROM job_labels") == [(0,)]
+
+
+async def test_idempotency_keys_are_plain_rows(store: SqliteStore, tmp_path: Path) -> None:
+    assert await store.claim_idempotency("k", "fp", T0) == ClaimedIdempotency("k")
+    assert query(tmp_path / "jobs.db", "SELECT key, state FROM idempotency") == [("k", "pending")]
+
+
+# -- a process killed mid-write ----------------------------------------------------------------
+
+WRITER = """
+import asyncio, sys
+from datetime import UTC, datetime
+from gateway.jobs import Job, new_id
+from gateway.states import JobState
+from gateway.store.base import NewEvent
+from gateway.store.sqlite import SqliteStore
+
+T0 = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+async def main(path):
+    store = SqliteStore(path)
+    await store.open()
+    latest = []
+    while True:
+        # Only what has returned (been committed) is reported, so every line is a promise.
+        job = Job(id=new_id(), provider="pulse", upstream_id="u", state=JobState.QUEUED,
+                  created_at=T0, updated_at=T0, deadline_at=T0, next_poll_at=T0)
+        await store.create(job, [NewEvent("created", {})])
+        print("C", job.id, job.version, flush=True)
+        latest.append(job)
+        changes = [(j.bump(T0, polls=j.polls + 1), [NewEvent("progress", {})]) for j in latest]
+        results = await store.save_many(changes)
+        latest = [result[0] for result in results if result]
+        print("S", " ".join(f"{j.id}:{j.version}" for j in latest), flush=True)
+        latest = latest[-20:]
+
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_killed_writer_loses_no_committed_job(tmp_path: Path) -> None:
+    path = tmp_path / "killed.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        WRITER,
+        str(path),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    promised: dict[str, int] = {}
+
+    async def read_until_enough() -> None:
+        assert proc.stdout is not None
+        while len(promised) < 150:
+            line = await proc.stdout.readline()
+            if not line:
+                return
+            record(line)
+
+    def record(line: bytes) -> None:
+        if not line.endswith(b"\n"):
+            return  # cut off by the kill: not a promise
+        kind, *items = line.decode().split()
+        if kind == "C":
+            promised[items[0]] = int(items[1])
+        else:
+            for item in items:
+                job_id, version = item.split(":")
+                promised[job_id] = max(promised[job_id], int(version))
+
+    try:
+        await asyncio.wait_for(read_until_enough(), timeout=60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        rest, errors = await proc.communicate()
+    for line in rest.splitlines(keepends=True):
+        record(line)
+    assert proc.returncode == -signal.SIGKILL, errors.decode()
+    assert len(promised) >= 150, errors.decode()
+
+    # The kill left commits in the WAL that opening must recover, not a tidily closed file.
+    assert path.with_name(path.name + "-wal").stat().st_size > 0
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        for job_id, version in promised.items():
+            job = await store.get(job_id)
+            assert job is not None, job_id
+            assert job.version >= version
+        assert await store.last_event_id() >= len(promised)
+    finally:
+        await store.close()
