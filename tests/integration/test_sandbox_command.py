@@ -1,4 +1,4 @@
-"""``jobgate sandbox``: the four sandboxes on one port, each under its prefix, native paths after."""
+"""``jobgate sandbox``: the four sandboxes on one port, each under its own prefix."""
 
 from __future__ import annotations
 
