@@ -187,11 +187,12 @@ class _KeylessToml(TomlConfigSettingsSource):
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
         for name, provider in (data.get("providers") or {}).items():
-            if isinstance(provider, dict) and provider.get("api_key"):
-                raise ValueError(
-                    f"providers.{name}.api_key is set in a config file; provider keys come from "
-                    "the environment or from api_key_file"
-                )
+            for secret in ("api_key", "callback_secret"):
+                if isinstance(provider, dict) and provider.get(secret):
+                    raise ValueError(
+                        f"providers.{name}.{secret} is set in a config file; secrets come from "
+                        f"the environment (JOBGATE_PROVIDERS__{name.upper()}__{secret.upper()})"
+                    )
         return data
 
 
