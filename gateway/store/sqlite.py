@@ -176,9 +176,10 @@ WHERE rowid = ? AND version = ?
 INSERT_LABEL: Final = "INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?)"
 DELETE_LABELS: Final = "DELETE FROM job_labels WHERE job_id = ?"
 SELECT_JOB: Final = "SELECT record FROM jobs WHERE id = ? AND tenant = ?"
-SELECT_JOB_BY_UPSTREAM: Final = """
-SELECT record FROM jobs WHERE provider = ? AND upstream_id = ? AND tenant = ?
-ORDER BY id DESC LIMIT 1
+# No ORDER BY: with one, the planner may walk jobs_list (tenant, id) newest first instead of this
+# exact lookup. The rows are few (an upstream job adopted a few times at most); Python picks one.
+SELECT_JOBS_BY_UPSTREAM: Final = """
+SELECT id, record FROM jobs WHERE provider = ? AND upstream_id = ? AND tenant = ?
 """
 DELETE_JOB: Final = "DELETE FROM jobs WHERE id = ? AND tenant = ? RETURNING provider, state"
 SELECT_DUE: Final = """
@@ -517,8 +518,9 @@ class SqliteStore:
         return _job(row[0]) if row else None
 
     def _get_by_upstream_sync(self, provider: str, upstream_id: str, tenant: str) -> Job | None:
-        row = self._db.execute(SELECT_JOB_BY_UPSTREAM, (provider, upstream_id, tenant)).fetchone()
-        return _job(row[0]) if row else None
+        rows = self._db.execute(SELECT_JOBS_BY_UPSTREAM, (provider, upstream_id, tenant))
+        newest = max(rows, default=None)
+        return _job(newest[1]) if newest else None
 
     def _list_sync(self, where: JobFilter, limit: int, before: str | None) -> list[Job]:
         labels = sorted(where.labels.items())

@@ -34,7 +34,7 @@ from gateway.settings import load_settings
 from gateway.states import JobState
 from gateway.store.base import JobStore, NewEvent
 from gateway.store.memory import MemoryStore
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite import SELECT_JOBS_BY_UPSTREAM, SqliteStore
 from tests.unit.store.test_contract import make_job
 from tests.unit.test_runner import POLICY, FakeClock, ScriptedAdapter, report
 
@@ -355,9 +355,7 @@ async def test_sqlite_lookup_uses_the_index_and_old_files_are_migrated(tmp_path:
         await store.close()
     with sqlite3.connect(path) as conn:
         plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT record FROM jobs "
-            "WHERE provider = ? AND upstream_id = ? AND tenant = ? ORDER BY id DESC LIMIT 1",
-            ("extract", "u-old", "default"),
+            "EXPLAIN QUERY PLAN " + SELECT_JOBS_BY_UPSTREAM, ("extract", "u-old", "default")
         ).fetchall()
     conn.close()
     assert any("jobs_upstream" in str(row) for row in plan), plan
@@ -389,8 +387,8 @@ async def test_a_job_that_expects_a_push_is_polled_at_the_slowest_cadence() -> N
     await runner.drain()
     due = {}
     for job_id in ("job_push", "job_poll"):
-        job = await store.get(job_id)
-        assert job is not None
-        assert job.next_poll_at is not None
-        due[job_id] = (job.next_poll_at - clock.now).total_seconds()
+        stored = await store.get(job_id)
+        assert stored is not None
+        assert stored.next_poll_at is not None
+        due[job_id] = (stored.next_poll_at - clock.now).total_seconds()
     assert due == {"job_push": POLICY.max_interval, "job_poll": POLICY.min_interval}
