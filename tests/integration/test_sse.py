@@ -288,6 +288,20 @@ async def test_idle_streams_get_heartbeats(make_stack: StackFactory) -> None:
     assert kinds[0] == "created"
 
 
+async def test_a_deleted_job_ends_its_stream(make_stack: StackFactory) -> None:
+    stack = await make_stack(speed=1, server={"sse_heartbeat_seconds": 0.05})
+    job = await stack.submit("pulse", {"fileUrl": "https://example.com/gone.pdf"})
+    async with stack.client.get(f"{stack.url}/v1/jobs/{job['id']}/events") as response:
+        async with asyncio.timeout(30):
+            (created,) = await take(response, 1)
+            assert created.kind == "created"
+            async with stack.client.delete(f"{stack.url}/v1/jobs/{job['id']}") as deleted:
+                assert deleted.status == 204
+            rest = await read_until_end(response)
+    assert rest[-1].kind == "end"
+    assert rest[-1].data["reason"] == "deleted"
+
+
 # -- the tenant stream ---------------------------------------------------------------------------
 
 
