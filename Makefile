@@ -31,5 +31,11 @@ sandbox: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jobgate demo
 
+# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~4 minutes.
+bench: $(STAMP)
+	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_detection.py
+	$(BIN)/python bench/bench_scale.py
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
