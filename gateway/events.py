@@ -60,8 +60,11 @@ async def wait_set(event: asyncio.Event, seconds: float) -> bool:
     if seconds <= 0:
         fired = event.is_set()
     else:
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation that
+        # arrives just as the event is set, and a loop waiting here could then never be stopped.
         try:
-            await asyncio.wait_for(event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await event.wait()
             fired = True
         except TimeoutError:
             fired = False

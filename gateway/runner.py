@@ -10,7 +10,6 @@ upstream call is in flight, so a million tracked jobs cost rows in the store, no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +30,7 @@ from adapters.base import (
     StatusReport,
 )
 from adapters.http import utcnow
-from gateway.events import EventHub
+from gateway.events import EventHub, wait_set
 from gateway.jobs import Applied, Job, apply_report
 from gateway.policy import (
     Breaker,
@@ -83,13 +82,13 @@ class _Provider:
 def job_events(before: Job | None, applied: Applied) -> list[NewEvent]:
     """The event-log entries a change deserves: a state change, or a step of progress."""
     job = applied.job
-    snapshot = job.public()
+    # Most polls change nothing visible: decide before building the snapshot, which is not free.
     if before is None:
-        return [NewEvent("created", snapshot)]
+        return [NewEvent("created", job.public())]
     if applied.state_changed:
-        return [NewEvent("state", {**snapshot, "from": before.state.value})]
+        return [NewEvent("state", {**job.public(), "from": before.state.value})]
     if applied.progress_changed or job.result != before.result:
-        return [NewEvent("progress", snapshot)]
+        return [NewEvent("progress", job.public())]
     return []
 
 
@@ -191,9 +190,8 @@ class Runner:
         # _pending, and its outcome must be written within a tick, not at the next due time.
         if self._inflight or self._pending:
             delay = self.tick
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
-        self._wake.clear()
+        # wait_set, not wait_for: Python 3.11's wait_for can swallow the shutdown's cancellation.
+        await wait_set(self._wake, delay)
 
     async def _flush(self) -> None:
         if not self._pending:
@@ -377,7 +375,9 @@ class Runner:
                 state=new.state.value,
                 native_status=new.native_status,
             )
-        events = job_events(job, applied)
+        # The snapshot is the job as it is saved (its next poll and ETA are decided only above),
+        # so a finished job's event never shows a lease as its next poll.
+        events = job_events(job, replace(applied, job=new))
         if records is not None:
             new, events = _add_records(new, events, records)
         self._pending.append((new, job, events, applied))

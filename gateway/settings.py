@@ -9,12 +9,15 @@ config file in the repository is refused at load time.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import secrets
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -125,6 +128,84 @@ class SandboxSettingsModel(_Section):
     seed: int | None = None
 
 
+WebhookEvent = Literal["terminal", "progress"]
+
+
+def _terminal_only() -> list[WebhookEvent]:
+    return ["terminal"]
+
+
+class WebhookEndpointSettings(_Section):
+    url: str
+    events: list[WebhookEvent] = Field(default_factory=_terminal_only)
+    """``["terminal"]``: finished jobs; ``["terminal", "progress"]``: every change as well."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("a webhook endpoint must be an absolute http or https URL")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _terminal_included(cls, value: list[WebhookEvent]) -> list[WebhookEvent]:
+        if "terminal" not in value:
+            raise ValueError('events must include "terminal" (and may add "progress")')
+        return value
+
+
+class WebhookSettings(_Section):
+    secret: SecretStr | None = None
+    """Standard Webhooks signing secret, ``whsec_`` + base64 of 24-64 bytes. Unset with the
+    embedded sandbox: a random one per process. Unset otherwise: no webhooks are sent."""
+    endpoints: list[WebhookEndpointSettings] = Field(default_factory=list)
+    schedule: list[float] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        max_length=50,
+    )
+    """Seconds before each attempt: the first after the event, each later one after the failure
+    before it. One attempt per entry."""
+    timeout: float = Field(15.0, gt=0)
+    concurrency: int = Field(16, ge=1)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Hosts a job's ``callback_url`` may name (``*.example.com`` patterns too); the configured
+    endpoints' own hosts are always allowed."""
+    allowed_networks: list[str] = Field(default_factory=list)
+    """Private ranges a webhook target may resolve to (tests: ``127.0.0.1/32``)."""
+    retention_hours: float = Field(168.0, gt=0)
+    """Finished deliveries are kept this long (pending ones until they finish)."""
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            raw = value.get_secret_value().removeprefix("whsec_")
+            try:
+                size = len(base64.b64decode(raw, validate=True))
+            except binascii.Error:
+                raise ValueError("webhooks.secret must be whsec_ followed by base64") from None
+            if not 24 <= size <= 64:
+                raise ValueError("webhooks.secret must encode 24 to 64 bytes")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _delays_non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("schedule delays must be >= 0")
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "console"
     level: str = "INFO"
@@ -141,6 +222,7 @@ class Settings(BaseSettings):
     sandbox: SandboxSettingsModel = SandboxSettingsModel()
     log: LogSettings = LogSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    webhooks: WebhookSettings = WebhookSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -162,6 +244,14 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.providers) - set(PROVIDERS))
         if unknown:
             raise ValueError(f"unknown providers in configuration: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _webhooks_signable(self) -> Self:
+        if self.webhooks.endpoints and self.webhooks.secret is None and not self.sandbox.embedded:
+            raise ValueError(
+                "webhooks.endpoints need webhooks.secret (or JOBGATE_WEBHOOKS__SECRET) to sign with"
+            )
         return self
 
     def provider_key(self, name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from adapters.base import JSON
 from gateway.jobs import Job
@@ -81,6 +81,43 @@ class IdempotencyInFlight(Exception):
 
 class StaleWrite(Exception):
     """A fenced write found a newer version in the store; the caller's copy is out of date."""
+
+
+DeliveryStatus = Literal["pending", "delivered", "failed", "disabled"]
+DeliveryOutcome = Literal["delivered", "retry", "failed", "disabled"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """An outbound webhook to send: one event to one URL. ``(event_id, url)`` is unique, so
+    enqueueing the same pair again (a tailer replaying after a crash) adds nothing."""
+
+    event_id: int
+    job_id: str
+    url: str
+    kind: str
+    """``terminal`` or ``progress``."""
+    payload: str
+    """The exact JSON body to send (and sign): stored, so a retry sends the same bytes."""
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: int
+    event_id: int
+    job_id: str
+    url: str
+    kind: str
+    payload: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    """When a pending delivery is next due (or its lease runs out); ``None`` once it is over."""
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
 
 
 class JobStore(Protocol):
@@ -191,3 +228,66 @@ class JobStore(Protocol):
         ...
 
     async def purge_idempotency(self, older_than: datetime) -> int: ...
+
+    # -- outbound webhook deliveries -----------------------------------------------------------
+
+    async def get_cursor(self, name: str) -> int | None:
+        """A named position in the event log (the webhook tailer's), or ``None`` if never set."""
+        ...
+
+    async def set_cursor(self, name: str, value: int) -> None: ...
+
+    async def enqueue_deliveries(
+        self, deliveries: Sequence[NewDelivery], *, cursor: tuple[str, int] | None = None
+    ) -> int:
+        """Add pending deliveries and move ``cursor`` (name, event id) in ONE transaction, so a
+        crash between the two can neither lose nor double an event's deliveries.
+
+        Pairs already enqueued and URLs of disabled endpoints are skipped; the answer is how many
+        rows were added.
+        """
+        ...
+
+    async def claim_due_deliveries(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[Delivery]:
+        """Pending deliveries due by ``now``, soonest first; each is leased until ``lease_until``
+        (a sender that dies mid-attempt leaves it to be retried when the lease runs out)."""
+        ...
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        leased_until: datetime,
+        outcome: DeliveryOutcome,
+        attempts: int,
+        now: datetime,
+        retry_at: datetime | None = None,
+        last_status: int | None = None,
+        last_error: str | None = None,
+    ) -> bool:
+        """Record an attempt. ``retry`` keeps it pending until ``retry_at``; ``disabled`` also
+        disables its URL, ending every other pending delivery to it, in the same transaction.
+
+        Fenced by the claim: only a pending delivery still leased until ``leased_until`` (the
+        ``next_attempt_at`` its claim returned) changes, so a sender whose lease ran out and was
+        claimed again changes nothing. The answer says whether the write happened.
+        """
+        ...
+
+    async def next_delivery_due(self) -> datetime | None:
+        """The earliest ``next_attempt_at`` of any pending delivery, or ``None``."""
+        ...
+
+    async def endpoint_disabled(self, url: str) -> bool: ...
+
+    async def list_deliveries(
+        self, *, job_id: str | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        """Deliveries in the order they were enqueued (tests and operators)."""
+        ...
+
+    async def purge_deliveries(self, older_than: datetime) -> int:
+        """Forget finished deliveries last updated before ``older_than``."""
+        ...

@@ -27,11 +27,14 @@ from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
     ClaimedIdempotency,
+    Delivery,
+    DeliveryOutcome,
     Event,
     IdempotencyConflict,
     IdempotencyInFlight,
     IdempotencyRecord,
     JobFilter,
+    NewDelivery,
     NewEvent,
     Page,
 )
@@ -89,6 +92,11 @@ class MemoryStore:
         self._event_ids: list[int] = []
         self._last_event_id = 0
         self._idempotency: dict[str, _IdempotencyRow] = {}
+        self._cursors: dict[str, int] = {}
+        self._deliveries: dict[int, Delivery] = {}  # by id, so in enqueue order
+        self._delivery_keys: set[tuple[int, str]] = set()  # (event id, url)
+        self._last_delivery_id = 0
+        self._disabled_urls: set[str] = set()
 
     async def open(self) -> None:
         return None
@@ -293,6 +301,132 @@ class MemoryStore:
         old = [key for key, row in self._idempotency.items() if row.created_at < older_than]
         for key in old:
             del self._idempotency[key]
+        return len(old)
+
+    # -- outbound webhook deliveries -----------------------------------------------------------
+
+    async def get_cursor(self, name: str) -> int | None:
+        return self._cursors.get(name)
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        self._cursors[name] = value
+
+    async def enqueue_deliveries(
+        self, deliveries: Sequence[NewDelivery], *, cursor: tuple[str, int] | None = None
+    ) -> int:
+        added = 0
+        for new in deliveries:
+            key = (new.event_id, new.url)
+            if key in self._delivery_keys or new.url in self._disabled_urls:
+                continue
+            self._delivery_keys.add(key)
+            self._last_delivery_id += 1
+            self._deliveries[self._last_delivery_id] = Delivery(
+                id=self._last_delivery_id,
+                event_id=new.event_id,
+                job_id=new.job_id,
+                url=new.url,
+                kind=new.kind,
+                payload=new.payload,
+                status="pending",
+                attempts=0,
+                next_attempt_at=new.due_at,
+                last_status=None,
+                last_error=None,
+                created_at=new.due_at,
+                updated_at=new.due_at,
+            )
+            added += 1
+        if cursor is not None:
+            self._cursors[cursor[0]] = cursor[1]
+        return added
+
+    async def claim_due_deliveries(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[Delivery]:
+        # A linear scan: this store is for unit tests, where the table is a handful of rows.
+        due = sorted(
+            (
+                d
+                for d in self._deliveries.values()
+                if d.status == "pending"
+                and d.next_attempt_at is not None
+                and d.next_attempt_at <= now
+            ),
+            key=lambda d: (d.next_attempt_at, d.id),
+        )[: max(limit, 0)]
+        claimed = [replace(d, next_attempt_at=lease_until) for d in due]
+        for delivery in claimed:
+            self._deliveries[delivery.id] = delivery
+        return claimed
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        leased_until: datetime,
+        outcome: DeliveryOutcome,
+        attempts: int,
+        now: datetime,
+        retry_at: datetime | None = None,
+        last_status: int | None = None,
+        last_error: str | None = None,
+    ) -> bool:
+        if outcome == "retry" and retry_at is None:
+            raise ValueError("a retry needs retry_at")
+        delivery = self._deliveries.get(delivery_id)
+        if (
+            delivery is None
+            or delivery.status != "pending"
+            or delivery.next_attempt_at != leased_until
+        ):
+            return False
+        self._deliveries[delivery_id] = replace(
+            delivery,
+            status="pending" if outcome == "retry" else outcome,
+            attempts=attempts,
+            next_attempt_at=retry_at if outcome == "retry" else None,
+            last_status=last_status,
+            last_error=last_error,
+            updated_at=now,
+        )
+        if outcome == "disabled":
+            self._disabled_urls.add(delivery.url)
+            for other in list(self._deliveries.values()):
+                if other.url == delivery.url and other.status == "pending":
+                    self._deliveries[other.id] = replace(
+                        other, status="disabled", next_attempt_at=None, updated_at=now
+                    )
+        return True
+
+    async def next_delivery_due(self) -> datetime | None:
+        return min(
+            (
+                d.next_attempt_at
+                for d in self._deliveries.values()
+                if d.status == "pending" and d.next_attempt_at is not None
+            ),
+            default=None,
+        )
+
+    async def endpoint_disabled(self, url: str) -> bool:
+        return url in self._disabled_urls
+
+    async def list_deliveries(
+        self, *, job_id: str | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        found = [d for d in self._deliveries.values() if job_id is None or d.job_id == job_id]
+        return found[: max(limit, 0)]
+
+    async def purge_deliveries(self, older_than: datetime) -> int:
+        old = [
+            d
+            for d in self._deliveries.values()
+            if d.status != "pending" and d.updated_at < older_than
+        ]
+        for delivery in old:
+            del self._deliveries[delivery.id]
+            self._delivery_keys.discard((delivery.event_id, delivery.url))
         return len(old)
 
     # -- internals -----------------------------------------------------------------------------

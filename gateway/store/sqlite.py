@@ -32,11 +32,14 @@ from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
     ClaimedIdempotency,
+    Delivery,
+    DeliveryOutcome,
     Event,
     IdempotencyConflict,
     IdempotencyInFlight,
     IdempotencyRecord,
     JobFilter,
+    NewDelivery,
     NewEvent,
     Page,
 )
@@ -132,6 +135,49 @@ FILL_JOBS_UPSTREAM: Final = "UPDATE jobs SET upstream_id = json_extract(record, 
 CREATE_JOBS_UPSTREAM_INDEX: Final = """
 CREATE INDEX IF NOT EXISTS jobs_upstream ON jobs (provider, upstream_id)
 """
+# Outbound webhooks. A delivery holds its own payload and has no foreign key to its job: the event
+# it reports has happened, and stopping tracking the job must not take back the notice of it.
+# Pending rows are exactly those with a next_attempt_at, so the partial index serves claims and
+# disabling alike while finished rows cost it nothing.
+# IF NOT EXISTS: a file rolled back to an older schema by hand still migrates forward.
+CREATE_DELIVERIES: Final = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    event_id        INTEGER NOT NULL,
+    job_id          TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL
+                    CHECK (status IN ('pending', 'delivered', 'failed', 'disabled')),
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (event_id, url)
+)
+"""
+CREATE_DELIVERIES_DUE_INDEX: Final = """
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
+WHERE next_attempt_at IS NOT NULL
+"""
+CREATE_DELIVERIES_JOB_INDEX: Final = """
+CREATE INDEX IF NOT EXISTS deliveries_by_job ON deliveries (job_id, id)
+"""
+CREATE_WEBHOOK_ENDPOINTS: Final = """
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    url         TEXT PRIMARY KEY,
+    disabled_at INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+CREATE_CURSORS: Final = """
+CREATE TABLE IF NOT EXISTS cursors (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID
+"""
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
@@ -147,6 +193,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         CREATE_IDEMPOTENCY_AGE_INDEX,
     ),
     (ADD_JOBS_UPSTREAM, FILL_JOBS_UPSTREAM, CREATE_JOBS_UPSTREAM_INDEX),
+    (
+        CREATE_DELIVERIES,
+        CREATE_DELIVERIES_DUE_INDEX,
+        CREATE_DELIVERIES_JOB_INDEX,
+        CREATE_WEBHOOK_ENDPOINTS,
+        CREATE_CURSORS,
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -238,6 +291,50 @@ WHERE key = ?
 """
 RELEASE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE key = ? AND state = 'pending'"
 PURGE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE created_at < ?"
+
+GET_CURSOR: Final = "SELECT value FROM cursors WHERE name = ?"
+SET_CURSOR: Final = """
+INSERT INTO cursors (name, value) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+"""
+DELIVERY_COLUMNS: Final = """
+id, event_id, job_id, url, kind, payload, status, attempts, next_attempt_at, last_status,
+last_error, created_at, updated_at
+"""
+INSERT_DELIVERY: Final = """
+INSERT OR IGNORE INTO deliveries (
+    event_id, job_id, url, kind, payload, status, attempts, next_attempt_at, created_at, updated_at
+)
+SELECT ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?
+WHERE NOT EXISTS (SELECT 1 FROM webhook_endpoints WHERE url = ?)
+"""
+SELECT_DUE_DELIVERIES: Final = f"""
+SELECT {DELIVERY_COLUMNS} FROM deliveries
+WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?
+ORDER BY next_attempt_at, id
+LIMIT ?
+"""
+LEASE_DELIVERY: Final = "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?"
+FINISH_DELIVERY: Final = """
+UPDATE deliveries
+SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ?, updated_at = ?
+WHERE id = ? AND next_attempt_at = ?
+RETURNING url
+"""
+DISABLE_ENDPOINT: Final = "INSERT OR IGNORE INTO webhook_endpoints (url, disabled_at) VALUES (?, ?)"
+DISABLE_PENDING_DELIVERIES: Final = """
+UPDATE deliveries SET status = 'disabled', next_attempt_at = NULL, updated_at = ?
+WHERE next_attempt_at IS NOT NULL AND url = ?
+"""
+NEXT_DELIVERY_DUE: Final = (
+    "SELECT MIN(next_attempt_at) FROM deliveries WHERE next_attempt_at IS NOT NULL"
+)
+ENDPOINT_DISABLED: Final = "SELECT 1 FROM webhook_endpoints WHERE url = ?"
+LIST_DELIVERIES: Final = f"SELECT {DELIVERY_COLUMNS} FROM deliveries ORDER BY id LIMIT ?"
+LIST_JOB_DELIVERIES: Final = f"""
+SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ? ORDER BY id LIMIT ?
+"""
+PURGE_DELIVERIES: Final = "DELETE FROM deliveries WHERE next_attempt_at IS NULL AND updated_at < ?"
 
 _PRAGMAS: Final = (
     "PRAGMA synchronous = NORMAL",
@@ -405,6 +502,73 @@ class SqliteStore:
 
     async def purge_idempotency(self, older_than: datetime) -> int:
         return await self._call(self._write_one_sync, PURGE_IDEMPOTENCY, (_to_us(older_than),))
+
+    # -- outbound webhook deliveries -----------------------------------------------------------
+
+    async def get_cursor(self, name: str) -> int | None:
+        return await self._call(self._get_cursor_sync, name)
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        await self._call(self._write_one_sync, SET_CURSOR, (name, value))
+
+    async def enqueue_deliveries(
+        self, deliveries: Sequence[NewDelivery], *, cursor: tuple[str, int] | None = None
+    ) -> int:
+        if not deliveries and cursor is None:
+            return 0
+        return await self._call(self._enqueue_deliveries_sync, deliveries, cursor)
+
+    async def claim_due_deliveries(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[Delivery]:
+        if limit < 1:
+            return []
+        return await self._call(self._claim_deliveries_sync, now, limit, lease_until)
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        leased_until: datetime,
+        outcome: DeliveryOutcome,
+        attempts: int,
+        now: datetime,
+        retry_at: datetime | None = None,
+        last_status: int | None = None,
+        last_error: str | None = None,
+    ) -> bool:
+        if outcome == "retry" and retry_at is None:
+            raise ValueError("a retry needs retry_at")
+        status = "pending" if outcome == "retry" else outcome
+        next_at = _to_us(retry_at) if outcome == "retry" and retry_at is not None else None
+        now_us = _to_us(now)
+        params = (
+            status,
+            attempts,
+            next_at,
+            last_status,
+            last_error,
+            now_us,
+            delivery_id,
+            _to_us(leased_until),
+        )
+        return await self._call(self._finish_delivery_sync, params, outcome == "disabled", now_us)
+
+    async def next_delivery_due(self) -> datetime | None:
+        return await self._call(self._next_delivery_due_sync)
+
+    async def endpoint_disabled(self, url: str) -> bool:
+        return await self._call(self._endpoint_disabled_sync, url)
+
+    async def list_deliveries(
+        self, *, job_id: str | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        if job_id is None:
+            return await self._call(self._deliveries_sync, LIST_DELIVERIES, (limit,))
+        return await self._call(self._deliveries_sync, LIST_JOB_DELIVERIES, (job_id, limit))
+
+    async def purge_deliveries(self, older_than: datetime) -> int:
+        return await self._call(self._write_one_sync, PURGE_DELIVERIES, (_to_us(older_than),))
 
     # -- the worker thread ---------------------------------------------------------------------
 
@@ -655,6 +819,61 @@ class SqliteStore:
         with self._transaction() as cursor:
             return cursor.execute(sql, params).rowcount
 
+    def _get_cursor_sync(self, name: str) -> int | None:
+        row = self._db.execute(GET_CURSOR, (name,)).fetchone()
+        return int(row[0]) if row else None
+
+    def _enqueue_deliveries_sync(
+        self, deliveries: Sequence[NewDelivery], cursor_to: tuple[str, int] | None
+    ) -> int:
+        rows = [
+            (
+                new.event_id,
+                new.job_id,
+                new.url,
+                new.kind,
+                new.payload,
+                _to_us(new.due_at),
+                _to_us(new.due_at),
+                _to_us(new.due_at),
+                new.url,
+            )
+            for new in deliveries
+        ]
+        with self._transaction() as cursor:
+            added = cursor.executemany(INSERT_DELIVERY, rows).rowcount if rows else 0
+            if cursor_to is not None:
+                cursor.execute(SET_CURSOR, cursor_to)
+        return added
+
+    def _claim_deliveries_sync(
+        self, now: datetime, limit: int, lease_until: datetime
+    ) -> list[Delivery]:
+        lease_us = _to_us(lease_until)
+        with self._transaction() as cursor:
+            rows = cursor.execute(SELECT_DUE_DELIVERIES, (_to_us(now), limit)).fetchall()
+            cursor.executemany(LEASE_DELIVERY, [(lease_us, row[0]) for row in rows])
+        return [_delivery((*row[:8], lease_us, *row[9:])) for row in rows]
+
+    def _finish_delivery_sync(self, params: Sequence[Any], disable: bool, now_us: int) -> bool:
+        with self._transaction() as cursor:
+            finished = cursor.execute(FINISH_DELIVERY, params).fetchall()
+            if disable and finished:
+                (url,) = finished[0]
+                cursor.execute(DISABLE_ENDPOINT, (url, now_us))
+                cursor.execute(DISABLE_PENDING_DELIVERIES, (now_us, url))
+        return bool(finished)
+
+    def _next_delivery_due_sync(self) -> datetime | None:
+        (earliest,) = self._db.execute(NEXT_DELIVERY_DUE).fetchone()
+        return _from_us(earliest) if earliest is not None else None
+
+    def _endpoint_disabled_sync(self, url: str) -> bool:
+        return self._db.execute(ENDPOINT_DISABLED, (url,)).fetchone() is not None
+
+    def _deliveries_sync(self, sql: str, params: Sequence[Any]) -> list[Delivery]:
+        return [_delivery(row) for row in self._db.execute(sql, params)]
+
 
 # --------------------------------------------------------------------------------------------------
 # Helpers for the worker thread, inside the caller's transaction where they take a cursor
@@ -754,6 +973,24 @@ def _insert_events(
 
 def _job(record: str) -> Job:
     return Job.from_record(orjson.loads(record))
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        event_id=row[1],
+        job_id=row[2],
+        url=row[3],
+        kind=row[4],
+        payload=row[5],
+        status=row[6],
+        attempts=row[7],
+        next_attempt_at=_from_us(row[8]) if row[8] is not None else None,
+        last_status=row[9],
+        last_error=row[10],
+        created_at=_from_us(row[11]),
+        updated_at=_from_us(row[12]),
+    )
 
 
 def _dumps(value: JSON) -> str:

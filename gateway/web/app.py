@@ -43,6 +43,7 @@ from gateway.web.problems import MAX_BODY_KEY, problem_middleware
 from gateway.web.routes import ROUTES
 from gateway.web.sse import setup_sse
 from gateway.web.state import COMPONENTS_KEY, Components
+from gateway.webhooks import Webhooks
 
 log = structlog.get_logger("jobgate.app")
 
@@ -154,7 +155,10 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         callback_secrets=callbacks.secrets,
     )
     components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
-    tasks = [asyncio.create_task(_purge_keys(store, settings), name="jobgate-key-purge")]
+    # Outbound webhooks tail the persisted event log, so they need no hook in the runner.
+    webhooks = Webhooks.from_settings(settings, store, hub)
+    tasks = await webhooks.start() if webhooks is not None else []
+    tasks.append(asyncio.create_task(_purge_keys(store, settings), name="jobgate-key-purge"))
     if settings.runner.enabled:
         tasks.append(asyncio.create_task(runner.run(), name="jobgate-runner"))
     log.info("gateway.started", providers=sorted(adapters), store=settings.store.kind)
@@ -167,6 +171,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
                 await task
         for fetcher in components.fetchers.values():
             await fetcher.close()
+        if webhooks is not None:
+            await webhooks.close()
         await session.close()
         await store.close()
         components.service = None

@@ -1,0 +1,554 @@
+"""Outbound webhooks: signed per Standard Webhooks, delivered at least once, across restarts too.
+
+Three parts:
+
+- pure rules: the signature (:func:`sign`), the retry schedule (:func:`retry_delay`), what an
+  answer means (:func:`outcome_of`) and which events go where (:func:`category_of`,
+  :func:`targets`);
+- :class:`WebhookDispatcher` tails the persisted event log from a cursor kept in the store, and for
+  each terminal (or, where asked, progress) event enqueues one delivery per target URL. Enqueueing
+  and moving the cursor are one transaction, so a crash anywhere loses no event and doubles none,
+  and the state write itself never waits on webhooks;
+- :class:`WebhookSender` claims due deliveries under a lease, POSTs them through an SSRF-safe client
+  (the result fetcher's checks and pinned resolver), and records each attempt.
+
+Every retry of a delivery carries the same ``webhook-id``, so receivers can drop duplicates; the
+timestamp and signature are made afresh for each attempt. Logs name a target's host, never its
+URL (a callback URL may carry a token in its query), and never the secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import structlog
+
+from adapters.http import utcnow
+from gateway.events import EventHub, wait_set
+from gateway.results import (
+    _PINS,  # the fetcher's per-request pins; a POST must be pinned exactly like a GET
+    FetchPolicy,
+    FetchTimeout,
+    PointerFetchFailed,
+    ResultFetcher,
+    UnsafeURL,
+    check_url,
+)
+from gateway.settings import Settings
+from gateway.states import FINISHED
+from gateway.store.base import Delivery, DeliveryOutcome, Event, JobStore, NewDelivery
+
+log = structlog.get_logger("jobgate.webhooks")
+
+CURSOR = "webhooks"
+"""The store cursor naming the last event the dispatcher has turned into deliveries."""
+USER_AGENT = "jobgate-webhooks/1"
+SECRET_PREFIX = "whsec_"
+
+Category = Literal["terminal", "progress"]
+
+# --------------------------------------------------------------------------------------------------
+# Pure rules
+
+
+def parse_secret(secret: str) -> bytes:
+    """The signing key: the secret's base64 part, decoded (the ``whsec_`` prefix is optional)."""
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+
+
+def generate_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``: the ``webhook-signature`` value."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(key, msg_id, timestamp, body),
+    }
+
+
+def message_id(job_id: str, event_id: int) -> str:
+    """Stable for every attempt of a delivery. The job id keeps it unique even across stores whose
+    event ids restart (a fresh database), which a receiver deduplicating by it would not forgive.
+    """
+    return f"msg_{job_id.removeprefix('job_')}_{event_id}"
+
+
+def retry_delay(schedule: Sequence[float], attempts: int) -> float | None:
+    """Seconds to wait before the next attempt after ``attempts`` have been made (the first entry
+    is the wait before the first one), or ``None`` once the schedule is exhausted."""
+    if attempts < 0:
+        raise ValueError("attempts must be >= 0")
+    return float(schedule[attempts]) if attempts < len(schedule) else None
+
+
+def outcome_of(status: int) -> Literal["delivered", "disabled", "retry"]:
+    """A 2xx delivers; 410 Gone disables the endpoint; anything else, a 3xx included (redirects are
+    never followed), is a failed attempt."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status == 410:
+        return "disabled"
+    return "retry"
+
+
+def category_of(event: Event) -> Category | None:
+    """``terminal`` when the job has finished (a job adopted already finished counts), ``progress``
+    for any other change of state or progress; ``None`` for what webhooks do not carry."""
+    if event.kind in ("created", "state") and event.state in FINISHED:
+        return "terminal"
+    if event.kind in ("state", "progress"):
+        return "progress"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    url: str
+    events: frozenset[str]
+
+
+def targets(
+    category: Category, callback_url: str | None, endpoints: Iterable[Endpoint]
+) -> list[str]:
+    """Where one event goes: the job's own callback URL (terminal events only), then every
+    endpoint subscribed to the category, each URL once."""
+    urls: list[str] = []
+    if category == "terminal" and callback_url:
+        urls.append(callback_url)
+    for endpoint in endpoints:
+        if category in endpoint.events and endpoint.url not in urls:
+            urls.append(endpoint.url)
+    return urls
+
+
+def payload(event: Event) -> str:
+    """The canonical job as the event recorded it (``job.public()``), without the log's extras."""
+    return orjson.dumps({k: v for k, v in event.data.items() if k != "from"}).decode()
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    key: bytes
+    endpoints: tuple[Endpoint, ...]
+    schedule: tuple[float, ...]
+    policy: FetchPolicy
+    concurrency: int = 16
+    retention: timedelta = timedelta(days=7)
+
+    @property
+    def timeout(self) -> float:
+        return self.policy.timeout.total
+
+
+def webhook_config(settings: Settings) -> WebhookConfig | None:
+    """The webhook configuration, or ``None`` when nothing can be signed (no secret outside the
+    embedded sandbox). Raises ``ValueError`` for host patterns the SSRF policy cannot take."""
+    hooks = settings.webhooks
+    if hooks.secret is not None:
+        secret = hooks.secret.get_secret_value()
+    elif settings.sandbox.embedded:
+        secret = generate_secret()
+        # Only the fact: the secret itself never reaches a log line.
+        log.info("webhooks.secret_generated", lifetime="this process")
+    else:
+        return None
+    own_hosts = {urlsplit(endpoint.url).hostname or "" for endpoint in hooks.endpoints}
+    policy = FetchPolicy(
+        allowed_hosts=frozenset({*hooks.allowed_hosts, *own_hosts}),
+        allowed_networks=tuple(
+            ipaddress.ip_network(net, strict=False) for net in hooks.allowed_networks
+        ),
+        max_redirects=0,
+        timeout=FetchTimeout(connect=min(hooks.timeout, 10.0), total=hooks.timeout),
+    )
+    return WebhookConfig(
+        key=parse_secret(secret),
+        endpoints=tuple(Endpoint(e.url, frozenset(e.events)) for e in hooks.endpoints),
+        schedule=tuple(hooks.schedule),
+        policy=policy,
+        concurrency=hooks.concurrency,
+        retention=timedelta(hours=hooks.retention_hours),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The HTTP client
+
+
+class WebhookClient(ResultFetcher):
+    """POSTs under the result fetcher's rules: scheme and host allow-list, every resolved address
+    checked, the connection pinned to the checked addresses, no proxy, no cookies. Redirects are
+    answers, never followed."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """The answer's status. Raises :class:`UnsafeURL` for a target that may never be called,
+        :class:`PointerFetchFailed` when no answer came (worth retrying)."""
+        target = check_url(url, self.policy)
+        pins = await self._vet(target)
+        timeout = aiohttp.ClientTimeout(
+            total=self.policy.timeout.total, connect=self.policy.timeout.connect
+        )
+        token = _PINS.set(pins)
+        try:
+            async with self._client().post(
+                target.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+            ) as response:
+                return response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Only the host and the kind of failure: the URL's query may carry the receiver's token.
+            raise PointerFetchFailed(
+                f"could not deliver to {target.host} ({type(exc).__name__})"
+            ) from exc
+        finally:
+            _PINS.reset(token)
+
+
+# --------------------------------------------------------------------------------------------------
+# The dispatcher: event log -> deliveries
+
+
+class WebhookDispatcher:
+    """Turns persisted events into persisted deliveries, from a cursor that survives restarts."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        hub: EventHub,
+        config: WebhookConfig,
+        *,
+        on_enqueued: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = utcnow,
+        batch: int = 500,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.config = config
+        self.on_enqueued = on_enqueued
+        self.clock = clock
+        self.batch = batch
+        self.cursor = 0
+
+    async def start(self) -> None:
+        """Load the cursor. On first use it starts at the log's end: turning webhooks on must not
+        replay every job that ever finished."""
+        cursor = await self.store.get_cursor(CURSOR)
+        if cursor is None:
+            cursor = await self.store.last_event_id()
+            await self.store.set_cursor(CURSOR, cursor)
+        self.cursor = cursor
+
+    async def step(self) -> int:
+        """Enqueue the deliveries of the next batch of events; the number of events read."""
+        events = await self.store.events_after(self.cursor, limit=self.batch)
+        if not events:
+            return 0
+        callback_urls = await self._callback_urls(events)
+        due = self.clock() + timedelta(seconds=retry_delay(self.config.schedule, 0) or 0.0)
+        deliveries: list[NewDelivery] = []
+        for event in events:
+            category = category_of(event)
+            if category is None:
+                continue
+            callback_url = callback_urls.get(event.job_id) if category == "terminal" else None
+            body = payload(event)
+            deliveries.extend(
+                NewDelivery(event.id, event.job_id, url, category, body, due)
+                for url in targets(category, callback_url, self.config.endpoints)
+            )
+        last = events[-1].id
+        added = await self.store.enqueue_deliveries(deliveries, cursor=(CURSOR, last))
+        self.cursor = last
+        if added:
+            self.on_enqueued()
+        return len(events)
+
+    async def _callback_urls(self, events: Sequence[Event]) -> dict[str, str | None]:
+        """The callback URL of each job that finished in ``events`` (the log does not carry it).
+
+        Looked up together rather than one after another: under a burst of finishing jobs, each
+        lookup would otherwise queue behind the runner's writes on its own.
+        """
+        wanted = {e.job_id: e.tenant for e in events if category_of(e) == "terminal"}
+        jobs = await asyncio.gather(*(self.store.get(j, t) for j, t in wanted.items()))
+        return {job.id: job.callback_url for job in jobs if job is not None}
+
+    async def run(self) -> None:
+        # Registered before the first read, so an event committed during a read still wakes us.
+        with self.hub.listen(None) as wake:
+            while True:
+                try:
+                    read = await self.step()
+                except Exception:
+                    # A loop that must never die: a store hiccup is logged and retried, and the
+                    # cursor has not moved past anything that was not enqueued.
+                    log.exception("webhooks.dispatch_failed")
+                    read = 0
+                    await asyncio.sleep(1.0)
+                if read < self.batch:
+                    # The periodic re-read covers writers the hub does not hear (another process).
+                    await wait_set(wake, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sender: deliveries -> HTTP
+
+
+@dataclass
+class WebhookSender:
+    """Claims due deliveries and sends them, at most ``config.concurrency`` at a time."""
+
+    store: JobStore
+    config: WebhookConfig
+    client: WebhookClient
+    clock: Callable[[], datetime] = utcnow
+    tick: float = 0.01
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _inflight: set[asyncio.Task[None]] = field(default_factory=set)
+    _claimed: dict[int, Delivery] = field(default_factory=dict)
+    _next_purge: datetime | None = None
+
+    @property
+    def lease(self) -> timedelta:
+        # Long enough for the slowest attempt: a lease that ran out mid-attempt means a duplicate.
+        return timedelta(seconds=2 * self.config.timeout + 5)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def step(self) -> int:
+        """Start sending what is due (as far as there is room); the number started."""
+        room = self.config.concurrency - len(self._inflight)
+        now = self.clock()
+        await self._purge(now)
+        if room <= 0:
+            return 0
+        claimed = await self.store.claim_due_deliveries(
+            now, limit=room, lease_until=now + self.lease
+        )
+        for delivery in claimed:
+            self._claimed[delivery.id] = delivery
+            task = asyncio.create_task(self._send_guarded(delivery))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+        return len(claimed)
+
+    async def drain(self) -> None:
+        """Wait for every attempt in flight (tests)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.step()
+                    await self._sleep()
+                except Exception:
+                    # A loop that must never die: whatever was claimed comes back when its lease
+                    # runs out, so logging and going on loses nothing.
+                    log.exception("webhooks.send_loop_failed")
+                    await asyncio.sleep(1.0)
+        finally:
+            await self._stop()
+
+    async def send(self, delivery: Delivery) -> DeliveryOutcome:
+        """One attempt at ``delivery`` (as claimed), recorded in the store."""
+        started = self.clock()
+        msg_id = message_id(delivery.job_id, delivery.event_id)
+        body = delivery.payload.encode()
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            **signed_headers(self.config.key, msg_id, int(started.timestamp()), body),
+        }
+        host = urlsplit(delivery.url).hostname
+        attempts = delivery.attempts + 1
+        status: int | None = None
+        error: str | None = None
+        outcome: DeliveryOutcome
+        try:
+            status = await self.client.post(delivery.url, body, headers)
+        except UnsafeURL as exc:
+            error = f"{exc.code}: {exc.message}"
+            outcome = "failed"  # the target will not become safe by waiting
+        except PointerFetchFailed as exc:
+            error = exc.message
+            outcome = "retry"
+        else:
+            outcome = outcome_of(status)
+            if outcome == "retry":
+                error = (
+                    f"redirect not followed ({status})"
+                    if 300 <= status < 400
+                    else f"answered {status}"
+                )
+        now = self.clock()
+        retry_at: datetime | None = None
+        if outcome == "retry":
+            delay = retry_delay(self.config.schedule, attempts)
+            if delay is None:
+                outcome = "failed"
+            else:
+                retry_at = now + timedelta(seconds=delay)
+        assert delivery.next_attempt_at is not None, "a claimed delivery carries its lease"
+        await self.store.finish_delivery(
+            delivery.id,
+            leased_until=delivery.next_attempt_at,
+            outcome=outcome,
+            attempts=attempts,
+            now=now,
+            retry_at=retry_at,
+            last_status=status,
+            last_error=error,
+        )
+        self._claimed.pop(delivery.id, None)
+        fields = {
+            "job_id": delivery.job_id,
+            "delivery_id": delivery.id,
+            "webhook_id": msg_id,
+            "host": host,
+            "attempt": attempts,
+            "status": status,
+        }
+        if outcome == "delivered":
+            log.info("webhook.delivered", **fields)
+        elif outcome == "disabled":
+            log.warning("webhook.endpoint_disabled", **fields)
+        elif outcome == "failed":
+            log.warning("webhook.failed", error=error, **fields)
+        else:
+            assert retry_at is not None
+            log.info(
+                "webhook.retry",
+                error=error,
+                retry_in=round((retry_at - now).total_seconds(), 3),
+                **fields,
+            )
+        return outcome
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _send_guarded(self, delivery: Delivery) -> None:
+        try:
+            await self.send(delivery)
+        except Exception:
+            # A boundary that must never die: one bad attempt must not stop the others. The
+            # delivery stays leased and is tried again when the lease runs out.
+            log.exception("webhook.attempt_crashed", delivery_id=delivery.id)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        if len(self._inflight) >= self.config.concurrency:
+            await wait_set(self._wake, 1.0)
+            return
+        due = await self.store.next_delivery_due()
+        delay = 1.0 if due is None else (due - self.clock()).total_seconds()
+        await wait_set(self._wake, min(1.0, max(self.tick, delay)))
+
+    async def _purge(self, now: datetime) -> None:
+        if self._next_purge is not None and now < self._next_purge:
+            return
+        self._next_purge = now + timedelta(hours=1)
+        purged = await self.store.purge_deliveries(now - self.config.retention)
+        if purged:
+            log.info("webhooks.purged", deliveries=purged)
+
+    async def _stop(self) -> None:
+        """Cancel the attempts in flight and hand their deliveries back at once, so that the next
+        start sends them without waiting out the lease (a fenced write: one that finished
+        meanwhile stays finished)."""
+        for task in list(self._inflight):
+            task.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        now = self.clock()
+        for delivery in list(self._claimed.values()):
+            assert delivery.next_attempt_at is not None
+            with contextlib.suppress(RuntimeError):  # the store is already closed
+                await self.store.finish_delivery(
+                    delivery.id,
+                    leased_until=delivery.next_attempt_at,
+                    outcome="retry",
+                    attempts=delivery.attempts,
+                    now=now,
+                    retry_at=now,
+                    last_status=delivery.last_status,
+                    last_error=delivery.last_error,
+                )
+        self._claimed.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# Composition
+
+
+class Webhooks:
+    """The dispatcher and the sender, for the app's lifecycle: ``start`` then ``close``."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        hub: EventHub,
+        config: WebhookConfig,
+        *,
+        client: WebhookClient | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.client = client or WebhookClient(config.policy)
+        self.sender = WebhookSender(store, config, self.client, clock=clock)
+        self.dispatcher = WebhookDispatcher(
+            store, hub, config, on_enqueued=self.sender.wake, clock=clock
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: JobStore, hub: EventHub) -> Webhooks | None:
+        config = webhook_config(settings)
+        if config is None:
+            log.info("webhooks.disabled", reason="no webhooks.secret")
+            return None
+        return cls(store, hub, config)
+
+    async def start(self) -> list[asyncio.Task[None]]:
+        await self.dispatcher.start()
+        log.info(
+            "webhooks.started",
+            endpoints=len(self.config.endpoints),
+            attempts=len(self.config.schedule),
+        )
+        return [
+            asyncio.create_task(self.dispatcher.run(), name="jobgate-webhook-dispatcher"),
+            asyncio.create_task(self.sender.run(), name="jobgate-webhook-sender"),
+        ]
+
+    async def close(self) -> None:
+        await self.client.close()
