@@ -44,297 +44,59 @@ from gateway.store.base import (
     Page,
 )
 from gateway.store.memory import decode_cursor, encode_cursor
+from gateway.store.sqlite_sql import (
+    ADD_JOB_COUNTS,
+    CLAIM_IDEMPOTENCY,
+    COUNT_BY_STATE,
+    DELETE_JOB,
+    DELETE_LABELS,
+    DISABLE_ENDPOINT,
+    DISABLE_PENDING_DELIVERIES,
+    ENDPOINT_DISABLED,
+    EVENTS_AFTER,
+    EVENTS_AFTER_JOB,
+    EVENTS_AFTER_ORDER,
+    FINISH_DELIVERY,
+    FINISH_IDEMPOTENCY,
+    GET_CURSOR,
+    INSERT_DELIVERY,
+    INSERT_EVENT,
+    INSERT_JOB,
+    INSERT_LABEL,
+    LAST_EVENT_ID,
+    LEASE_DELIVERY,
+    LEASE_JOB,
+    LIST_DELIVERIES,
+    LIST_JOB_DELIVERIES,
+    LIST_JOBS,
+    LIST_JOBS_BEFORE,
+    LIST_JOBS_BY_LABEL,
+    LIST_JOBS_BY_LABEL_BEFORE,
+    LIST_JOBS_BY_LABEL_ORDER,
+    LIST_JOBS_LABEL,
+    LIST_JOBS_ORDER,
+    LIST_JOBS_PROVIDER,
+    LIST_JOBS_STATE,
+    MIGRATIONS,
+    NEXT_DELIVERY_DUE,
+    PURGE_DELIVERIES,
+    PURGE_IDEMPOTENCY,
+    RELEASE_IDEMPOTENCY,
+    SCHEMA_VERSION,
+    SELECT_DUE,
+    SELECT_DUE_DELIVERIES,
+    SELECT_FOR_SAVE,
+    SELECT_IDEMPOTENCY,
+    SELECT_JOB,
+    SELECT_JOBS_BY_UPSTREAM,
+    SELECT_NEXT_DUE,
+    SET_CURSOR,
+    UPDATE_JOB,
+    UPDATE_JOB_AND_STATE,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-# --------------------------------------------------------------------------------------------------
-# Schema. Each migration is a tuple of statements applied in one transaction; the database's
-# ``PRAGMA user_version`` records how many have run. Append new migrations; never edit old ones.
-
-CREATE_JOBS: Final = """
-CREATE TABLE jobs (
-    id           TEXT PRIMARY KEY,
-    tenant       TEXT NOT NULL,
-    provider     TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    next_poll_at INTEGER,
-    version      INTEGER NOT NULL,
-    created_at   INTEGER NOT NULL,
-    labels       TEXT NOT NULL DEFAULT '{}', -- canonical JSON: compared to skip label rewrites
-    record       TEXT NOT NULL
-)
-"""
-# Partial: finished jobs (no next poll) cost nothing in the index the poll loop lives on.
-CREATE_JOBS_DUE_INDEX: Final = """
-CREATE INDEX jobs_due ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL
-"""
-# Serves the newest-first listing; provider and state ride along so that filtering on them and
-# counting by them read only the index, never the records.
-CREATE_JOBS_LIST_INDEX: Final = """
-CREATE INDEX jobs_list ON jobs (tenant, id, provider, state)
-"""
-CREATE_JOB_LABELS: Final = """
-CREATE TABLE job_labels (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    key    TEXT NOT NULL,
-    value  TEXT NOT NULL,
-    PRIMARY KEY (job_id, key)
-) WITHOUT ROWID
-"""
-CREATE_JOB_LABELS_INDEX: Final = """
-CREATE INDEX job_labels_lookup ON job_labels (key, value, job_id)
-"""
-# AUTOINCREMENT, so that ids are never reused even after the newest events are deleted: they are
-# SSE ids, and a client resuming from Last-Event-ID must never be handed an old number again.
-CREATE_EVENTS: Final = """
-CREATE TABLE events (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    tenant     TEXT NOT NULL,
-    provider   TEXT NOT NULL,
-    state      TEXT NOT NULL,
-    kind       TEXT NOT NULL,
-    data       TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-)
-"""
-CREATE_EVENTS_JOB_INDEX: Final = """
-CREATE INDEX events_by_job ON events (job_id, id)
-"""
-# Kept up to date by every write, in the same transaction, so that the jobs gauge reads a few rows
-# instead of scanning a million-entry index while every other call queues behind it.
-CREATE_JOB_COUNTS: Final = """
-CREATE TABLE job_counts (
-    provider TEXT NOT NULL,
-    state    TEXT NOT NULL,
-    n        INTEGER NOT NULL,
-    PRIMARY KEY (provider, state)
-) WITHOUT ROWID
-"""
-CREATE_IDEMPOTENCY: Final = """
-CREATE TABLE idempotency (
-    key         TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ('pending', 'done')),
-    status      INTEGER,
-    body        TEXT,
-    job_id      TEXT,
-    created_at  INTEGER NOT NULL,
-    finished_at INTEGER
-)
-"""
-CREATE_IDEMPOTENCY_AGE_INDEX: Final = """
-CREATE INDEX idempotency_age ON idempotency (created_at)
-"""
-# An inbound callback names only the upstream job. A column, not an index on the record's JSON:
-# the upstream id never changes, so no save rewrites this index (an expression over ``record``
-# would be recomputed on every save).
-ADD_JOBS_UPSTREAM: Final = "ALTER TABLE jobs ADD COLUMN upstream_id TEXT"
-FILL_JOBS_UPSTREAM: Final = "UPDATE jobs SET upstream_id = json_extract(record, '$.upstream_id')"
-CREATE_JOBS_UPSTREAM_INDEX: Final = """
-CREATE INDEX IF NOT EXISTS jobs_upstream ON jobs (provider, upstream_id)
-"""
-# Outbound webhooks. A delivery holds its own payload and has no foreign key to its job: the event
-# it reports has happened, and stopping tracking the job must not take back the notice of it.
-# Pending rows are exactly those with a next_attempt_at, so the partial index serves claims and
-# disabling alike while finished rows cost it nothing.
-# IF NOT EXISTS: a file rolled back to an older schema by hand still migrates forward.
-CREATE_DELIVERIES: Final = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    id              INTEGER PRIMARY KEY,
-    event_id        INTEGER NOT NULL,
-    job_id          TEXT NOT NULL,
-    url             TEXT NOT NULL,
-    kind            TEXT NOT NULL,
-    payload         TEXT NOT NULL,
-    status          TEXT NOT NULL
-                    CHECK (status IN ('pending', 'delivered', 'failed', 'disabled')),
-    attempts        INTEGER NOT NULL,
-    next_attempt_at INTEGER,
-    last_status     INTEGER,
-    last_error      TEXT,
-    created_at      INTEGER NOT NULL,
-    updated_at      INTEGER NOT NULL,
-    UNIQUE (event_id, url)
-)
-"""
-CREATE_DELIVERIES_DUE_INDEX: Final = """
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
-WHERE next_attempt_at IS NOT NULL
-"""
-CREATE_DELIVERIES_JOB_INDEX: Final = """
-CREATE INDEX IF NOT EXISTS deliveries_by_job ON deliveries (job_id, id)
-"""
-CREATE_WEBHOOK_ENDPOINTS: Final = """
-CREATE TABLE IF NOT EXISTS webhook_endpoints (
-    url         TEXT PRIMARY KEY,
-    disabled_at INTEGER NOT NULL
-) WITHOUT ROWID
-"""
-CREATE_CURSORS: Final = """
-CREATE TABLE IF NOT EXISTS cursors (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID
-"""
-
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        CREATE_JOBS,
-        CREATE_JOBS_DUE_INDEX,
-        CREATE_JOBS_LIST_INDEX,
-        CREATE_JOB_LABELS,
-        CREATE_JOB_LABELS_INDEX,
-        CREATE_EVENTS,
-        CREATE_EVENTS_JOB_INDEX,
-        CREATE_JOB_COUNTS,
-        CREATE_IDEMPOTENCY,
-        CREATE_IDEMPOTENCY_AGE_INDEX,
-    ),
-    (ADD_JOBS_UPSTREAM, FILL_JOBS_UPSTREAM, CREATE_JOBS_UPSTREAM_INDEX),
-    (
-        CREATE_DELIVERIES,
-        CREATE_DELIVERIES_DUE_INDEX,
-        CREATE_DELIVERIES_JOB_INDEX,
-        CREATE_WEBHOOK_ENDPOINTS,
-        CREATE_CURSORS,
-    ),
-)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-
-# --------------------------------------------------------------------------------------------------
-# Named statements
-
-INSERT_JOB: Final = """
-INSERT INTO jobs (
-    id, tenant, provider, state, next_poll_at, version, created_at, labels, record, upstream_id
-)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-# save_many reads the batch's rows first (under the write lock) and then writes each row with the
-# narrowest statement that fits: SQLite rewrites an index entry whenever its column is in the SET
-# list, so leaving ``state`` out when it did not change spares a random write in jobs_list.
-SELECT_FOR_SAVE: Final = """
-SELECT jobs.rowid, jobs.id, jobs.version, jobs.state, jobs.labels
-FROM json_each(?) AS wanted JOIN jobs ON jobs.id = wanted.value
-"""
-UPDATE_JOB: Final = """
-UPDATE jobs SET next_poll_at = ?, version = ?, record = ? WHERE rowid = ? AND version = ?
-"""
-UPDATE_JOB_AND_STATE: Final = """
-UPDATE jobs SET state = ?, labels = ?, next_poll_at = ?, version = ?, record = ?
-WHERE rowid = ? AND version = ?
-"""
-INSERT_LABEL: Final = "INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?)"
-DELETE_LABELS: Final = "DELETE FROM job_labels WHERE job_id = ?"
-SELECT_JOB: Final = "SELECT record FROM jobs WHERE id = ? AND tenant = ?"
-# No ORDER BY: with one, the planner may walk jobs_list (tenant, id) newest first instead of this
-# exact lookup. The rows are few (an upstream job adopted a few times at most); Python picks one.
-SELECT_JOBS_BY_UPSTREAM: Final = """
-SELECT id, record FROM jobs WHERE provider = ? AND upstream_id = ? AND tenant = ?
-"""
-DELETE_JOB: Final = "DELETE FROM jobs WHERE id = ? AND tenant = ? RETURNING provider, state"
-SELECT_DUE: Final = """
-SELECT rowid, record FROM jobs
-WHERE next_poll_at IS NOT NULL AND next_poll_at <= ?
-ORDER BY next_poll_at
-LIMIT ?
-"""
-LEASE_JOB: Final = "UPDATE jobs SET next_poll_at = ?, version = ?, record = ? WHERE rowid = ?"
-SELECT_NEXT_DUE: Final = "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
-ADD_JOB_COUNTS: Final = """
-INSERT INTO job_counts (provider, state, n) VALUES (?, ?, ?)
-ON CONFLICT (provider, state) DO UPDATE SET n = n + excluded.n
-"""
-COUNT_BY_STATE: Final = "SELECT provider, state, n FROM job_counts WHERE n > 0"
-
-# Listing walks newest-first and stops after one page. Without labels it walks jobs_list; with
-# labels it walks the first label's (key, value, job_id) index instead (CROSS JOIN fixes that
-# order), so a page costs about its own size whether the label is rare or on every job.
-LIST_JOBS: Final = "SELECT jobs.record FROM jobs WHERE jobs.tenant = ?"
-LIST_JOBS_BEFORE: Final = " AND jobs.id < ?"
-LIST_JOBS_ORDER: Final = " ORDER BY jobs.id DESC LIMIT ?"
-LIST_JOBS_BY_LABEL: Final = """
-SELECT jobs.record FROM job_labels AS first CROSS JOIN jobs ON jobs.id = first.job_id
-WHERE first.key = ? AND first.value = ? AND jobs.tenant = ?
-"""
-LIST_JOBS_BY_LABEL_BEFORE: Final = " AND first.job_id < ?"
-LIST_JOBS_BY_LABEL_ORDER: Final = " ORDER BY first.job_id DESC LIMIT ?"
-LIST_JOBS_PROVIDER: Final = " AND jobs.provider = ?"
-LIST_JOBS_STATE: Final = " AND jobs.state = ?"
-LIST_JOBS_LABEL: Final = """
- AND EXISTS (SELECT 1 FROM job_labels WHERE job_id = jobs.id AND key = ? AND value = ?)"""
-
-LAST_EVENT_ID: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-INSERT_EVENT: Final = """
-INSERT INTO events (id, job_id, tenant, provider, state, kind, data, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-"""
-EVENTS_AFTER: Final = """
-SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
-WHERE id > ? AND tenant = ?
-"""
-EVENTS_AFTER_JOB: Final = " AND job_id = ?"
-EVENTS_AFTER_ORDER: Final = " ORDER BY id LIMIT ?"
-
-CLAIM_IDEMPOTENCY: Final = """
-INSERT OR IGNORE INTO idempotency (key, fingerprint, state, created_at)
-VALUES (?, ?, 'pending', ?)
-"""
-SELECT_IDEMPOTENCY: Final = """
-SELECT fingerprint, state, status, body, job_id, created_at FROM idempotency WHERE key = ?
-"""
-FINISH_IDEMPOTENCY: Final = """
-UPDATE idempotency SET state = 'done', status = ?, body = ?, job_id = ?, finished_at = ?
-WHERE key = ?
-"""
-RELEASE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE key = ? AND state = 'pending'"
-PURGE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE created_at < ?"
-
-GET_CURSOR: Final = "SELECT value FROM cursors WHERE name = ?"
-SET_CURSOR: Final = """
-INSERT INTO cursors (name, value) VALUES (?, ?)
-ON CONFLICT (name) DO UPDATE SET value = excluded.value
-"""
-DELIVERY_COLUMNS: Final = """
-id, event_id, job_id, url, kind, payload, status, attempts, next_attempt_at, last_status,
-last_error, created_at, updated_at
-"""
-INSERT_DELIVERY: Final = """
-INSERT OR IGNORE INTO deliveries (
-    event_id, job_id, url, kind, payload, status, attempts, next_attempt_at, created_at, updated_at
-)
-SELECT ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?
-WHERE NOT EXISTS (SELECT 1 FROM webhook_endpoints WHERE url = ?)
-"""
-SELECT_DUE_DELIVERIES: Final = f"""
-SELECT {DELIVERY_COLUMNS} FROM deliveries
-WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?
-ORDER BY next_attempt_at, id
-LIMIT ?
-"""
-LEASE_DELIVERY: Final = "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?"
-FINISH_DELIVERY: Final = """
-UPDATE deliveries
-SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ?, updated_at = ?
-WHERE id = ? AND next_attempt_at = ?
-RETURNING url
-"""
-DISABLE_ENDPOINT: Final = "INSERT OR IGNORE INTO webhook_endpoints (url, disabled_at) VALUES (?, ?)"
-DISABLE_PENDING_DELIVERIES: Final = """
-UPDATE deliveries SET status = 'disabled', next_attempt_at = NULL, updated_at = ?
-WHERE next_attempt_at IS NOT NULL AND url = ?
-"""
-NEXT_DELIVERY_DUE: Final = (
-    "SELECT MIN(next_attempt_at) FROM deliveries WHERE next_attempt_at IS NOT NULL"
-)
-ENDPOINT_DISABLED: Final = "SELECT 1 FROM webhook_endpoints WHERE url = ?"
-LIST_DELIVERIES: Final = f"SELECT {DELIVERY_COLUMNS} FROM deliveries ORDER BY id LIMIT ?"
-LIST_JOB_DELIVERIES: Final = f"""
-SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ? ORDER BY id LIMIT ?
-"""
-PURGE_DELIVERIES: Final = "DELETE FROM deliveries WHERE next_attempt_at IS NULL AND updated_at < ?"
 
 _PRAGMAS: Final = (
     "PRAGMA synchronous = NORMAL",

@@ -34,7 +34,8 @@ from gateway.settings import load_settings
 from gateway.states import JobState
 from gateway.store.base import JobStore, NewEvent
 from gateway.store.memory import MemoryStore
-from gateway.store.sqlite import SELECT_JOBS_BY_UPSTREAM, SqliteStore
+from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite_sql import SELECT_JOBS_BY_UPSTREAM
 from tests.unit.store.test_contract import make_job
 from tests.unit.test_runner import POLICY, FakeClock, ScriptedAdapter, report
 

@@ -23,7 +23,8 @@ from gateway.store.base import (
     JobFilter,
     NewEvent,
 )
-from gateway.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite_sql import MIGRATIONS, SCHEMA_VERSION
 from tests.unit.store.test_contract import LEASE, T0, full_job, make_job
 
 REPO = Path(__file__).resolve().parents[3]
