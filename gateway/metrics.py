@@ -153,7 +153,7 @@ class Metrics:
         )
         self.http_latency = Histogram(
             "jobgate_http_request_duration_seconds",
-            "Time to serve a request (long polls and streams included)",
+            "Time to serve a request; long polls (?wait) and SSE streams are not timed here",
             ["method", "route"],
             buckets=HTTP_BUCKETS,
             registry=registry,
@@ -231,7 +231,10 @@ class Metrics:
 
     # -- the HTTP server -----------------------------------------------------------------------
 
-    def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
+    def http_request(
+        self, method: str, route: str, status: int, seconds: float, *, timed: bool = True
+    ) -> None:
         method = method if method in HTTP_METHODS else "OTHER"
         self.http_requests.labels(method, route, str(status)).inc()
-        self.http_latency.labels(method, route).observe(max(0.0, seconds))
+        if timed:
+            self.http_latency.labels(method, route).observe(max(0.0, seconds))

@@ -86,7 +86,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         seconds = time.perf_counter() - started
         route = route_template(request)
-        metrics.http_request(request.method, route, status, seconds)
+        metrics.http_request(
+            request.method, route, status, seconds, timed=not _waits_by_design(request, route)
+        )
         emit = log.debug if route in QUIET_ROUTES else log.info
         emit(
             "http.request",
@@ -95,6 +97,15 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             status=status,
             duration_ms=round(seconds * 1000, 2),
         )
+
+
+def _waits_by_design(request: web.Request, route: str) -> bool:
+    """SSE streams and long polls last as long as the client asked: in the latency histogram they
+    would drown out the time the gateway itself takes (they are still counted as requests)."""
+    if route.endswith("/events"):
+        return True
+    wait = request.query.get("wait", "")
+    return wait not in ("", "0", "0.0")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

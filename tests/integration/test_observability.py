@@ -3,6 +3,8 @@ reach a log line, an error body, a metric or a stored row."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -267,7 +269,7 @@ async def test_metrics_after_a_job_life(make_stack: StackFactory) -> None:
     # Routes are templates: the job ids never become label values.
     assert total(text, "jobgate_http_requests_total", route="/v1/jobs/{job_id}", status="200") > 0
     assert total(text, "jobgate_http_requests_total", route="/v1/jobs", method="POST") >= 3
-    assert total(text, "jobgate_http_request_duration_seconds_count", route="/v1/jobs/{job_id}")
+    assert total(text, "jobgate_http_request_duration_seconds_count", route="/v1/jobs") >= 3
     for job_id in job_ids:
         assert job_id not in text
     async with stack.client.get(f"{stack.url}/v1/jobs/{job_ids[0]}/nothing/here") as response:
@@ -361,3 +363,27 @@ async def test_request_ids_on_crashes_and_across_keep_alive(
     text = metrics.render().decode()
     assert total(text, "jobgate_http_requests_total", route="/boom", status="500") == 1
     assert total(text, "jobgate_http_requests_total", route="/context/{name}", status="200") == 2
+
+
+async def test_long_polls_and_streams_are_counted_but_not_timed(make_stack: StackFactory) -> None:
+    stack = await make_stack(speed=50)
+    job = await stack.submit("pulse", {"fileUrl": "https://example.com/?sandbox=slow"})
+    route = "/v1/jobs/{job_id}"
+    async with stack.client.get(f"{stack.url}/v1/jobs/{job['id']}") as response:
+        assert response.status == 200
+    async with stack.client.get(f"{stack.url}/v1/jobs/{job['id']}?wait=0.3") as response:
+        assert response.status == 200
+    async with stack.client.get(
+        f"{stack.url}/v1/jobs/{job['id']}/events", timeout=aiohttp.ClientTimeout(total=0.5)
+    ) as response:
+        assert response.status == 200
+        with contextlib.suppress(TimeoutError):
+            await response.content.read()
+    await asyncio.sleep(0.1)
+    text = await scrape(stack)
+    assert total(text, "jobgate_http_requests_total", method="GET", route=route) == 2
+    # Only the plain read is in the latency histogram; the long poll waited by design.
+    assert total(text, "jobgate_http_request_duration_seconds_count", route=route) == 1
+    events = route + "/events"
+    assert total(text, "jobgate_http_requests_total", route=events) == 1
+    assert total(text, "jobgate_http_request_duration_seconds_count", route=events) == 0
