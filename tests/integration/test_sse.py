@@ -414,6 +414,8 @@ async def test_cors_preflight_and_responses(make_stack: StackFactory) -> None:
     allowed = {h.strip().lower() for h in headers["Access-Control-Allow-Headers"].split(",")}
     assert {"last-event-id", "idempotency-key", "content-type", "x-request-id"} <= allowed
     assert int(headers["Access-Control-Max-Age"]) > 0
+    # Preflights pass the request-id middleware too, so they can be traced like any request.
+    assert headers.get("X-Request-ID")
     assert "Origin" in headers["Vary"]
 
     # Simple responses, problems and streams all carry the origin and the readable headers.
