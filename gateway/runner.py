@@ -261,7 +261,10 @@ class Runner:
             return
         policy = provider.policy
         mono = self.mono()
+        before = provider.breaker.circuit
         provider.breaker, allowed = breaker_allows(policy, provider.breaker, mono)
+        if provider.breaker.circuit is not before:
+            self._circuit_changed(job.provider, provider.breaker.circuit)
         if not allowed:
             # Half open: one probe is out; the others wait a poll interval, not a tick, so they
             # are not rewritten every 20 ms while the probe is in flight.
@@ -326,9 +329,12 @@ class Runner:
         before = provider.breaker.circuit
         provider.breaker = breaker_record(provider.policy, provider.breaker, ok=ok, now=self.mono())
         if provider.breaker.circuit is not before:
-            log.warning("runner.circuit", provider=name, circuit=provider.breaker.circuit.value)
-            if self.observer:
-                self.observer.circuit(name, provider.breaker.circuit)
+            self._circuit_changed(name, provider.breaker.circuit)
+
+    def _circuit_changed(self, name: str, circuit: Circuit) -> None:
+        log.warning("runner.circuit", provider=name, circuit=circuit.value)
+        if self.observer:
+            self.observer.circuit(name, circuit)
 
     def _on_report(
         self,

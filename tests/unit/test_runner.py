@@ -681,7 +681,11 @@ async def test_failed_probe_reopens_the_circuit() -> None:
     adapter.gate.set()
     await h.runner.drain()
     assert h.runner.circuits()["a"] == "open"  # ...which failed
-    assert h.observer.circuit_changes == [("a", Circuit.OPEN), ("a", Circuit.OPEN)]
+    assert h.observer.circuit_changes == [
+        ("a", Circuit.OPEN),
+        ("a", Circuit.HALF_OPEN),  # the probe going out is reported too
+        ("a", Circuit.OPEN),
+    ]
 
     # A fresh cooldown from the failed probe: nothing goes out before it ends.
     adapter.failing = None
