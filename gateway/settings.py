@@ -115,6 +115,8 @@ class RunnerSettings(_Section):
     """Due work is coalesced into ticks; state changes are written once per tick."""
     batch: int = Field(500, ge=1)
     lease_seconds: float = Field(120.0, gt=0)
+    """How long a claimed poll holds its job. After a crash, a job whose poll was in flight is
+    polled again when its lease ends; keep it just above the providers' ``total_timeout``."""
     enabled: bool = True
 
 
@@ -244,6 +246,18 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.providers) - set(PROVIDERS))
         if unknown:
             raise ValueError(f"unknown providers in configuration: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_poll(self) -> Self:
+        # A claimed job is not claimed again until its lease ends; a lease shorter than a status
+        # call would let a second poll of the same job start while the first is still out.
+        for name, provider in self.providers.items():
+            if provider.total_timeout >= self.runner.lease_seconds:
+                raise ValueError(
+                    f"runner.lease_seconds ({self.runner.lease_seconds:g}) must exceed "
+                    f"providers.{name}.total_timeout ({provider.total_timeout:g})"
+                )
         return self
 
     @model_validator(mode="after")

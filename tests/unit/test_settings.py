@@ -87,3 +87,12 @@ def test_policy_bounds_are_validated(tmp_path: Path) -> None:
     text = '[providers.pulse]\nbase_url = "https://x.test"\n[providers.pulse.policy]\njitter = 2\n'
     with pytest.raises(ValidationError, match="jitter"):
         load_settings(write(tmp_path, text))
+
+
+def test_lease_must_outlast_a_status_call(tmp_path: Path) -> None:
+    text = (
+        "[runner]\nlease_seconds = 30\n"
+        '[providers.pulse]\nbase_url = "https://x.test"\ntotal_timeout = 60\n'
+    )
+    with pytest.raises(ValidationError, match=r"lease_seconds \(30\) must exceed"):
+        load_settings(write(tmp_path, text))
