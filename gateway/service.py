@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import orjson
 import structlog
@@ -46,6 +45,7 @@ from gateway.errors import (
 from gateway.events import EventHub, wait_set
 from gateway.jobs import Applied, Job, apply_report, new_id
 from gateway.policy import PollPolicy
+from gateway.runner import job_events
 from gateway.states import Action, JobState, is_allowed
 from gateway.store.base import (
     ClaimedIdempotency,
@@ -120,6 +120,7 @@ class JobService:
         *,
         wake: Callable[[], None] = lambda: None,
         key_headers: Mapping[str, tuple[str, str]] | None = None,
+        provider_hosts: Mapping[str, str] | None = None,
         public_base_url: str | None = None,
         callback_secrets: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = utcnow,
@@ -130,6 +131,8 @@ class JobService:
         self.hub = hub
         self.wake = wake
         self.key_headers = dict(key_headers or {})
+        # The hosts that may receive a provider's key (its own API host), from the configuration.
+        self.provider_hosts = dict(provider_hosts or {})
         self.public_base_url = public_base_url
         self.callback_secrets = dict(callback_secrets or {})
         self.clock = clock
@@ -387,7 +390,7 @@ class JobService:
         return StreamResult(
             url=payload.url,
             provider=job.provider,
-            provider_host=self._provider_host(adapter),
+            provider_host=self.provider_hosts.get(job.provider, ""),
             key_header=self.key_headers.get(job.provider),
         )
 
@@ -424,20 +427,15 @@ class JobService:
         now = self.clock()
         if job.finished:
             return job
-        updated = await self._write(job, now, {"next_poll_at": now})
-        self.wake()
-        return updated
+        return await self._write(job, now, {"next_poll_at": now})
 
     async def _write(self, job: Job, now: datetime, changes: Mapping[str, Any]) -> Job:
         """A fenced write of a user action; re-read and retry if the runner wrote first."""
         for _ in range(5):
             new = job.bump(now, **changes)
             before_state = job.state
-            events = (
-                [NewEvent("state", {**new.public(), "from": before_state.value})]
-                if new.state != before_state
-                else []
-            )
+            applied = Applied(new, state_changed=new.state != before_state, progress_changed=False)
+            events = job_events(job, applied)
             saved = (await self.store.save_many([(new, events)]))[0]
             if saved is not None:
                 if new.state != before_state:
@@ -453,11 +451,6 @@ class JobService:
                 return saved[0]
             job = await self.get(job.id)
         raise InvalidState("the job changed too often to update; retry")
-
-    def _provider_host(self, adapter: Adapter) -> str:
-        connection = getattr(adapter, "connection", None)
-        base = getattr(connection, "base_url", "")
-        return urlsplit(base).hostname or ""
 
 
 def _visible(job: Job) -> tuple[object, ...]:

@@ -5,6 +5,8 @@ One contract test suite (``tests/unit/store/test_contract.py``) runs against eve
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -291,3 +293,24 @@ class JobStore(Protocol):
     async def purge_deliveries(self, older_than: datetime) -> int:
         """Forget finished deliveries last updated before ``older_than``."""
         ...
+
+
+# Cursors are opaque to clients; every store pages by job id (newest first) with the same form.
+_CURSOR_PREFIX = "v1:"
+
+
+def encode_cursor(last_id: str) -> str:
+    """An opaque cursor naming the last job of a page."""
+    raw = (_CURSOR_PREFIX + last_id).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The job id inside ``cursor``; ``ValueError`` if it was not made by :func:`encode_cursor`."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
+    if not raw.startswith(_CURSOR_PREFIX) or len(raw) == len(_CURSOR_PREFIX):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return raw[len(_CURSOR_PREFIX) :]

@@ -11,8 +11,6 @@ needs no lock.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
@@ -37,26 +35,9 @@ from gateway.store.base import (
     NewDelivery,
     NewEvent,
     Page,
+    decode_cursor,
+    encode_cursor,
 )
-
-_CURSOR_PREFIX = "v1:"
-
-
-def encode_cursor(last_id: str) -> str:
-    """An opaque cursor naming the last job of a page."""
-    raw = (_CURSOR_PREFIX + last_id).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The job id inside ``cursor``; ``ValueError`` if it was not made by :func:`encode_cursor`."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc
-    if not raw.startswith(_CURSOR_PREFIX) or len(raw) == len(_CURSOR_PREFIX):
-        raise ValueError(f"invalid cursor {cursor!r}")
-    return raw[len(_CURSOR_PREFIX) :]
 
 
 @dataclass(slots=True)

@@ -42,8 +42,9 @@ from gateway.store.base import (
     NewDelivery,
     NewEvent,
     Page,
+    decode_cursor,
+    encode_cursor,
 )
-from gateway.store.memory import decode_cursor, encode_cursor
 from gateway.store.sqlite_sql import (
     ADD_JOB_COUNTS,
     CLAIM_IDEMPOTENCY,

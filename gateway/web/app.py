@@ -96,9 +96,14 @@ async def _embedded_sandbox(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
+def api_host(base_url: str) -> str:
+    """The provider's own host: the only one its key may travel to, besides the API calls."""
+    return urlsplit(base_url).hostname or ""
+
+
 def _fetch_policy(settings: Settings, name: str) -> FetchPolicy:
     provider = settings.providers[name]
-    own_host = urlsplit(provider.base_url).hostname or ""
+    own_host = api_host(provider.base_url)
     return FetchPolicy(
         allowed_hosts=frozenset({own_host, *provider.result_hosts}),
         allowed_networks=tuple(
@@ -117,6 +122,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     adapters: dict[str, Adapter] = {}
     policies: dict[str, PollPolicy] = {}
     key_headers: dict[str, tuple[str, str]] = {}
+    provider_hosts: dict[str, str] = {}
     for name, provider in settings.providers.items():
         if not provider.enabled:
             continue
@@ -128,6 +134,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         adapters[name] = adapter
         policies[name] = provider.policy.to_policy()
         key_headers[name] = next(iter(adapter.auth_headers().items()))
+        provider_hosts[name] = api_host(provider.base_url)
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
     pushing = [name for name, adapter in adapters.items() if adapter.capabilities.push]
     callbacks = CallbackConfig(settings.server.public_base_url, callback_secrets(settings, pushing))
@@ -151,6 +158,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         hub,
         wake=runner.wake,
         key_headers=key_headers,
+        provider_hosts=provider_hosts,
         public_base_url=settings.server.public_base_url,
         callback_secrets=callbacks.secrets,
     )
