@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -122,20 +122,23 @@ class Delivery:
     updated_at: datetime
 
 
-class JobStore(Protocol):
-    """Async persistence for jobs, their event logs and idempotency keys.
-
-    Writes are fenced by ``Job.version``: ``save`` succeeds only if the stored version is exactly
-    ``job.version - 1``, so a stale writer changes nothing.
-    """
-
-    async def open(self) -> None: ...
+class Lifecycle(Protocol):
+    async def open(self) -> None:
+        """Connect, and bring the schema up to date (migrations run here)."""
+        ...
 
     async def close(self) -> None: ...
 
     async def ping(self) -> bool: ...
 
-    # -- jobs ----------------------------------------------------------------------------------
+
+class JobRows(Protocol):
+    """The jobs themselves. Writes are fenced by ``Job.version``: a save succeeds only if the
+    stored version is exactly ``job.version - 1``, so a stale writer changes nothing.
+
+    Every write that carries events appends them to the event log in the SAME transaction, so a
+    change and its events are committed together or not at all.
+    """
 
     async def create(self, job: Job, events: Sequence[NewEvent]) -> list[Event]:
         """Insert a new job (version 1) and its first events in one transaction."""
@@ -162,7 +165,7 @@ class JobStore(Protocol):
         """Apply a batch of fenced updates in ONE transaction (the runner writes once per tick).
 
         For each change: ``None`` if the fence failed (the row was changed or deleted meanwhile),
-        else the job and its numbered events.
+        else the job and its numbered events. A save ends any claim on the job.
         """
         ...
 
@@ -170,11 +173,22 @@ class JobStore(Protocol):
         """Stop tracking: remove the job and its events; the answer says whether it existed."""
         ...
 
-    async def claim_due(self, now: datetime, *, limit: int, lease_until: datetime) -> list[Job]:
+    async def claim_due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease_until: datetime,
+        per_provider: Mapping[str, int] | None = None,
+        owner: str = "",
+    ) -> list[Job]:
         """Jobs whose ``next_poll_at`` <= ``now``, soonest first, at most ``limit``.
 
-        Claimed jobs get ``next_poll_at = lease_until`` (and ``version + 1``) so that no other claim
-        takes them until the lease runs out: a crashed poll is retried when its lease expires.
+        With ``per_provider``, only jobs of the providers it names, at most that many of each (a
+        provider with no token to spend is not claimed at all: a claim must be pollable at once).
+        Claimed jobs get ``next_poll_at = lease_until`` (and ``version + 1``) so that no other
+        claim takes them until the lease runs out: a crashed poll is retried when its lease
+        expires. ``owner`` names the claiming process (for operators; fencing is by version).
         """
         ...
 
@@ -186,7 +200,14 @@ class JobStore(Protocol):
         """(provider, state) -> number of jobs, for the jobs gauge."""
         ...
 
-    # -- events --------------------------------------------------------------------------------
+
+class EventLog(Protocol):
+    """The append-only log of job events (appended by :class:`JobRows` writes).
+
+    Ids increase monotonically, and a reader that has seen every event up to id N and then reads
+    ``events_after(N)`` never misses one later: no event with a smaller id may become visible after
+    a larger one has been read (SSE resumes and the webhook cursor depend on it).
+    """
 
     async def events_after(
         self,
@@ -203,8 +224,8 @@ class JobStore(Protocol):
 
     async def last_event_id(self) -> int: ...
 
-    # -- idempotency keys ----------------------------------------------------------------------
 
+class IdempotencyKeys(Protocol):
     async def claim_idempotency(
         self, key: str, fingerprint: str, now: datetime
     ) -> IdempotencyRecord | ClaimedIdempotency:
@@ -231,7 +252,9 @@ class JobStore(Protocol):
 
     async def purge_idempotency(self, older_than: datetime) -> int: ...
 
-    # -- outbound webhook deliveries -----------------------------------------------------------
+
+class DeliveryQueue(Protocol):
+    """Outbound webhook deliveries, and the named cursor of the tailer that enqueues them."""
 
     async def get_cursor(self, name: str) -> int | None:
         """A named position in the event log (the webhook tailer's), or ``None`` if never set."""
@@ -293,6 +316,28 @@ class JobStore(Protocol):
     async def purge_deliveries(self, older_than: datetime) -> int:
         """Forget finished deliveries last updated before ``older_than``."""
         ...
+
+
+Signal = Literal["events", "due"]
+"""What another process changed: it appended events, or it made a job due now."""
+
+
+class Signals(Protocol):
+    """Wake-ups from other processes sharing the store (PostgreSQL's LISTEN/NOTIFY).
+
+    A signal is only a hint to re-read: a lost one costs latency, never data, because every reader
+    also re-reads on a timer. Single-process stores never signal.
+    """
+
+    def subscribe(self, callback: Callable[[Signal], None]) -> None:
+        """Call ``callback`` for each signal, and with both kinds after any gap in listening (a
+        reconnect), since signals sent meanwhile are lost."""
+        ...
+
+
+class JobStore(Lifecycle, JobRows, EventLog, IdempotencyKeys, DeliveryQueue, Signals, Protocol):
+    """Everything a gateway process needs from its store. Each part has its own contract suite
+    (``tests/unit/store/``) that every implementation runs."""
 
 
 # Cursors are opaque to clients; every store pages by job id (newest first) with the same form.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -35,6 +35,7 @@ from gateway.store.base import (
     NewDelivery,
     NewEvent,
     Page,
+    Signal,
     decode_cursor,
     encode_cursor,
 )
@@ -87,6 +88,10 @@ class MemoryStore:
 
     async def ping(self) -> bool:
         return True
+
+    def subscribe(self, callback: Callable[[Signal], None]) -> None:
+        """One process only: the in-process hub hears every change, so there is never a signal."""
+        return None
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -170,19 +175,37 @@ class MemoryStore:
             self._event_ids = [event.id for event in kept]
         return True
 
-    async def claim_due(self, now: datetime, *, limit: int, lease_until: datetime) -> list[Job]:
+    async def claim_due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease_until: datetime,
+        per_provider: Mapping[str, int] | None = None,
+        owner: str = "",
+    ) -> list[Job]:
         claimed: list[Job] = []
+        skipped: list[tuple[datetime, str, int]] = []
+        left = dict(per_provider) if per_provider is not None else None
         while self._due and len(claimed) < limit and self._due[0][0] <= now:
-            _, job_id, version = heapq.heappop(self._due)
+            entry = heapq.heappop(self._due)
+            _, job_id, version = entry
             job = self._jobs.get(job_id)
             if job is None or job.version != version:
                 continue
+            if left is not None:
+                if left.get(job.provider, 0) < 1:
+                    skipped.append(entry)  # due, but its provider has no token: stays due
+                    continue
+                left[job.provider] -= 1
             leased = replace(job, next_poll_at=lease_until, version=job.version + 1)
             self._jobs[job_id] = leased
             claimed.append(leased)
         # Pushed only now, so that a lease already due (lease_until <= now) is not claimed twice.
         for job in claimed:
             heapq.heappush(self._due, (lease_until, job.id, job.version))
+        for entry in skipped:
+            heapq.heappush(self._due, entry)
         self._compact_due()
         return claimed
 

@@ -42,6 +42,7 @@ from gateway.store.base import (
     NewDelivery,
     NewEvent,
     Page,
+    Signal,
     decode_cursor,
     encode_cursor,
 )
@@ -85,6 +86,7 @@ from gateway.store.sqlite_sql import (
     RELEASE_IDEMPOTENCY,
     SCHEMA_VERSION,
     SELECT_DUE,
+    SELECT_DUE_OF_PROVIDER,
     SELECT_DUE_DELIVERIES,
     SELECT_FOR_SAVE,
     SELECT_IDEMPOTENCY,
@@ -198,10 +200,25 @@ class SqliteStore:
     async def delete(self, job_id: str, tenant: str = "default") -> bool:
         return await self._call(self._delete_sync, job_id, tenant)
 
-    async def claim_due(self, now: datetime, *, limit: int, lease_until: datetime) -> list[Job]:
+    async def claim_due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease_until: datetime,
+        per_provider: Mapping[str, int] | None = None,
+        owner: str = "",
+    ) -> list[Job]:
         if limit < 1:
             return []
-        return await self._call(self._claim_due_sync, now, limit, lease_until)
+        caps = None if per_provider is None else {p: n for p, n in per_provider.items() if n > 0}
+        if caps == {}:
+            return []
+        return await self._call(self._claim_due_sync, now, limit, lease_until, caps)
+
+    def subscribe(self, callback: Callable[[Signal], None]) -> None:
+        """One process only (the file is locked): the in-process hub hears every change."""
+        return None
 
     async def next_due(self) -> datetime | None:
         return await self._call(self._next_due_sync)
@@ -512,13 +529,24 @@ class SqliteStore:
             _add_counts(cursor, Counter({(provider, state): -1 for provider, state in deleted}))
         return bool(deleted)
 
-    def _claim_due_sync(self, now: datetime, limit: int, lease_until: datetime) -> list[Job]:
+    def _claim_due_sync(
+        self, now: datetime, limit: int, lease_until: datetime, caps: Mapping[str, int] | None
+    ) -> list[Job]:
         lease_us = _to_us(lease_until)
         lease_iso = _iso(lease_until)
         claimed: list[Job] = []
         updates: list[tuple[int, int, str, int]] = []
         with self._transaction() as cursor:
-            for rowid, text in cursor.execute(SELECT_DUE, (_to_us(now), limit)).fetchall():
+            if caps is None:
+                rows = cursor.execute(SELECT_DUE, (_to_us(now), limit)).fetchall()
+            else:
+                rows = []
+                for provider, cap in caps.items():
+                    wanted = min(cap, limit - len(rows))
+                    if wanted > 0:
+                        params = (provider, _to_us(now), wanted)
+                        rows.extend(cursor.execute(SELECT_DUE_OF_PROVIDER, params).fetchall())
+            for rowid, text in rows:
                 record = orjson.loads(text)
                 record["version"] += 1
                 record["next_poll_at"] = lease_iso

@@ -34,6 +34,11 @@ CREATE INDEX jobs_due ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL
 CREATE_JOBS_LIST_INDEX: Final = """
 CREATE INDEX jobs_list ON jobs (tenant, id, provider, state)
 """
+# Claims are capped per provider (a claim must be pollable at once, within the provider's tokens).
+CREATE_JOBS_DUE_BY_PROVIDER_INDEX: Final = """
+CREATE INDEX IF NOT EXISTS jobs_due_by_provider ON jobs (provider, next_poll_at)
+WHERE next_poll_at IS NOT NULL
+"""
 CREATE_JOB_LABELS: Final = """
 CREATE TABLE job_labels (
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
@@ -160,6 +165,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         CREATE_WEBHOOK_ENDPOINTS,
         CREATE_CURSORS,
     ),
+    (CREATE_JOBS_DUE_BY_PROVIDER_INDEX,),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -198,6 +204,12 @@ DELETE_JOB: Final = "DELETE FROM jobs WHERE id = ? AND tenant = ? RETURNING prov
 SELECT_DUE: Final = """
 SELECT rowid, record FROM jobs
 WHERE next_poll_at IS NOT NULL AND next_poll_at <= ?
+ORDER BY next_poll_at
+LIMIT ?
+"""
+SELECT_DUE_OF_PROVIDER: Final = """
+SELECT rowid, record FROM jobs
+WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ?
 ORDER BY next_poll_at
 LIMIT ?
 """
