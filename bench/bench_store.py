@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -90,8 +91,10 @@ async def bench_save(store: Store, claimed: Sequence[Job], rng: random.Random) -
     for job in claimed:
         # One poll in five sees a state change and writes an event; the rest only reschedule.
         if rng.random() < 0.2:
-            new = job.bump(
-                now,
+            new = replace(
+                job,
+                updated_at=now,
+                version=job.version + 1,
                 state=JobState.RUNNING,
                 native_status="running",
                 started_at=now,
@@ -101,7 +104,14 @@ async def bench_save(store: Store, claimed: Sequence[Job], rng: random.Random) -
             )
             events: Sequence[NewEvent] = [NewEvent("state", {"state": "running"})]
         else:
-            new = job.bump(now, polls=1, unchanged_polls=1, next_poll_at=later)
+            new = replace(
+                job,
+                updated_at=now,
+                version=job.version + 1,
+                polls=1,
+                unchanged_polls=1,
+                next_poll_at=later,
+            )
             events = ()
         changes.append((new, events))
     started = time.perf_counter()

@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from adapters.base import (
     JSON,
@@ -22,7 +21,7 @@ from adapters.base import (
     ResultLocator,
     StatusReport,
 )
-from gateway.states import FINISHED, Action, JobState, Refused, observe
+from gateway.states import FINISHED, Action, JobState, Refused, observe, require
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -74,9 +73,47 @@ class Job:
     def finished(self) -> bool:
         return self.state in FINISHED
 
-    def bump(self, now: datetime, **changes: Any) -> Job:
-        """A new version of this job with ``changes`` applied."""
-        return replace(self, updated_at=now, version=self.version + 1, **changes)
+    # -- typed changes: each is a new version. None of them touches ``state``: only
+    # :func:`transition` does, so every change of state passes the table in ``gateway.states``.
+
+    def rescheduled(
+        self,
+        now: datetime,
+        at: datetime,
+        *,
+        failures: int | None = None,
+        not_found: int | None = None,
+    ) -> Job:
+        """Poll again at ``at`` (after a fault, when counters say how many in a row)."""
+        return replace(
+            self,
+            next_poll_at=at,
+            failures=self.failures if failures is None else failures,
+            not_found=self.not_found if not_found is None else not_found,
+            updated_at=now,
+            version=self.version + 1,
+        )
+
+    def due_now(self, now: datetime) -> Job:
+        """Poll as soon as possible: a callback's hint, a handed-back lease."""
+        return replace(self, next_poll_at=now, updated_at=now, version=self.version + 1)
+
+    def continuing(self, now: datetime) -> Job:
+        """A ``continue`` was accepted upstream: open the succeeded -> running exit for the next
+        report, and poll at once to see it."""
+        return replace(
+            self,
+            action=Action.CONTINUE,
+            next_poll_at=now,
+            updated_at=now,
+            version=self.version + 1,
+        )
+
+    def stopped(self, now: datetime) -> Job:
+        """Stop polling without a change of state (a succeeded job polled once more)."""
+        return replace(
+            self, next_poll_at=None, action=None, updated_at=now, version=self.version + 1
+        )
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -178,6 +215,45 @@ class Job:
         }
 
 
+def transition(
+    job: Job,
+    target: JobState,
+    now: datetime,
+    *,
+    action: Action | None = None,
+    error: JobError | None = None,
+) -> Job:
+    """THE way a job's state changes: the runner's observations, its own verdicts (a deadline,
+    a lost upstream job) and user actions all come here.
+
+    Raises :class:`~gateway.states.IllegalTransition` and changes nothing when the table forbids
+    the move. A finish stamps ``finished_at`` and stops polling; a continue (succeeded ->
+    running) clears ``finished_at`` and consumes the action.
+    """
+    require(job.state, target, action)
+    if target is job.state:
+        return job
+    if target is JobState.RUNNING and job.state is JobState.SUCCEEDED:
+        finished_at: datetime | None = None
+    elif target in FINISHED:
+        finished_at = now
+    else:
+        finished_at = job.finished_at
+    finished = target in FINISHED
+    return replace(
+        job,
+        state=target,
+        error=error or job.error,
+        started_at=job.started_at or (None if target is JobState.QUEUED else now),
+        finished_at=finished_at,
+        next_poll_at=None if finished else job.next_poll_at,
+        eta=None if finished else job.eta,
+        action=None,
+        updated_at=now,
+        version=job.version + 1,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """The outcome of folding a report into a job: the new job, what changed, and any anomaly."""
@@ -196,29 +272,23 @@ def apply_report(job: Job, report: StatusReport, now: datetime) -> Applied:
     """
     outcome = observe(job.state, report.state, report.native_status, job.action)
     refused = outcome if isinstance(outcome, Refused) else None
-    state = job.state if refused else outcome
-    assert isinstance(state, JobState)
-    state_changed = state != job.state
+    moved = job
+    if refused is None:
+        assert isinstance(outcome, JobState)
+        moved = transition(job, outcome, now, action=job.action)
+    state_changed = moved.state is not job.state
     progress_changed = report.progress != job.progress and refused is None
     result = report.result if report.result is not None else job.result
-    if state_changed and state is JobState.RUNNING and job.state is JobState.SUCCEEDED:
-        finished_at: datetime | None = None  # continued: the job runs again
-    elif state_changed and state in FINISHED:
-        finished_at = now
-    else:
-        finished_at = job.finished_at
     started_at = job.started_at
-    if started_at is None and state is not JobState.QUEUED:
-        started_at = report.times.started_at or now
-    new = job.bump(
-        now,
-        state=state,
+    if started_at is None and moved.state is not JobState.QUEUED:
+        started_at = report.times.started_at or now  # the upstream's own clock beats ours
+    new = replace(
+        moved,
         native_status=report.native_status,
         progress=report.progress if refused is None else job.progress,
         result=result if refused is None else job.result,
         error=report.error if refused is None and report.error else job.error,
         started_at=started_at,
-        finished_at=finished_at,
         upstream_finished_at=report.times.finished_at or job.upstream_finished_at,
         polls=job.polls + 1,
         unchanged_polls=0 if (state_changed or progress_changed) else job.unchanged_polls + 1,
@@ -227,8 +297,32 @@ def apply_report(job: Job, report: StatusReport, now: datetime) -> Applied:
         # A continue opens the succeeded -> running exit for the next report only: if that report
         # still says "completed", the continue did not restart the job and polling stops again.
         action=None,
+        updated_at=now,
+        version=job.version + 1,
     )
     return Applied(new, state_changed, progress_changed, refused)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An entry for a job's event log, before the store numbers it."""
+
+    kind: str
+    """``created``, ``state``, ``progress``, ``records``, ``anomaly`` or ``deleted``."""
+    data: Mapping[str, JSON]
+
+
+def job_events(before: Job | None, after: Job) -> list[NewEvent]:
+    """The event-log entries a change deserves: the creation, a state change, or a visible step
+    of progress or result. Every writer (runner and service) takes its events from here."""
+    # Most polls change nothing visible: decide before building the snapshot, which is not free.
+    if before is None:
+        return [NewEvent("created", after.public())]
+    if after.state is not before.state:
+        return [NewEvent("state", {**after.public(), "from": before.state.value})]
+    if after.progress != before.progress or after.result != before.result:
+        return [NewEvent("progress", after.public())]
+    return []
 
 
 # --------------------------------------------------------------------------------------------------

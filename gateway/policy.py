@@ -155,6 +155,22 @@ def take_token(policy: PollPolicy, bucket: Bucket, now: float) -> tuple[Bucket, 
     return Bucket(tokens - 1.0, now), wait
 
 
+def take_tokens(policy: PollPolicy, bucket: Bucket, want: int, now: float) -> tuple[Bucket, int]:
+    """Take up to ``want`` whole tokens, never waiting. Returns the new bucket and how many were
+    granted: a claim takes only what it can spend at once, so a claimed job is never held waiting
+    for a token past its lease."""
+    tokens = min(
+        float(policy.burst), bucket.tokens + (now - bucket.updated) * policy.rate_per_second
+    )
+    granted = max(0, min(want, int(tokens)))
+    return Bucket(tokens - granted, now), granted
+
+
+def give_back(policy: PollPolicy, bucket: Bucket, tokens: int) -> Bucket:
+    """Return tokens taken but not spent (fewer jobs were due than tokens granted)."""
+    return replace(bucket, tokens=min(float(policy.burst), bucket.tokens + tokens))
+
+
 # --------------------------------------------------------------------------------------------------
 # Circuit breaker
 

@@ -1,18 +1,24 @@
 """The poll loop: one scheduler for every tracked job.
 
-Due times live in the store. One loop claims due jobs in batches, polls them through their
-adapters (bounded per provider by a concurrency limit, a token bucket and a circuit breaker), folds
-each report in with the pure rules of ``gateway.jobs`` and ``gateway.policy``, and writes every
-change of a tick in one transaction. There is no task per tracked job: a task exists only while an
+Due times live in the store. One leased loop (``gateway.leased``) claims due jobs in batches, no
+more of each provider than its quota lets go out at once (concurrency, rate tokens, the circuit),
+polls them through their adapters, folds each report in with the pure rules of ``gateway.jobs``
+and ``gateway.policy``, and commits every change of a tick in one transaction through the
+:class:`~gateway.writer.JobWriter`. There is no task per tracked job: a task exists only while an
 upstream call is in flight, so a million tracked jobs cost rows in the store, not coroutines.
+
+A clean stop hands every claimed job back (due now), so another replica, or this one restarted,
+polls it at once rather than after its lease.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -30,11 +36,11 @@ from adapters.base import (
     StatusReport,
 )
 from adapters.http import utcnow
-from gateway.events import EventHub, wait_set
-from gateway.jobs import Applied, Job, apply_report
+from gateway.events import EventHub
+from gateway.jobs import Job, NewEvent, apply_report, job_events, transition
+from gateway.leased import LeasedLoop, LeasedWork
 from gateway.policy import (
     Breaker,
-    Bucket,
     Circuit,
     PollPolicy,
     breaker_allows,
@@ -43,10 +49,11 @@ from gateway.policy import (
     error_delay,
     estimate_eta,
     next_delay,
-    take_token,
 )
-from gateway.states import JobState, Refused
-from gateway.store.base import Event, JobStore, NewEvent
+from gateway.quota import LocalQuota, Quota
+from gateway.states import JobState
+from gateway.store.base import JobStore
+from gateway.writer import ChangeObserver, JobWriter, Update
 
 log = structlog.get_logger("jobgate.runner")
 
@@ -54,14 +61,8 @@ RECORDS_PAGE = 100
 """Partial-result records fetched per poll, at most: also the most one ``records`` event holds."""
 
 
-class RunnerObserver(Protocol):
+class RunnerObserver(ChangeObserver, Protocol):
     """What the runner tells the metrics layer. Every method is cheap and never raises."""
-
-    def transition(self, provider: str, src: JobState, dst: JobState) -> None: ...
-
-    def anomaly(self, provider: str, refused: Refused) -> None: ...
-
-    def finished(self, job: Job, now: datetime) -> None: ...
 
     def rate_limited(self, provider: str, wait: float) -> None: ...
 
@@ -74,22 +75,13 @@ class RunnerObserver(Protocol):
 class _Provider:
     adapter: Adapter
     policy: PollPolicy
-    semaphore: asyncio.Semaphore
-    bucket: Bucket
+    inflight: int = 0
     breaker: Breaker = field(default_factory=Breaker)
 
 
-def job_events(before: Job | None, applied: Applied) -> list[NewEvent]:
-    """The event-log entries a change deserves: a state change, or a step of progress."""
-    job = applied.job
-    # Most polls change nothing visible: decide before building the snapshot, which is not free.
-    if before is None:
-        return [NewEvent("created", job.public())]
-    if applied.state_changed:
-        return [NewEvent("state", {**job.public(), "from": before.state.value})]
-    if applied.progress_changed or job.result != before.result:
-        return [NewEvent("progress", job.public())]
-    return []
+def process_name() -> str:
+    """Who holds a lease, for operators reading the store: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Runner:
@@ -108,6 +100,9 @@ class Runner:
         rand: Callable[[], float] = random.random,
         observer: RunnerObserver | None = None,
         push_expected: Callable[[Job], bool] | None = None,
+        writer: JobWriter | None = None,
+        quota: Quota | None = None,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -119,19 +114,29 @@ class Runner:
         self.rand = rand
         self.observer = observer
         self.push_expected = push_expected
+        self.writer = writer or JobWriter(store, hub, observer=observer)
+        self.quota: Quota = quota or LocalQuota(policies, mono)
+        self.owner = owner or process_name()
         self.providers = {
-            name: _Provider(
-                adapter=adapter,
-                policy=policies[name],
-                semaphore=asyncio.Semaphore(policies[name].concurrency),
-                bucket=Bucket(float(policies[name].burst), mono()),
-            )
+            name: _Provider(adapter=adapter, policy=policies[name])
             for name, adapter in adapters.items()
         }
-        self._wake = asyncio.Event()
-        self._pending: list[tuple[Job, Job | None, list[NewEvent], Applied | None]] = []
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._pending: list[Update] = []
         self.status_calls: dict[str, int] = dict.fromkeys(adapters, 0)
+        self.loop: LeasedLoop[Job] = LeasedLoop(
+            LeasedWork(
+                name="polls",
+                claim=self._claim,
+                run=self._poll_guarded,
+                hand_back=self._hand_back,
+                next_due=store.next_due,
+                clock=clock,
+                flush=self._flush,
+                pending=lambda: bool(self._pending),
+            ),
+            capacity=batch,
+            tick=tick,
+        )
 
     def circuits(self) -> dict[str, str]:
         return {name: p.breaker.circuit.value for name, p in self.providers.items()}
@@ -140,91 +145,92 @@ class Runner:
 
     def wake(self) -> None:
         """Re-read due times now (a job was added, or a callback asked for a refresh)."""
-        self._wake.set()
+        self.loop.wake()
 
     async def run(self) -> None:
-        """Loop until cancelled. Nothing an upstream does ends this loop."""
-        log.info("runner.started", providers=sorted(self.providers))
-        try:
-            while True:
-                await self.step()
-                await self._sleep()
-        finally:
-            for task in list(self._inflight):
-                task.cancel()
-            if self._inflight:
-                await asyncio.gather(*self._inflight, return_exceptions=True)
-            await self._flush()
+        """Loop until cancelled. Nothing an upstream does ends this loop; a stop hands back the
+        jobs whose polls it interrupts."""
+        log.info("runner.started", providers=sorted(self.providers), owner=self.owner)
+        await self.loop.run()
 
     async def step(self) -> int:
         """One tick: claim what is due, start its polls, write what finished. Returns claims."""
-        now = self.clock()
-        claimed: list[Job] = []
-        room = self.batch - len(self._inflight)
-        if room > 0:
-            claimed = await self.store.claim_due(now, limit=room, lease_until=now + self.lease)
-        for job in claimed:
-            task = asyncio.create_task(self._poll_guarded(job))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-        await self._flush()
-        return len(claimed)
+        return await self.loop.step()
 
     async def drain(self) -> None:
-        """Wait for every poll in flight and write its outcome (tests, and shutdown)."""
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
-        await self._flush()
+        """Wait for every poll in flight and write its outcome (tests)."""
+        await self.loop.drain()
 
-    async def _sleep(self) -> None:
-        if self._pending or self._wake.is_set():
-            self._wake.clear()
-            await asyncio.sleep(self.tick if self._pending else 0)
-            return
-        due = await self.store.next_due()
+    async def stop(self) -> None:
+        """Interrupt the polls in flight, hand their jobs back and write what finished."""
+        await self.loop.stop()
+
+    # -- the leased loop's parts ---------------------------------------------------------------
+
+    async def _claim(self, room: int) -> list[Job]:
+        """Claim no more of each provider than can be polled at once: within its concurrency, its
+        open circuit and the tokens its quota grants now. Unspent tokens are given back."""
         now = self.clock()
-        delay = 1.0 if due is None else (due - now).total_seconds()
-        # Coalesce: never wake more often than a tick, and re-check at least every second.
-        delay = min(1.0, max(self.tick, delay))
-        # Re-checked after the await above: a poll that finished meanwhile has left _inflight for
-        # _pending, and its outcome must be written within a tick, not at the next due time.
-        if self._inflight or self._pending:
-            delay = self.tick
-        # wait_set, not wait_for: Python 3.11's wait_for can swallow the shutdown's cancellation.
-        await wait_set(self._wake, delay)
+        mono = self.mono()
+        granted: dict[str, int] = {}
+        for name, provider in self.providers.items():
+            want = min(room, provider.policy.concurrency - provider.inflight)
+            if want <= 0 or breaker_retry_in(provider.policy, provider.breaker, mono) > 0:
+                continue
+            if provider.breaker.circuit is not Circuit.CLOSED:
+                want = 1  # a half-open circuit lets one probe through, no more
+            tokens = await self.quota.acquire(name, want, now=now)
+            if tokens > 0:
+                granted[name] = tokens
+        if not granted:
+            return []
+        claimed = await self.store.claim_due(
+            now,
+            limit=room,
+            lease_until=now + self.lease,
+            per_provider=granted,
+            owner=self.owner,
+        )
+        used: dict[str, int] = dict.fromkeys(granted, 0)
+        unknown: list[Job] = []
+        for job in claimed:
+            if job.provider in used:
+                used[job.provider] += 1
+                self.providers[job.provider].inflight += 1
+            else:
+                unknown.append(job)
+        for name, tokens in granted.items():
+            if tokens > used[name]:
+                await self.quota.refund(name, tokens - used[name])
+        return claimed
+
+    async def _hand_back(self, jobs: Sequence[Job]) -> None:
+        """Make interrupted polls' jobs due now. A job written meanwhile (a user action) keeps
+        that write: the fence drops this one."""
+        now = self.clock()
+        for job in jobs:
+            self._release(job)
+        await self.writer.save([Update(job, job.due_now(now), events=()) for job in jobs], now)
+
+    def _release(self, job: Job) -> None:
+        provider = self.providers.get(job.provider)
+        if provider is not None and provider.inflight > 0:
+            provider.inflight -= 1
 
     async def _flush(self) -> None:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        results = await self.store.save_many([(job, events) for job, _, events, _ in pending])
-        published: list[Event] = []
-        now = self.clock()
-        for (job, before, _, applied), saved in zip(pending, results, strict=True):
-            if saved is None:
+        saved = await self.writer.save(pending, self.clock())
+        for update, job in zip(pending, saved, strict=True):
+            if job is None:
                 # A user action (cancel, continue, delete) wrote first: its version stands.
                 log.info(
                     "runner.write_fenced",
-                    job_id=job.id,
-                    provider=job.provider,
-                    state=job.state.value,
+                    job_id=update.after.id,
+                    provider=update.after.provider,
+                    state=update.after.state.value,
                 )
-                continue
-            published.extend(saved[1])
-            self._observe(job, before, applied, now)
-        self.hub.publish(published)
-
-    def _observe(
-        self, job: Job, before: Job | None, applied: Applied | None, now: datetime
-    ) -> None:
-        if self.observer is None or before is None:
-            return
-        if job.state != before.state:
-            self.observer.transition(job.provider, before.state, job.state)
-            if job.finished:
-                self.observer.finished(job, now)
-        if applied is not None and applied.refused is not None:
-            self.observer.anomaly(job.provider, applied.refused)
 
     # -- one poll ------------------------------------------------------------------------------
 
@@ -246,14 +252,15 @@ class Runner:
             provider = self.providers.get(job.provider)
             delay = provider.policy.error_max_interval if provider else 300.0
             self._reschedule(job, delay, failures=job.failures + 1)
+        finally:
+            # Not on cancellation: the hand-back releases those, so they are counted once.
+            if not _cancelling():
+                self._release(job)
 
     async def poll(self, job: Job) -> None:
         """Poll one claimed job and queue its new version for the next flush."""
         now = self.clock()
-        provider = self.providers.get(job.provider)
-        if provider is None:
-            self._finish_with_error(job, "provider_unavailable", "provider is not configured", now)
-            return
+        provider = self.providers[job.provider]  # claims name only configured providers
         if now >= job.deadline_at:
             self._finish_with_error(
                 job, "poll_deadline_exceeded", "the job did not finish before its deadline", now
@@ -271,26 +278,21 @@ class Runner:
             wait = breaker_retry_in(policy, provider.breaker, mono) or policy.min_interval
             self._reschedule(job, wait + self.tick)
             return
-        provider.bucket, wait = take_token(policy, provider.bucket, mono)
-        if wait > 0:
-            if self.observer:
-                self.observer.rate_limited(job.provider, wait)
-            await asyncio.sleep(wait)
-        async with provider.semaphore:
-            self.status_calls[job.provider] += 1
-            try:
-                report = await provider.adapter.fetch_status(job.upstream_id)
-            except AdapterError as error:
-                self._record_breaker(provider, job.provider, ok=not _provider_fault(error))
-                self._on_error(job, provider.policy, error)
-                return
-            except Exception:
-                # A crash (an adapter bug) gives no verdict, but a half-open probe must still end:
-                # left ``probing``, the circuit would refuse every later call for good. Count it as
-                # a failed probe so the circuit reopens and probes again after the cooldown.
-                if provider.breaker.circuit is Circuit.HALF_OPEN:
-                    self._record_breaker(provider, job.provider, ok=False)
-                raise
+        # The claim took this poll's token and its place within the provider's concurrency.
+        self.status_calls[job.provider] += 1
+        try:
+            report = await provider.adapter.fetch_status(job.upstream_id)
+        except AdapterError as error:
+            self._record_breaker(provider, job.provider, ok=not _provider_fault(error))
+            self._on_error(job, provider.policy, error)
+            return
+        except Exception:
+            # A crash (an adapter bug) gives no verdict, but a half-open probe must still end:
+            # left ``probing``, the circuit would refuse every later call for good. Count it as
+            # a failed probe so the circuit reopens and probes again after the cooldown.
+            if provider.breaker.circuit is Circuit.HALF_OPEN:
+                self._record_breaker(provider, job.provider, ok=False)
+            raise
         self._record_breaker(provider, job.provider, ok=True)
         records = await self._partial_records(job, provider, report)
         self._on_report(job, provider.policy, report, records)
@@ -309,20 +311,17 @@ class Runner:
             or not provider.adapter.capabilities.partial_results
         ):
             return None
-        bucket, wait = take_token(provider.policy, provider.bucket, self.mono())
-        if wait > 0:
+        if await self.quota.acquire(job.provider, 1, now=self.clock()) < 1:
             return None  # status polls need the token more; the records come on a later poll
-        provider.bucket = bucket
         page = job.records_seen // RECORDS_PAGE + 1
-        async with provider.semaphore:
-            try:
-                result = await provider.adapter.fetch_result(
-                    job.upstream_id, page=page, page_size=RECORDS_PAGE
-                )
-            except AdapterError as error:
-                # The records are a bonus on top of the poll: a failure changes nothing else.
-                log.info("runner.records_skipped", job_id=job.id, code=error.code)
-                return None
+        try:
+            result = await provider.adapter.fetch_result(
+                job.upstream_id, page=page, page_size=RECORDS_PAGE
+            )
+        except AdapterError as error:
+            # The records are a bonus on top of the poll: a failure changes nothing else.
+            log.info("runner.records_skipped", job_id=job.id, code=error.code)
+            return None
         return result if isinstance(result, ResultPage) else None
 
     def _record_breaker(self, provider: _Provider, name: str, *, ok: bool) -> None:
@@ -355,9 +354,7 @@ class Runner:
                 anomaly=applied.refused.anomaly.value,
                 detail=applied.refused.describe(),
             )
-        if new.finished:
-            new = replace(new, next_poll_at=None, eta=None)
-        else:
+        if not new.finished:
             if self.push_expected is not None and self.push_expected(new):
                 # The provider will push the end (a callback polls the job at once), so polling is
                 # only the safety net: at the slowest cadence the policy allows.
@@ -372,21 +369,12 @@ class Runner:
                 hints=report.hints,
             )
             new = replace(new, eta=eta, next_poll_at=now + timedelta(seconds=delay))
-        if new.state != job.state:
-            log.info(
-                "job.transition",
-                job_id=job.id,
-                provider=job.provider,
-                src=job.state.value,
-                state=new.state.value,
-                native_status=new.native_status,
-            )
         # The snapshot is the job as it is saved (its next poll and ETA are decided only above),
         # so a finished job's event never shows a lease as its next poll.
-        events = job_events(job, replace(applied, job=new))
+        events = job_events(job, new)
         if records is not None:
             new, events = _add_records(new, events, records)
-        self._pending.append((new, job, events, applied))
+        self._pending.append(Update(job, new, events, refused=applied.refused))
 
     def _on_error(self, job: Job, policy: PollPolicy, error: AdapterError) -> None:
         now = self.clock()
@@ -420,34 +408,26 @@ class Runner:
         )
         self._reschedule(job, delay, failures=failures)
 
-    def _reschedule(self, job: Job, delay: float, **changes: int) -> None:
+    def _reschedule(
+        self,
+        job: Job,
+        delay: float,
+        *,
+        failures: int | None = None,
+        not_found: int | None = None,
+    ) -> None:
         now = self.clock()
-        new = job.bump(now, next_poll_at=now + timedelta(seconds=delay), **changes)
-        self._pending.append((new, None, [], None))
+        at = now + timedelta(seconds=delay)
+        new = job.rescheduled(now, at, failures=failures, not_found=not_found)
+        self._pending.append(Update(job, new, events=()))
 
     def _finish_with_error(self, job: Job, code: str, message: str, now: datetime) -> None:
         if job.finished:
             # A succeeded job polled once more after a continue: stop, but never fail it.
-            self._pending.append((job.bump(now, next_poll_at=None, action=None), None, [], None))
+            self._pending.append(Update(job, job.stopped(now), events=()))
             return
-        new = job.bump(
-            now,
-            state=JobState.FAILED,
-            error=JobError(code, message),
-            finished_at=now,
-            next_poll_at=None,
-            eta=None,
-        )
-        log.info(
-            "job.transition",
-            job_id=job.id,
-            provider=job.provider,
-            src=job.state.value,
-            state=new.state.value,
-            code=code,
-        )
-        applied = Applied(new, state_changed=True, progress_changed=False)
-        self._pending.append((new, job, job_events(job, applied), applied))
+        failed = transition(job, JobState.FAILED, now, error=JobError(code, message))
+        self._pending.append(Update(job, failed))
 
 
 def _add_records(job: Job, events: list[NewEvent], page: ResultPage) -> tuple[Job, list[NewEvent]]:
@@ -469,6 +449,11 @@ def _add_records(job: Job, events: list[NewEvent], page: ResultPage) -> tuple[Jo
         },
     )
     return replace(job, records_seen=job.records_seen + len(fresh)), [*events, event]
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _provider_fault(error: AdapterError) -> bool:

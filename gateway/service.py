@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 import structlog
@@ -43,19 +43,18 @@ from gateway.errors import (
     UpstreamProblem,
 )
 from gateway.events import EventHub, wait_set
-from gateway.jobs import Applied, Job, apply_report, new_id
+from gateway.jobs import Job, apply_report, new_id, transition
 from gateway.policy import PollPolicy
-from gateway.runner import job_events
-from gateway.states import Action, JobState, is_allowed
+from gateway.states import Action, IllegalTransition, JobState, is_allowed
 from gateway.store.base import (
     ClaimedIdempotency,
     IdempotencyConflict,
     IdempotencyInFlight,
     JobFilter,
     JobStore,
-    NewEvent,
     Page,
 )
+from gateway.writer import JobWriter, Update
 
 log = structlog.get_logger("jobgate.service")
 T = TypeVar("T")
@@ -124,8 +123,10 @@ class JobService:
         public_base_url: str | None = None,
         callback_secrets: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        writer: JobWriter | None = None,
     ) -> None:
         self.store = store
+        self.writer = writer or JobWriter(store, hub)
         self.adapters = adapters
         self.policies = policies
         self.hub = hub
@@ -244,7 +245,9 @@ class JobService:
             else:
                 assert command.upstream_id is not None
                 report = await adapter.fetch_status(command.upstream_id)
-                upstream_id, state, native = command.upstream_id, JobState.QUEUED, None
+                # An adopted job starts in the state the upstream reports: its first state.
+                upstream_id, native = command.upstream_id, None
+                state = report.state or JobState.QUEUED
         except AdapterError as error:
             log.warning("service.upstream_error", provider=command.provider, code=error.code)
             raise UpstreamProblem(error) from error
@@ -265,9 +268,8 @@ class JobService:
             rerun_of=rerun_of,
         )
         if report is not None:
-            job = _adopted(job, report, now, policy)
-        events = await self.store.create(job, [NewEvent("created", job.public())])
-        self.hub.publish(events)
+            job = _adopted(job, report, now)
+        await self.writer.create(job)
         self.wake()
         log.info(
             "job.created",
@@ -309,11 +311,17 @@ class JobService:
                 state=job.state.value,
             )
         submission = await self._upstream(adapter.continue_(job.upstream_id, params))
-        now = self.clock()
-        changes: dict[str, Any] = {"action": Action.CONTINUE, "next_poll_at": now}
-        if job.state is JobState.SUCCEEDED and submission.state is JobState.RUNNING:
-            changes.update(state=JobState.RUNNING, finished_at=None, action=None)
-        return await self._write(job, now, changes)
+
+        def continued(current: Job) -> Job:
+            now = self.clock()
+            if current.state is JobState.SUCCEEDED and submission.state is JobState.RUNNING:
+                running = transition(current, JobState.RUNNING, now, action=Action.CONTINUE)
+                return replace(running, next_poll_at=now)
+            if not is_allowed(current.state, JobState.RUNNING, Action.CONTINUE):
+                raise IllegalTransition(current.state, JobState.RUNNING)
+            return current.continuing(now)
+
+        return await self._write(job, continued)
 
     async def rerun(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -424,33 +432,26 @@ class JobService:
             raise UpstreamProblem(error) from error
 
     async def _refresh(self, job: Job) -> Job:
-        now = self.clock()
         if job.finished:
             return job
-        return await self._write(job, now, {"next_poll_at": now})
+        return await self._write(job, lambda current: current.due_now(self.clock()))
 
-    async def _write(self, job: Job, now: datetime, changes: Mapping[str, Any]) -> Job:
-        """A fenced write of a user action; re-read and retry if the runner wrote first."""
+    async def _write(self, job: Job, change: Callable[[Job], Job]) -> Job:
+        """A fenced write of a user action; re-read and re-apply ``change`` if the runner wrote
+        first. A change the job's new state no longer allows is 409 ``invalid_state``."""
         for _ in range(5):
-            new = job.bump(now, **changes)
-            before_state = job.state
-            applied = Applied(new, state_changed=new.state != before_state, progress_changed=False)
-            events = job_events(job, applied)
-            saved = (await self.store.save_many([(new, events)]))[0]
+            try:
+                new = change(job)
+            except IllegalTransition as exc:
+                raise InvalidState(
+                    f"the job is now {job.state.value}", state=job.state.value
+                ) from exc
+            [saved] = await self.writer.save([Update(job, new)], self.clock())
             if saved is not None:
-                if new.state != before_state:
-                    log.info(
-                        "job.transition",
-                        job_id=new.id,
-                        provider=new.provider,
-                        src=before_state.value,
-                        state=new.state.value,
-                    )
-                self.hub.publish(saved[1])
                 self.wake()
-                return saved[0]
+                return saved
             job = await self.get(job.id)
-        raise InvalidState("the job changed too often to update; retry")
+        raise InvalidState("the job changed too often to update; retry", state=job.state.value)
 
 
 def _visible(job: Job) -> tuple[object, ...]:
@@ -471,12 +472,10 @@ def _page_body(page: ResultPage) -> dict[str, JSON]:
     }
 
 
-def _adopted(job: Job, report: StatusReport, now: datetime, policy: PollPolicy) -> Job:
-    """A newly adopted job takes the upstream's word for its state, whatever it is."""
-    applied: Applied = apply_report(job, report, now)
-    new = applied.job
-    if applied.refused is not None and report.state is not None:
-        new = replace(new, state=report.state)
+def _adopted(job: Job, report: StatusReport, now: datetime) -> Job:
+    """A newly adopted job, created in the state its upstream reports, with the rest of that
+    report folded in (no transition: that state is its first)."""
+    new = apply_report(job, report, now).job
     if new.finished:
         new = replace(new, finished_at=report.times.finished_at or now, next_poll_at=None)
     return replace(new, version=1)

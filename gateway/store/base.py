@@ -14,16 +14,8 @@ from typing import Literal, Protocol
 
 from adapters.base import JSON
 from gateway.jobs import Job
+from gateway.jobs import NewEvent as NewEvent  # stores take the events the job model makes
 from gateway.states import JobState
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An entry for a job's event log, before the store numbers it."""
-
-    kind: str
-    """``created``, ``state``, ``progress``, ``records``, ``anomaly`` or ``deleted``."""
-    data: Mapping[str, JSON]
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from gateway.web.routes import ROUTES
 from gateway.web.sse import setup_sse
 from gateway.web.state import COMPONENTS_KEY, Components
 from gateway.webhooks import Webhooks
+from gateway.writer import JobWriter
 
 log = structlog.get_logger("jobgate.app")
 
@@ -138,6 +139,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
     pushing = [name for name, adapter in adapters.items() if adapter.capabilities.push]
     callbacks = CallbackConfig(settings.server.public_base_url, callback_secrets(settings, pushing))
+    writer = JobWriter(store, hub, observer=components.metrics)
     runner = Runner(
         store,
         adapters,
@@ -148,6 +150,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         lease=settings.runner.lease_seconds,
         observer=components.metrics,
         push_expected=callbacks.expects_push,
+        writer=writer,
     )
     components.metrics.add_providers(adapters)
     components.runner = runner
@@ -161,6 +164,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         provider_hosts=provider_hosts,
         public_base_url=settings.server.public_base_url,
         callback_secrets=callbacks.secrets,
+        writer=writer,
     )
     components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
     # Outbound webhooks tail the persisted event log, so they need no hook in the runner.

@@ -36,6 +36,7 @@ from gateway.store.base import JobStore, NewEvent
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_sql import SELECT_JOBS_BY_UPSTREAM
+from tests.support import bumped
 from tests.unit.store.test_contract import make_job
 from tests.unit.test_runner import POLICY, FakeClock, ScriptedAdapter, report
 
@@ -326,7 +327,7 @@ async def test_get_by_upstream(store: JobStore) -> None:
 async def test_get_by_upstream_survives_saves(store: JobStore) -> None:
     job = make_job(provider="extract", upstream_id="u9")
     await store.create(job, [])
-    saved = await store.save_many([(job.bump(job.updated_at, state=JobState.RUNNING), [])])
+    saved = await store.save_many([(bumped(job, job.updated_at, state=JobState.RUNNING), [])])
     assert saved[0] is not None
     found = await store.get_by_upstream("extract", "u9")
     assert found is not None
@@ -372,7 +373,9 @@ async def test_a_job_that_expects_a_push_is_polled_at_the_slowest_cadence() -> N
     pushed = make_job(id="job_push", provider="a", upstream_id="p", created_at=clock.now)
     polled = make_job(id="job_poll", provider="a", upstream_id="q", created_at=clock.now)
     for job in (pushed, polled):
-        job = job.bump(clock.now, next_poll_at=clock.now, deadline_at=clock.now + timedelta(days=1))
+        job = bumped(
+            job, clock.now, next_poll_at=clock.now, deadline_at=clock.now + timedelta(days=1)
+        )
         await store.create(job, [])
         adapter.script(job.upstream_id, report(JobState.RUNNING, "processing"))
     runner = Runner(

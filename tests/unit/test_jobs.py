@@ -17,8 +17,8 @@ from adapters.base import (
     StatusReport,
     Timestamps,
 )
-from gateway.jobs import Job, apply_report, new_id
-from gateway.states import Action, Anomaly, JobState
+from gateway.jobs import Job, apply_report, job_events, new_id, transition
+from gateway.states import Action, Anomaly, IllegalTransition, JobState
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 Q, R, S, F, C, E = (
@@ -474,11 +474,62 @@ def test_public_of_a_fresh_job() -> None:
     assert make_job().progress == NO_PROGRESS
 
 
-def test_bump_increments_version_and_updated_at() -> None:
-    job = make_job()
-    new = job.bump(at(3), polls=9)
-    assert (new.version, new.updated_at, new.polls) == (2, at(3), 9)
+def test_typed_changes_make_a_new_version_and_never_touch_the_state() -> None:
+    job = make_job(R, failures=2, not_found=1)
+    later = job.rescheduled(at(3), at(60), failures=3)
+    assert (later.version, later.updated_at, later.next_poll_at) == (2, at(3), at(60))
+    assert (later.failures, later.not_found, later.state) == (3, 1, R)
+    due = job.due_now(at(4))
+    assert (due.version, due.next_poll_at, due.state) == (2, at(4), R)
+    continued = make_job(S, finished_at=at(2), next_poll_at=None).continuing(at(5))
+    assert (continued.action, continued.next_poll_at, continued.state) == (
+        Action.CONTINUE,
+        at(5),
+        S,
+    )
+    stopped = continued.stopped(at(6))
+    assert (stopped.action, stopped.next_poll_at, stopped.version) == (None, None, 3)
     assert job.version == 1
+
+
+@pytest.mark.parametrize("final", [S, F, C])
+def test_transition_to_a_finish_stamps_it_and_stops_polling(final: JobState) -> None:
+    job = make_job(R, started_at=at(1), eta=at(50))
+    done = transition(job, final, at(9), error=JobError("x", "y") if final is F else None)
+    assert (done.state, done.finished_at, done.next_poll_at, done.eta) == (final, at(9), None, None)
+    assert (done.version, done.updated_at, done.started_at) == (2, at(9), at(1))
+
+
+def test_an_illegal_transition_raises_and_changes_nothing() -> None:
+    job = make_job(F, finished_at=at(2))
+    with pytest.raises(IllegalTransition):
+        transition(job, R, at(3))
+    with pytest.raises(IllegalTransition):
+        transition(make_job(S), R, at(3))  # succeeded -> running needs the continue action
+    assert job.state is F and job.version == 1
+
+
+def test_transition_to_the_same_state_is_no_change() -> None:
+    job = make_job(R)
+    assert transition(job, R, at(3)) is job
+
+
+def test_continue_transition_reopens_the_job() -> None:
+    job = make_job(S, finished_at=at(2), next_poll_at=None, action=Action.CONTINUE)
+    running = transition(job, R, at(3), action=Action.CONTINUE)
+    assert (running.state, running.finished_at, running.action) == (R, None, None)
+
+
+def test_job_events_come_from_the_change() -> None:
+    job = make_job()
+    [created] = job_events(None, job)
+    assert (created.kind, created.data["state"]) == ("created", "queued")
+    moved = transition(job, R, at(1))
+    [state] = job_events(job, moved)
+    assert (state.kind, state.data["from"], state.data["state"]) == ("state", "queued", "running")
+    stepped = replace(moved, progress=Progress(fraction=0.5), version=3)
+    assert [e.kind for e in job_events(moved, stepped)] == ["progress"]
+    assert job_events(stepped, stepped.due_now(at(2))) == []
 
 
 def test_new_ids_are_prefixed_and_unique() -> None:

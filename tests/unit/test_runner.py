@@ -578,14 +578,19 @@ async def test_deadline_fails_the_job_without_an_upstream_call() -> None:
     assert await h.kinds(job.id) == ["created", "state"]
 
 
-async def test_unconfigured_provider_fails_the_job() -> None:
+async def test_a_job_of_an_unconfigured_provider_is_left_to_a_process_that_has_it() -> None:
+    # A replica without the provider (a rolling deploy adding one) must not fail its jobs: it
+    # never claims them, so a replica that has the provider polls them.
     h = build()
     job = await h.add("x1", provider="ghost")
-    await h.tick()
-    failed = await h.job(job.id)
-    assert failed.state is F
-    assert failed.error is not None
-    assert failed.error.code == "provider_unavailable"
+    assert await h.tick() == 0
+    untouched = await h.job(job.id)
+    assert (untouched.state, untouched.version, untouched.next_poll_at) == (
+        Q,
+        job.version,
+        job.next_poll_at,
+    )
+    assert sum(adapter.total for adapter in h.adapters.values()) == 0
 
 
 async def test_adapter_crash_is_contained_and_the_job_rescheduled() -> None:
@@ -632,22 +637,21 @@ async def test_breaker_opens_and_stops_calls_until_cooldown_then_one_probe() -> 
     assert (await h.job(other.id)).state is R
     assert h.runner.circuits() == {"a": "open", "b": "closed"}
 
-    # During the cooldown: due jobs are claimed but nothing reaches the provider.
+    # During the cooldown: provider a's due jobs are not even claimed (no row rewritten every
+    # tick, no lease taken that could not be used), while provider b keeps being polled.
     adapter.failing = None
     h.clock.advance(10)
-    assert await h.tick() >= 3
+    held = [await h.job(job.id) for job in jobs]
+    assert await h.tick() == 1
     assert adapter.total == 3
-    for job in jobs:
-        held = await h.job(job.id)
-        assert held.failures == 1  # refusal by our own breaker is not an upstream failure
-        assert held.next_poll_at == at(30 + TICK)  # when the cooldown ends
-    # ...while provider b keeps being polled.
+    assert [await h.job(job.id) for job in jobs] == held
+    assert all(job.failures == 1 for job in held)
     assert h.adapters["b"].calls["v1"] == 2
 
-    # Cooldown over: exactly one probe goes out while the others wait for its verdict.
+    # Cooldown over: exactly one probe is claimed and goes out; the others wait for its verdict.
     adapter.gate = asyncio.Event()
     h.clock.advance_to(at(30 + TICK))
-    assert await h.runner.step() == 4  # the three of provider a, and b's job
+    assert await h.runner.step() == 2  # one of provider a, and b's job
     await settle()
     assert adapter.total == 4
     assert h.runner.circuits()["a"] == "half_open"
@@ -658,13 +662,10 @@ async def test_breaker_opens_and_stops_calls_until_cooldown_then_one_probe() -> 
     states = [(await h.job(job.id)).state for job in jobs]
     assert sorted(states) == sorted([R, Q, Q])
 
-    # Closed again: the two that waited a poll interval (not a tick) are polled then.
+    # Closed again: the two that waited are still due, and the next tick polls them.
     h.clock.advance(TICK)
-    await h.tick()
-    assert adapter.total == 4
-    h.clock.advance(POLICY.min_interval)
-    await h.tick()
-    assert adapter.total >= 6  # the two that waited, and maybe the probed job's next poll
+    assert await h.tick() == 2
+    assert adapter.total == 6
     assert all([(await h.job(job.id)).state is R for job in jobs])
 
 
@@ -675,7 +676,7 @@ async def test_failed_probe_reopens_the_circuit() -> None:
 
     adapter.gate = asyncio.Event()
     h.clock.advance(30)
-    assert await h.runner.step() == 3
+    assert await h.runner.step() == 1  # one probe is claimed, the others stay due
     await settle()
     assert adapter.total == 4  # one probe...
     adapter.gate.set()
@@ -790,7 +791,7 @@ async def test_fenced_write_leaves_a_user_action_standing() -> None:
 
     # A user action writes while the poll is in flight (it read the leased version).
     leased = await h.job(job.id)
-    mine = leased.bump(h.clock.now, labels={"team": "x"}, next_poll_at=at(100))
+    mine = replace(leased, labels={"team": "x"}, next_poll_at=at(100), version=leased.version + 1)
     [saved] = await h.store.save_many([(mine, [])])
     assert saved is not None
 
@@ -895,15 +896,42 @@ async def test_hub_is_not_woken_for_another_job() -> None:
         assert not theirs.is_set()
 
 
-async def test_token_bucket_spaces_calls_beyond_the_burst() -> None:
-    tight = replace(POLICY, burst=1, rate_per_second=1000.0)
+async def test_claims_never_outrun_the_tokens() -> None:
+    # A claimed job is polled at once: a claim takes a token for each job, and a job without one
+    # stays due and untouched (it was once claimed, held waiting past its lease, claimed again
+    # elsewhere, and its poll's answer fenced away).
+    tight = replace(POLICY, burst=2, rate_per_second=10.0)
     h = build(policies={"a": tight})
-    for n in range(3):
-        await h.add(f"u{n}", report(R))
-    await h.tick()
-    assert h.adapters["a"].total == 3
-    waits = [wait for provider, wait in h.observer.rate_limits if provider == "a"]
-    assert waits == [pytest.approx(0.001), pytest.approx(0.002)]
+    jobs = [await h.add(f"u{n}", report(R)) for n in range(5)]
+    assert await h.tick() == 2
+    assert h.adapters["a"].total == 2
+    waiting = [await h.job(job.id) for job in jobs[2:]]
+    assert all(job.version == 1 and job.state is Q for job in waiting)
+    assert await h.tick() == 0  # no token has come back yet
+    h.clock.advance(0.1)  # one token at 10/s
+    assert await h.tick() == 1
+    h.clock.advance(1.0)  # the bucket holds at most its burst
+    assert await h.tick() == 2
+    assert h.adapters["a"].total == 5
+    assert all([(await h.job(job.id)).state is R for job in jobs])
+
+
+async def test_claims_stay_within_the_concurrency_and_give_back_unused_tokens() -> None:
+    narrow = replace(POLICY, concurrency=2, burst=3, rate_per_second=0.001)
+    h = build(policies={"a": narrow})
+    adapter = h.adapters["a"]
+    adapter.gate = asyncio.Event()
+    await h.add("u0", report(R))
+    # One job due: the tokens granted for a second claim are given back, not lost.
+    assert await h.runner.step() == 1
+    await h.add("u1", report(R))
+    await h.add("u2", report(R))
+    assert await h.runner.step() == 1  # the concurrency has room for one more only
+    assert await h.runner.step() == 0
+    adapter.gate.set()
+    await h.runner.drain()
+    assert await h.tick() == 1  # the third token: given back at the first claim
+    assert adapter.total == 3
 
 
 async def test_run_survives_a_crashing_adapter_and_keeps_polling_others() -> None:

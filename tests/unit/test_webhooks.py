@@ -45,6 +45,7 @@ from gateway.webhooks import (
     targets,
     webhook_config,
 )
+from tests.support import bumped
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, 123457, tzinfo=UTC)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -548,7 +549,7 @@ def make_job(**changes: Any) -> Job:
 
 async def finish(store: JobStore, job: Job, *states: JobState) -> None:
     for state in states:
-        new = job.bump(T0, state=state)
+        new = bumped(job, T0, state=state)
         kind = "state"
         saved = await store.save_many(
             [(new, [NewEvent(kind, {**new.public(), "from": job.state.value})])]

@@ -25,6 +25,7 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_sql import MIGRATIONS, SCHEMA_VERSION
+from tests.support import bumped
 from tests.unit.store.test_contract import LEASE, T0, full_job, make_job
 
 REPO = Path(__file__).resolve().parents[3]
@@ -52,13 +53,13 @@ async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
     other = make_job(next_poll_at=T0)
     await first.create(job, [NewEvent("created", {"by": "test"})])
     await first.create(other, [NewEvent("created", {})])
-    [(saved, _)] = [r for r in await first.save_many([(job.bump(T0, polls=8), [])]) if r]
+    [(saved, _)] = [r for r in await first.save_many([(bumped(job, T0, polls=8), [])]) if r]
     await first.claim_idempotency("done", "fp", T0)
     await first.finish_idempotency("done", status=201, body={"id": job.id}, job_id=job.id, now=T0)
     await first.claim_idempotency("pending", "fp", T0)
     events = await first.events_after(0, tenant="acme")
     # The newest event goes with its job: a reopened store must still not reuse its id.
-    [newest] = await first.save_many([(other.bump(T0), [NewEvent("progress", {})])])
+    [newest] = await first.save_many([(bumped(other, T0), [NewEvent("progress", {})])])
     assert newest is not None
     last_id = newest[1][0].id
     assert await first.delete(other.id)
@@ -170,8 +171,8 @@ async def test_fences_hold_between_two_stores_on_one_file(tmp_path: Path) -> Non
     try:
         job = make_job(next_poll_at=T0)
         await a.create(job, [])
-        assert (await a.save_many([(job.bump(T0, polls=1), [])]))[0] is not None
-        assert await b.save_many([(job.bump(T0, polls=2), [])]) == [None]
+        assert (await a.save_many([(bumped(job, T0, polls=1), [])]))[0] is not None
+        assert await b.save_many([(bumped(job, T0, polls=2), [])]) == [None]
         [claimed] = await b.claim_due(T0 + LEASE, limit=5, lease_until=T0 + 2 * LEASE)
         assert await a.claim_due(T0 + LEASE, limit=5, lease_until=T0 + 2 * LEASE) == []
         assert await a.get(job.id) == claimed
@@ -201,7 +202,7 @@ async def test_labels_follow_saves_and_deletes(store: SqliteStore, tmp_path: Pat
         ("env", "dev"),
         ("team", "x"),
     ]
-    relabelled = job.bump(T0, labels={"team": "y"}, state=JobState.RUNNING)
+    relabelled = bumped(job, T0, labels={"team": "y"}, state=JobState.RUNNING)
     await store.save_many([(relabelled, [])])
     assert query(path, "SELECT key, value FROM job_labels") == [("team", "y")]
     page = await store.list_jobs(JobFilter(state=JobState.RUNNING), limit=5, cursor=None)
@@ -219,6 +220,7 @@ async def test_idempotency_keys_are_plain_rows(store: SqliteStore, tmp_path: Pat
 
 WRITER = """
 import asyncio, sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from gateway.jobs import Job, new_id
 from gateway.states import JobState
@@ -239,7 +241,10 @@ async def main(path):
         await store.create(job, [NewEvent("created", {})])
         print("C", job.id, job.version, flush=True)
         latest.append(job)
-        changes = [(j.bump(T0, polls=j.polls + 1), [NewEvent("progress", {})]) for j in latest]
+        changes = [
+            (replace(j, polls=j.polls + 1, version=j.version + 1), [NewEvent("progress", {})])
+            for j in latest
+        ]
         results = await store.save_many(changes)
         latest = [result[0] for result in results if result]
         print("S", " ".join(f"{j.id}:{j.version}" for j in latest), flush=True)
