@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import ipaddress
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
@@ -38,6 +37,7 @@ import structlog
 
 from adapters.http import utcnow
 from gateway.events import EventHub, wait_set
+from gateway.leased import LeasedLoop, LeasedWork
 from gateway.results import (
     _PINS,  # the fetcher's per-request pins; a POST must be pinned exactly like a GET
     FetchPolicy,
@@ -319,19 +319,36 @@ class WebhookDispatcher:
 # The sender: deliveries -> HTTP
 
 
-@dataclass
 class WebhookSender:
-    """Claims due deliveries and sends them, at most ``config.concurrency`` at a time."""
+    """Claims due deliveries and sends them, at most ``config.concurrency`` at a time: the leased
+    loop of ``gateway.leased``, whose stop hands interrupted attempts back due now."""
 
-    store: JobStore
-    config: WebhookConfig
-    client: WebhookClient
-    clock: Callable[[], datetime] = utcnow
-    tick: float = 0.01
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _inflight: set[asyncio.Task[None]] = field(default_factory=set)
-    _claimed: dict[int, Delivery] = field(default_factory=dict)
-    _next_purge: datetime | None = None
+    def __init__(
+        self,
+        store: JobStore,
+        config: WebhookConfig,
+        client: WebhookClient,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        tick: float = 0.01,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.client = client
+        self.clock = clock
+        self._next_purge: datetime | None = None
+        self.loop: LeasedLoop[Delivery] = LeasedLoop(
+            LeasedWork(
+                name="webhooks",
+                claim=self._claim,
+                run=self._send_guarded,
+                hand_back=self._hand_back,
+                next_due=store.next_delivery_due,
+                clock=clock,
+            ),
+            capacity=config.concurrency,
+            tick=tick,
+        )
 
     @property
     def lease(self) -> timedelta:
@@ -339,43 +356,21 @@ class WebhookSender:
         return timedelta(seconds=2 * self.config.timeout + 5)
 
     def wake(self) -> None:
-        self._wake.set()
+        self.loop.wake()
 
     async def step(self) -> int:
         """Start sending what is due (as far as there is room); the number started."""
-        room = self.config.concurrency - len(self._inflight)
-        now = self.clock()
-        await self._purge(now)
-        if room <= 0:
-            return 0
-        claimed = await self.store.claim_due_deliveries(
-            now, limit=room, lease_until=now + self.lease
-        )
-        for delivery in claimed:
-            self._claimed[delivery.id] = delivery
-            task = asyncio.create_task(self._send_guarded(delivery))
-            self._inflight.add(task)
-            task.add_done_callback(self._done)
-        return len(claimed)
+        return await self.loop.step()
 
     async def drain(self) -> None:
         """Wait for every attempt in flight (tests)."""
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        await self.loop.drain()
 
     async def run(self) -> None:
-        try:
-            while True:
-                try:
-                    await self.step()
-                    await self._sleep()
-                except Exception:
-                    # A loop that must never die: whatever was claimed comes back when its lease
-                    # runs out, so logging and going on loses nothing.
-                    log.exception("webhooks.send_loop_failed")
-                    await asyncio.sleep(1.0)
-        finally:
-            await self._stop()
+        await self.loop.run()
+
+    async def stop(self) -> None:
+        await self.loop.stop()
 
     async def send(self, delivery: Delivery) -> DeliveryOutcome:
         """One attempt at ``delivery`` (as claimed), recorded in the store."""
@@ -427,7 +422,6 @@ class WebhookSender:
             last_status=status,
             last_error=error,
         )
-        self._claimed.pop(delivery.id, None)
         fields = {
             "job_id": delivery.job_id,
             "delivery_id": delivery.id,
@@ -454,6 +448,11 @@ class WebhookSender:
 
     # -- internals -----------------------------------------------------------------------------
 
+    async def _claim(self, room: int) -> list[Delivery]:
+        now = self.clock()
+        await self._purge(now)
+        return await self.store.claim_due_deliveries(now, limit=room, lease_until=now + self.lease)
+
     async def _send_guarded(self, delivery: Delivery) -> None:
         try:
             await self.send(delivery)
@@ -461,18 +460,6 @@ class WebhookSender:
             # A boundary that must never die: one bad attempt must not stop the others. The
             # delivery stays leased and is tried again when the lease runs out.
             log.exception("webhook.attempt_crashed", delivery_id=delivery.id)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self._wake.set()
-
-    async def _sleep(self) -> None:
-        if len(self._inflight) >= self.config.concurrency:
-            await wait_set(self._wake, 1.0)
-            return
-        due = await self.store.next_delivery_due()
-        delay = 1.0 if due is None else (due - self.clock()).total_seconds()
-        await wait_set(self._wake, min(1.0, max(self.tick, delay)))
 
     async def _purge(self, now: datetime) -> None:
         if self._next_purge is not None and now < self._next_purge:
@@ -482,29 +469,22 @@ class WebhookSender:
         if purged:
             log.info("webhooks.purged", deliveries=purged)
 
-    async def _stop(self) -> None:
-        """Cancel the attempts in flight and hand their deliveries back at once, so that the next
-        start sends them without waiting out the lease (a fenced write: one that finished
+    async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Interrupted attempts are due again now, uncounted (a fenced write: one that finished
         meanwhile stays finished)."""
-        for task in list(self._inflight):
-            task.cancel()
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
         now = self.clock()
-        for delivery in list(self._claimed.values()):
+        for delivery in deliveries:
             assert delivery.next_attempt_at is not None
-            with contextlib.suppress(RuntimeError):  # the store is already closed
-                await self.store.finish_delivery(
-                    delivery.id,
-                    leased_until=delivery.next_attempt_at,
-                    outcome="retry",
-                    attempts=delivery.attempts,
-                    now=now,
-                    retry_at=now,
-                    last_status=delivery.last_status,
-                    last_error=delivery.last_error,
-                )
-        self._claimed.clear()
+            await self.store.finish_delivery(
+                delivery.id,
+                leased_until=delivery.next_attempt_at,
+                outcome="retry",
+                attempts=delivery.attempts,
+                now=now,
+                retry_at=now,
+                last_status=delivery.last_status,
+                last_error=delivery.last_error,
+            )
 
 
 # --------------------------------------------------------------------------------------------------

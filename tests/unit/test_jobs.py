@@ -506,7 +506,7 @@ def test_an_illegal_transition_raises_and_changes_nothing() -> None:
         transition(job, R, at(3))
     with pytest.raises(IllegalTransition):
         transition(make_job(S), R, at(3))  # succeeded -> running needs the continue action
-    assert job.state is F and job.version == 1
+    assert (job.state, job.version) == (F, 1)
 
 
 def test_transition_to_the_same_state_is_no_change() -> None:

@@ -707,11 +707,27 @@ async def test_a_wake_up_never_swallows_the_shutdowns_cancellation() -> None:
 
 
 async def test_stopping_hands_claimed_deliveries_back() -> None:
-    store, sender, _, clock = await sender_with([])
-    # Claimed but never finished (the process is stopping): _stop releases it to be due now.
-    claimed = await store.claim_due_deliveries(T0, limit=1, lease_until=T0 + sender.lease)
-    sender._claimed[claimed[0].id] = claimed[0]
+    store, _, _, clock = await sender_with([])
+    client = HangingClient()
+    sender = WebhookSender(store, config(), client, clock=clock)
+    assert await sender.step() == 1
+    await client.called.wait()  # the attempt is in flight, holding its lease
+    (leased,) = await store.list_deliveries()
+    assert leased.next_attempt_at == T0 + sender.lease
     clock.advance(1)
-    await sender._stop()
+    await sender.stop()
     (row,) = await store.list_deliveries()
     assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, clock.now)
+
+
+class HangingClient(ScriptedClient):
+    """Never answers: an attempt in flight when the process stops."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.called = asyncio.Event()
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
