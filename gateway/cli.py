@@ -11,16 +11,28 @@ from aiohttp import web
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from gateway.logs import configure_logging, secrets_of
     from gateway.settings import load_settings
+    from gateway.store.base import StoreUnavailable
     from gateway.web.app import create_app
 
-    settings = load_settings(args.config)
+    try:
+        settings = load_settings(args.config)
+    except (ValidationError, ValueError) as exc:
+        print(f"jobgate: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log.format, settings.log.level, secrets=secrets_of(settings))
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     print(f"jobgate: serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
+    try:
+        web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
+    except StoreUnavailable as exc:
+        # An operator's problem (a wrong DSN, a server down, a file in use), not a bug: one line.
+        print(f"jobgate: cannot open the store: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -118,6 +119,13 @@ def secrets_of(settings: Settings) -> list[str]:
             found.append(key)
         if provider.callback_secret is not None:
             found.append(provider.callback_secret.get_secret_value())
+    if settings.store.kind == "postgres":
+        try:
+            dsn = settings.store.postgres_dsn()
+        except OSError:
+            dsn = ""  # an unreadable dsn_file stops the store at start-up, with its own message
+        password = urlsplit(dsn).password if "://" in dsn else None
+        found.extend(secret for secret in (dsn, password) if secret)
     return found
 
 

@@ -105,9 +105,34 @@ class ServerSettings(_Section):
 
 
 class StoreSettings(_Section):
-    kind: Literal["sqlite", "memory"] = "sqlite"
+    kind: Literal["sqlite", "postgres", "memory"] = "sqlite"
+    """``sqlite`` (one process, the embedded default), ``postgres`` (replicas) or ``memory``
+    (tests only)."""
     path: Path = Path("var/jobgate.db")
+    dsn: SecretStr | None = None
+    """PostgreSQL's ``postgresql://user:password@host:port/db``: from ``JOBGATE_STORE__DSN``."""
+    dsn_file: Path | None = None
+    """A file holding the DSN (a mounted secret), instead of ``dsn``."""
+    schema_: str = Field("public", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    """The PostgreSQL schema jobgate's tables live in."""
+    pool_size: int = Field(10, ge=1, le=200)
     idempotency_ttl_hours: float = Field(24.0, ge=24.0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _postgres_has_a_dsn(self) -> Self:
+        if self.kind == "postgres" and self.dsn is None and self.dsn_file is None:
+            raise ValueError(
+                "store.kind = 'postgres' needs a DSN: set JOBGATE_STORE__DSN or store.dsn_file"
+            )
+        return self
+
+    def postgres_dsn(self) -> str:
+        if self.dsn is not None:
+            return self.dsn.get_secret_value()
+        assert self.dsn_file is not None
+        return self.dsn_file.read_text().strip()
 
 
 class RunnerSettings(_Section):
@@ -290,6 +315,12 @@ class _KeylessToml(TomlConfigSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
+        store = data.get("store")
+        if isinstance(store, dict) and store.get("dsn"):
+            raise ValueError(
+                "store.dsn is set in a config file; the DSN carries a password and comes from the "
+                "environment (JOBGATE_STORE__DSN) or store.dsn_file"
+            )
         for name, provider in (data.get("providers") or {}).items():
             for secret in ("api_key", "callback_secret"):
                 if isinstance(provider, dict) and provider.get(secret):

@@ -73,6 +73,11 @@ class IdempotencyInFlight(Exception):
     """Another request with the same key is still being processed (HTTP 409)."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be opened: unreachable, misconfigured or held by another process. The
+    message is one line for an operator and never carries a password."""
+
+
 class StaleWrite(Exception):
     """A fenced write found a newer version in the store; the caller's copy is out of date."""
 

@@ -15,7 +15,9 @@ committed; only a power cut can drop the last few commits, never corrupt the fil
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,6 +45,7 @@ from gateway.store.base import (
     NewEvent,
     Page,
     Signal,
+    StoreUnavailable,
     decode_cursor,
     encode_cursor,
 )
@@ -123,10 +126,18 @@ _EventRow = tuple[int, str, str, str, str, str, str, int]
 
 
 class SqliteStore:
-    """A :class:`~gateway.store.base.JobStore` on one SQLite file."""
+    """A :class:`~gateway.store.base.JobStore` on one SQLite file.
 
-    def __init__(self, path: str | Path) -> None:
+    With ``exclusive`` (how the gateway opens it), one process at a time: a second gateway on
+    the same file is refused at start-up. SQLite would keep the rows consistent (every write
+    takes the write lock first, and writes are fenced), but two processes would each spend the
+    providers' whole quotas and never wake each other's waiters: replicas need PostgreSQL.
+    """
+
+    def __init__(self, path: str | Path, *, exclusive: bool = False) -> None:
         self.path = Path(path)
+        self.exclusive = exclusive
+        self._lock: int | None = None
         self._executor: ThreadPoolExecutor | None = None
         # Touched only on the worker thread.
         self._conn: sqlite3.Connection | None = None
@@ -134,6 +145,8 @@ class SqliteStore:
     async def open(self) -> None:
         if self._executor is not None:
             return
+        if self.exclusive:
+            self._lock = _lock_exclusively(self.path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobgate-sqlite")
         opened = False
         try:
@@ -143,6 +156,7 @@ class SqliteStore:
             if not opened:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+                self._unlock()
 
     async def close(self) -> None:
         executor = self._executor
@@ -153,6 +167,12 @@ class SqliteStore:
         finally:
             self._executor = None
             executor.shutdown(wait=True)
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
 
     async def ping(self) -> bool:
         if self._executor is None:
@@ -668,6 +688,25 @@ class SqliteStore:
 
 # --------------------------------------------------------------------------------------------------
 # Helpers for the worker thread, inside the caller's transaction where they take a cursor
+
+
+def _lock_exclusively(path: Path) -> int:
+    """Hold an exclusive lock on ``<path>.lock`` for as long as the descriptor is open. The kernel
+    drops it when the process dies however it dies, so a crash never leaves the file locked."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreUnavailable(
+            f"{path} is in use by another jobgate process ({holder}); one SQLite file serves one "
+            "process: run replicas with store.kind = 'postgres'"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+    return fd
 
 
 def _write_saved(cursor: sqlite3.Cursor, rows: Sequence[tuple[Any, Job]]) -> None:

@@ -76,7 +76,7 @@ def make_store(settings: Settings) -> JobStore:
         return MemoryStore()
     path = Path(settings.store.path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteStore(path)
+    return SqliteStore(path, exclusive=True)
 
 
 async def _embedded_sandbox(app: web.Application) -> AsyncIterator[None]:

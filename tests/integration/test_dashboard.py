@@ -195,7 +195,8 @@ def test_prometheus_scrapes_the_gateway() -> None:
     assert re.search(r"^scrape_configs:\s*$", text, re.MULTILINE)
     assert yaml_values(config, "job_name") == ["jobgate"]
     assert yaml_values(config, "metrics_path") == ["/metrics"]
-    assert yaml_values(config, "targets") == ['["jobgate:8080"]']
+    # One target per compose replica (test_deploy.py checks them against the compose services).
+    assert yaml_values(config, "targets") == ['["jobgate-1:8080", "jobgate-2:8080"]']
 
 
 def test_grafana_provisioning_matches_compose_and_the_dashboard() -> None:
@@ -212,8 +213,8 @@ def test_grafana_provisioning_matches_compose_and_the_dashboard() -> None:
     assert f"./grafana/dashboards:{path}:ro" in compose
     assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in compose
     assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in compose
-    services = re.findall(r"^  (\w[\w-]*):\s*$", compose.split("\nvolumes:")[0], re.MULTILINE)
-    assert services == ["jobgate", "prometheus", "grafana"]
+    services = re.findall(r"^  (\w[\w-]*):\s*$", compose.split("\nservices:")[1], re.MULTILINE)
+    assert {"jobgate-1", "jobgate-2", "prometheus", "grafana"} <= set(services)
     assert '"8080:8080"' in compose
 
 
@@ -249,7 +250,10 @@ def test_the_configmap_is_valid_settings_without_keys(
     assert all("api_key" not in provider for provider in data["providers"].values())
     for name in PROVIDERS:
         monkeypatch.setenv(f"JOBGATE_PROVIDERS__{name.upper()}__API_KEY", f"k8s-{name}-key")
+    # The DSN comes from the jobgate-store Secret (deployment.yaml), never the ConfigMap.
+    monkeypatch.setenv("JOBGATE_STORE__DSN", "postgresql://jobgate:k8s@postgres:5432/jobgate")
     settings = load_settings(config)
+    assert settings.store.kind == "postgres"
     assert settings.server.host == "0.0.0.0"  # a container answers on every address
     assert settings.log.format == "json"
     assert set(settings.providers) == set(PROVIDERS)
@@ -269,6 +273,6 @@ def test_the_deployment_probes_and_keys() -> None:
     )
     assert "kind: Service" in (DEPLOY / "k8s" / "service.yaml").read_text()
     kustomization = (DEPLOY / "k8s" / "kustomization.yaml").read_text()
-    for manifest in ("configmap.yaml", "pvc.yaml", "deployment.yaml", "service.yaml"):
+    for manifest in ("configmap.yaml", "deployment.yaml", "service.yaml"):
         assert f"- {manifest}" in kustomization
         assert (DEPLOY / "k8s" / manifest).is_file()

@@ -266,3 +266,11 @@ def test_configure_logging_routes_the_root_logger(restore_structlog: None) -> No
         root.setLevel(saved[1])
     [line] = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert line["event"] == f"GET /?api_key={MASK}"
+
+
+def test_secrets_of_settings_include_the_store_dsn_and_its_password(tmp_path: Path) -> None:
+    dsn = "postgresql://jobgate:hunter2-pw@db.internal:5432/jobgate"
+    settings = load_settings(tmp_path / "none.toml", store={"kind": "postgres", "dsn": dsn})
+    assert sorted(secrets_of(settings)) == sorted([dsn, "hunter2-pw"])
+    out = redact_with(secrets_of(settings), event=f"could not connect to {dsn}")
+    assert "hunter2-pw" not in str(out)

@@ -96,3 +96,29 @@ def test_lease_must_outlast_a_status_call(tmp_path: Path) -> None:
     )
     with pytest.raises(ValidationError, match=r"lease_seconds \(30\) must exceed"):
         load_settings(write(tmp_path, text))
+
+
+def test_postgres_store_needs_a_dsn_and_takes_it_from_the_environment_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValidationError, match="JOBGATE_STORE__DSN"):
+        load_settings(tmp_path / "none.toml", store={"kind": "postgres"})
+    monkeypatch.setenv("JOBGATE_STORE__KIND", "postgres")
+    monkeypatch.setenv("JOBGATE_STORE__DSN", "postgresql://u:pw@127.0.0.1/db")
+    settings = load_settings(tmp_path / "none.toml")
+    assert settings.store.postgres_dsn() == "postgresql://u:pw@127.0.0.1/db"
+    assert "pw" not in repr(settings.store)
+    monkeypatch.delenv("JOBGATE_STORE__DSN")
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text("postgresql://u:other@127.0.0.1/db\n")
+    from_file = load_settings(
+        tmp_path / "none.toml", store={"kind": "postgres", "dsn_file": dsn_file}
+    )
+    assert from_file.store.postgres_dsn() == "postgresql://u:other@127.0.0.1/db"
+
+
+def test_a_dsn_in_a_config_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[store]\nkind = "postgres"\ndsn = "postgresql://u:pw@h/db"\n')
+    with pytest.raises(ValueError, match="JOBGATE_STORE__DSN"):
+        load_settings(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import sys
@@ -22,6 +23,7 @@ from gateway.store.base import (
     IdempotencyRecord,
     JobFilter,
     NewEvent,
+    StoreUnavailable,
 )
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_sql import MIGRATIONS, SCHEMA_VERSION
@@ -310,3 +312,22 @@ async def test_a_killed_writer_loses_no_committed_job(tmp_path: Path) -> None:
         assert await store.last_event_id() >= len(promised)
     finally:
         await store.close()
+
+
+async def test_a_second_gateway_process_on_one_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    first = SqliteStore(path, exclusive=True)
+    await first.open()
+    try:
+        second = SqliteStore(path, exclusive=True)
+        with pytest.raises(StoreUnavailable, match="postgres") as refused:
+            await second.open()
+        assert f"pid {os.getpid()}" in str(refused.value)
+        assert await second.ping() is False
+    finally:
+        await first.close()
+    # Closing (or dying) releases the file for the next process.
+    again = SqliteStore(path, exclusive=True)
+    await again.open()
+    assert await again.ping() is True
+    await again.close()
