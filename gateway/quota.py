@@ -54,3 +54,44 @@ class LocalQuota:
             policy, self.buckets[provider], want, self.mono()
         )
         return granted
+
+
+class QuotaRows(Protocol):
+    """A store's shared buckets (PostgreSQL: a row per provider, locked while it is spent)."""
+
+    async def acquire(
+        self,
+        provider: str,
+        want: int,
+        *,
+        rate: float,
+        burst: int,
+        concurrency: int,
+        now: datetime,
+    ) -> int: ...
+
+    async def refund(self, provider: str, tokens: int) -> None: ...
+
+
+class SharedQuota:
+    """The deployment's quota, kept in the store: every replica spends from the same buckets, so
+    a provider sees the configured rate and concurrency however many replicas run."""
+
+    def __init__(self, rows: QuotaRows, policies: Mapping[str, PollPolicy]) -> None:
+        self.rows = rows
+        self.policies = policies
+
+    async def acquire(self, provider: str, want: int, *, now: datetime) -> int:
+        policy = self.policies[provider]
+        return await self.rows.acquire(
+            provider,
+            want,
+            rate=policy.rate_per_second,
+            burst=policy.burst,
+            concurrency=policy.concurrency,
+            now=now,
+        )
+
+    async def refund(self, provider: str, tokens: int) -> None:
+        if tokens > 0:
+            await self.rows.refund(provider, tokens)

@@ -1,6 +1,7 @@
 """The storage protocol every store implements, and the values it trades in.
 
-One contract test suite (``tests/unit/store/test_contract.py``) runs against every implementation.
+Each protocol has its own contract suite (``tests/unit/store/test_*_contract.py``), and every
+implementation (memory, SQLite, PostgreSQL) runs them all.
 """
 
 from __future__ import annotations

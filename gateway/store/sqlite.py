@@ -560,12 +560,13 @@ class SqliteStore:
             if caps is None:
                 rows = cursor.execute(SELECT_DUE, (_to_us(now), limit)).fetchall()
             else:
-                rows = []
+                # Each provider's soonest, then the soonest of those overall within the limit.
+                due: list[tuple[int, int, str]] = []
                 for provider, cap in caps.items():
-                    wanted = min(cap, limit - len(rows))
-                    if wanted > 0:
-                        params = (provider, _to_us(now), wanted)
-                        rows.extend(cursor.execute(SELECT_DUE_OF_PROVIDER, params).fetchall())
+                    params = (provider, _to_us(now), min(cap, limit))
+                    due.extend(cursor.execute(SELECT_DUE_OF_PROVIDER, params).fetchall())
+                due.sort(key=lambda row: (row[0], row[1]))
+                rows = [(rowid, text) for _, rowid, text in due[:limit]]
             for rowid, text in rows:
                 record = orjson.loads(text)
                 record["version"] += 1

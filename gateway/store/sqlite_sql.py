@@ -208,7 +208,7 @@ ORDER BY next_poll_at
 LIMIT ?
 """
 SELECT_DUE_OF_PROVIDER: Final = """
-SELECT rowid, record FROM jobs
+SELECT next_poll_at, rowid, record FROM jobs
 WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ?
 ORDER BY next_poll_at
 LIMIT ?

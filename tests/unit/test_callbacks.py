@@ -37,7 +37,7 @@ from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_sql import SELECT_JOBS_BY_UPSTREAM
 from tests.support import bumped
-from tests.unit.store.test_contract import make_job
+from tests.unit.store.factories import make_job
 from tests.unit.test_runner import POLICY, FakeClock, ScriptedAdapter, report
 
 SECRET = "s3cret-token-value"

@@ -28,7 +28,7 @@ from gateway.store.base import (
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_sql import MIGRATIONS, SCHEMA_VERSION
 from tests.support import bumped
-from tests.unit.store.test_contract import LEASE, T0, full_job, make_job
+from tests.unit.store.factories import LEASE, T0, full_job, make_job
 
 REPO = Path(__file__).resolve().parents[3]
 

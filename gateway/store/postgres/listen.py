@@ -1,0 +1,144 @@
+"""LISTEN/NOTIFY: one dedicated connection that hears what other replicas commit.
+
+A notification reaches only the sessions listening when it is sent, so the listener keeps its own
+connection outside the pool (a pooled connection is handed to other work and its LISTENs would go
+with it). If that connection is lost, signals sent until it is back are lost for good: after a
+reconnect every subscriber is told both kinds at once, so it re-reads rather than waits for a
+timer. A keepalive query finds connections that died without a word (a half-open TCP session
+after a network partition), which no termination callback would report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from typing import Any, Final
+
+import structlog
+
+from gateway.store.base import Signal
+from gateway.store.postgres import driver
+from gateway.store.postgres.driver import CONNECT_ERRORS, CONNECTION_LOST, Connection
+from gateway.store.postgres.dsn import redact_dsn, unavailable
+from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, PING
+
+log = structlog.get_logger("jobgate.store")
+
+_SIGNALS: Final[dict[str, Signal]] = {EVENTS_CHANNEL: "events", DUE_CHANNEL: "due"}
+
+
+class Listener:
+    """Calls ``on_signal`` for each notification on the store's channels, and with both kinds
+    after any gap in listening."""
+
+    def __init__(
+        self,
+        dsn: str,
+        on_signal: Callable[[Signal], None],
+        *,
+        timeout: float,
+        backoff: tuple[float, float] = (0.1, 10.0),
+        keepalive: float = 30.0,
+    ) -> None:
+        self._dsn = dsn
+        self._on_signal = on_signal
+        self._timeout = timeout
+        self._backoff = backoff
+        self._keepalive = keepalive
+        self._conn: Connection | None = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def server_pid(self) -> int | None:
+        """The listening session's backend pid (operators and tests can find it by this)."""
+        conn = self._conn
+        return None if conn is None or conn.is_closed() else conn.get_server_pid()
+
+    async def start(self) -> None:
+        """Connect and LISTEN; errors propagate, so a store that cannot listen does not open."""
+        if self._task is not None:
+            return
+        self._conn, self._lost = await self._listen()
+        self._task = asyncio.create_task(self._watch(), name="jobgate-postgres-listener")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await conn.close()
+            except CONNECTION_LOST:
+                conn.terminate()
+
+    async def _listen(self) -> tuple[Connection, asyncio.Event]:
+        conn = await driver.connect(self._dsn, connect_timeout=self._timeout)
+        lost = asyncio.Event()
+        try:
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(EVENTS_CHANNEL, self._notified)
+            await conn.add_listener(DUE_CHANNEL, self._notified)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn, lost
+
+    def _notified(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
+        signal = _SIGNALS.get(channel)
+        if signal is not None:
+            self._on_signal(signal)
+
+    async def _watch(self) -> None:
+        while True:
+            await self._until_lost()
+            if self._conn is not None:
+                self._conn.terminate()
+            log.warning("store.listener_lost", dsn=redact_dsn(self._dsn))
+            self._conn, self._lost = await self._reconnect()
+            # Whatever was signalled during the gap is gone: have everyone re-read.
+            self._on_signal("events")
+            self._on_signal("due")
+
+    async def _until_lost(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), self._keepalive)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await asyncio.wait_for(conn.fetchval(PING), self._keepalive)
+            except CONNECTION_LOST:
+                return
+
+    async def _reconnect(self) -> tuple[Connection, asyncio.Event]:
+        delay, ceiling = self._backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                listening = await self._listen()
+            except CONNECT_ERRORS as exc:
+                # Jittered, so replicas that lost the server together do not return in lockstep.
+                wait = delay * random.uniform(0.8, 1.2)
+                log.warning(
+                    "store.listener_reconnect_failed",
+                    attempt=attempt,
+                    retry_in=round(wait, 3),
+                    reason=str(unavailable(self._dsn, exc)),
+                )
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, ceiling)
+                continue
+            log.info("store.listener_reconnected", dsn=redact_dsn(self._dsn), attempts=attempt)
+            return listening

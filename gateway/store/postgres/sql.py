@@ -1,0 +1,512 @@
+"""The PostgreSQL store's schema migrations and every statement it runs, each a whole named query.
+
+Unqualified names resolve through the connection's ``search_path``, which the pool sets to the
+store's schema, so one database can hold several deployments (or one schema per test).
+
+Conventions that hold throughout:
+
+- Times are ``timestamptz``: microseconds, like Python's datetimes, so they round-trip exactly.
+- Job ids are ``COLLATE "C"``: pages are ordered by id, and byte order is the order the other
+  stores (and Python's ``sorted``) use; a linguistic collation would order some ids differently.
+- A job row keeps the whole ``Job.to_record()`` as ``record`` plus the columns the queries filter
+  and order on. ``version`` and ``next_poll_at`` columns are authoritative: a claim changes only
+  the columns (not the possibly TOASTed record), and readers overlay them on the record.
+- Batches travel as parallel arrays expanded with ``unnest``: one statement, one round trip.
+- ``pg_notify`` is called inside the writing transaction, so the signal goes out on commit only.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from gateway.store.migrations import Migration
+
+EVENTS_CHANNEL: Final = "jobgate_events"
+"""Payload: the last event id the committing transaction appended."""
+DUE_CHANNEL: Final = "jobgate_due"
+"""Payload: empty. A write left a job due now (a user action, a handed-back lease)."""
+
+PING: Final = "SELECT 1"
+
+# --------------------------------------------------------------------------------------------------
+# Migrations. Append new ones; never edit one that has shipped.
+
+CREATE_JOBS: Final = """
+CREATE TABLE jobs (
+    id           text COLLATE "C" PRIMARY KEY,
+    tenant       text NOT NULL,
+    provider     text NOT NULL,
+    upstream_id  text NOT NULL,
+    state        text NOT NULL,
+    next_poll_at timestamptz,
+    version      bigint NOT NULL,
+    created_at   timestamptz NOT NULL,
+    labels       jsonb NOT NULL DEFAULT '{}',
+    record       json NOT NULL,  -- json, not jsonb: kept as given, U+0000 and every digit included
+    lease_owner  text  -- who claimed it (operators' eyes; fencing is by version); NULL once saved
+)
+"""
+# Claims capped per provider walk this one provider at a time. Partial: finished jobs (no next
+# poll) cost nothing in the indexes the poll loop lives on.
+CREATE_JOBS_DUE_INDEX: Final = """
+CREATE INDEX jobs_due ON jobs (provider, next_poll_at) WHERE next_poll_at IS NOT NULL
+"""
+# Uncapped claims and next_due order by next_poll_at across providers, which jobs_due cannot serve.
+CREATE_JOBS_DUE_AT_INDEX: Final = """
+CREATE INDEX jobs_due_at ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL
+"""
+CREATE_JOBS_LIST_INDEX: Final = "CREATE INDEX jobs_list ON jobs (tenant, id DESC)"
+CREATE_JOBS_UPSTREAM_INDEX: Final = "CREATE INDEX jobs_upstream ON jobs (provider, upstream_id)"
+# jsonb_path_ops: smaller and faster than the default class, and containment is all we ask of it.
+CREATE_JOBS_LABELS_INDEX: Final = """
+CREATE INDEX jobs_labels ON jobs USING gin (labels jsonb_path_ops)
+"""
+# The shared quota counts a provider's leased jobs on every acquire; leases are few, so this stays
+# tiny where jobs_due would walk every job scheduled in the future.
+CREATE_JOBS_LEASED_INDEX: Final = """
+CREATE INDEX jobs_leased ON jobs (provider, next_poll_at) WHERE lease_owner IS NOT NULL
+"""
+CREATE_EVENTS: Final = """
+CREATE TABLE events (
+    id         bigint PRIMARY KEY,
+    job_id     text COLLATE "C" NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    tenant     text NOT NULL,
+    provider   text NOT NULL,
+    state      text NOT NULL,
+    kind       text NOT NULL,
+    data       json NOT NULL,
+    created_at timestamptz NOT NULL
+)
+"""
+CREATE_EVENTS_JOB_INDEX: Final = "CREATE INDEX events_by_job ON events (job_id, id)"
+# Not a sequence: nextval() hands out ids in call order but transactions commit in any order, so a
+# reader could see id 8 committed, move its cursor past it, and only then see 7 appear. Appending
+# takes this one row's lock until commit, so writers of events commit in id order.
+CREATE_EVENT_SEQ: Final = "CREATE TABLE event_seq (last bigint NOT NULL)"
+SEED_EVENT_SEQ: Final = "INSERT INTO event_seq (last) VALUES (0)"
+
+CREATE_IDEMPOTENCY: Final = """
+CREATE TABLE idempotency (
+    key         text PRIMARY KEY,
+    fingerprint text NOT NULL,
+    state       text NOT NULL CHECK (state IN ('pending', 'done')),
+    status      integer,
+    body        json,
+    job_id      text,
+    created_at  timestamptz NOT NULL,
+    finished_at timestamptz
+)
+"""
+CREATE_IDEMPOTENCY_AGE_INDEX: Final = "CREATE INDEX idempotency_age ON idempotency (created_at)"
+
+# Outbound webhooks. No foreign key to the job: the event a delivery reports has happened, and
+# stopping tracking the job must not take back the notice of it. Pending rows are exactly those
+# with a next_attempt_at, so the partial index serves claims and disabling alike.
+CREATE_DELIVERIES: Final = """
+CREATE TABLE deliveries (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id        bigint NOT NULL,
+    job_id          text NOT NULL,
+    url             text NOT NULL,
+    kind            text NOT NULL,
+    payload         text NOT NULL,
+    status          text NOT NULL
+                    CHECK (status IN ('pending', 'delivered', 'failed', 'disabled')),
+    attempts        integer NOT NULL,
+    next_attempt_at timestamptz,
+    last_status     integer,
+    last_error      text,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    UNIQUE (event_id, url)
+)
+"""
+CREATE_DELIVERIES_DUE_INDEX: Final = """
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE next_attempt_at IS NOT NULL
+"""
+CREATE_DELIVERIES_JOB_INDEX: Final = "CREATE INDEX deliveries_by_job ON deliveries (job_id, id)"
+CREATE_WEBHOOK_ENDPOINTS: Final = """
+CREATE TABLE webhook_endpoints (
+    url         text PRIMARY KEY,
+    disabled_at timestamptz NOT NULL
+)
+"""
+CREATE_CURSORS: Final = """
+CREATE TABLE cursors (
+    name  text PRIMARY KEY,
+    value bigint NOT NULL
+)
+"""
+# One token bucket per provider, shared by every replica. ``burst`` is the cap the last acquire
+# was configured with, so that a refund (which is not told the policy) caps at it too.
+CREATE_PROVIDER_QUOTA: Final = """
+CREATE TABLE provider_quota (
+    provider text PRIMARY KEY,
+    tokens   double precision NOT NULL,
+    burst    double precision NOT NULL,
+    stamp    timestamptz NOT NULL
+)
+"""
+
+MIGRATIONS: Final = (
+    Migration(
+        1,
+        "jobs and their event log",
+        (
+            CREATE_JOBS,
+            CREATE_JOBS_DUE_INDEX,
+            CREATE_JOBS_DUE_AT_INDEX,
+            CREATE_JOBS_LIST_INDEX,
+            CREATE_JOBS_UPSTREAM_INDEX,
+            CREATE_JOBS_LABELS_INDEX,
+            CREATE_JOBS_LEASED_INDEX,
+            CREATE_EVENTS,
+            CREATE_EVENTS_JOB_INDEX,
+            CREATE_EVENT_SEQ,
+            SEED_EVENT_SEQ,
+        ),
+    ),
+    Migration(2, "idempotency keys", (CREATE_IDEMPOTENCY, CREATE_IDEMPOTENCY_AGE_INDEX)),
+    Migration(
+        3,
+        "webhook deliveries",
+        (
+            CREATE_DELIVERIES,
+            CREATE_DELIVERIES_DUE_INDEX,
+            CREATE_DELIVERIES_JOB_INDEX,
+            CREATE_WEBHOOK_ENDPOINTS,
+            CREATE_CURSORS,
+        ),
+    ),
+    Migration(4, "shared provider quota", (CREATE_PROVIDER_QUOTA,)),
+)
+
+# --------------------------------------------------------------------------------------------------
+# Running the migrations. The schema's name is this connection's search_path (a plain identifier,
+# checked by the store), so none of these needs a name spliced into its text.
+
+# Replicas starting together queue here; each migration re-reads what is applied under the lock.
+LOCK_MIGRATIONS: Final = """
+SELECT pg_advisory_xact_lock(
+    hashtextextended('jobgate.migrate.' || current_setting('search_path'), 0)
+)
+"""
+# Looks first: CREATE SCHEMA IF NOT EXISTS demands the CREATE privilege on the database even when
+# the schema exists, and a deployment's role may have been given only its schema.
+CREATE_SCHEMA: Final = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = current_setting('search_path')) THEN
+        EXECUTE format('CREATE SCHEMA %I', current_setting('search_path'));
+    END IF;
+END
+$$
+"""
+CREATE_SCHEMA_MIGRATIONS: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+SELECT_APPLIED_MIGRATIONS: Final = "SELECT version FROM schema_migrations"
+RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+
+# --------------------------------------------------------------------------------------------------
+# Jobs
+
+# The answer is (rows inserted, whether a due signal went out): one notice however many are due.
+INSERT_JOBS: Final = """
+WITH inserted AS (
+    INSERT INTO jobs (
+        id, tenant, provider, upstream_id, state, next_poll_at, version, created_at, labels, record
+    )
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+        $7::bigint[], $8::timestamptz[], $9::jsonb[], $10::json[]
+    )
+    RETURNING next_poll_at
+), woken AS (
+    SELECT pg_notify('jobgate_due', '') FROM inserted WHERE next_poll_at <= now() LIMIT 1
+)
+SELECT (SELECT count(*) FROM inserted) AS written, (SELECT count(*) FROM woken) AS woken
+"""
+# Locks the batch's rows in id order (so two batches never deadlock) before the fences are checked
+# in Python: a batch may hold consecutive versions of one job, which one UPDATE cannot chain.
+LOCK_FOR_SAVE: Final = """
+SELECT id, version FROM jobs WHERE id = ANY ($1::text[]) ORDER BY id FOR UPDATE
+"""
+SAVE_JOBS: Final = """
+WITH saved AS (
+    UPDATE jobs
+    SET tenant = s.tenant, provider = s.provider, upstream_id = s.upstream_id, state = s.state,
+        next_poll_at = s.next_poll_at, version = s.version, labels = s.labels, record = s.record,
+        lease_owner = NULL
+    FROM unnest(
+        $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::timestamptz[], $8::bigint[], $9::jsonb[], $10::json[]
+    ) AS s (
+        id, stored_version, tenant, provider, upstream_id, state, next_poll_at, version, labels,
+        record
+    )
+    WHERE jobs.id = s.id AND jobs.version = s.stored_version
+    RETURNING jobs.next_poll_at
+), woken AS (
+    SELECT pg_notify('jobgate_due', '') FROM saved WHERE next_poll_at <= now() LIMIT 1
+)
+SELECT (SELECT count(*) FROM saved) AS written, (SELECT count(*) FROM woken) AS woken
+"""
+SELECT_JOB: Final = """
+SELECT record, version, next_poll_at FROM jobs WHERE id = $1 AND tenant = $2
+"""
+SELECT_JOB_BY_UPSTREAM: Final = """
+SELECT record, version, next_poll_at FROM jobs
+WHERE provider = $1 AND upstream_id = $2 AND tenant = $3
+ORDER BY id DESC
+LIMIT 1
+"""
+DELETE_JOB: Final = "DELETE FROM jobs WHERE id = $1 AND tenant = $2"
+
+# Four listings rather than one with optional parts: a cursor bound only when present would keep
+# a generic plan from using it as an index bound, and "labels @> '{}'" (no label filter) is
+# estimated as selective as a real label, tempting the planner into reading the whole GIN index.
+LIST_JOBS: Final = """
+SELECT record, version, next_poll_at FROM jobs
+WHERE tenant = $1
+  AND ($2::text IS NULL OR provider = $2)
+  AND ($3::text IS NULL OR state = $3)
+ORDER BY id DESC
+LIMIT $4
+"""
+LIST_JOBS_BEFORE: Final = """
+SELECT record, version, next_poll_at FROM jobs
+WHERE tenant = $1
+  AND ($2::text IS NULL OR provider = $2)
+  AND ($3::text IS NULL OR state = $3)
+  AND id < $5
+ORDER BY id DESC
+LIMIT $4
+"""
+LIST_JOBS_LABELLED: Final = """
+SELECT record, version, next_poll_at FROM jobs
+WHERE tenant = $1
+  AND ($2::text IS NULL OR provider = $2)
+  AND ($3::text IS NULL OR state = $3)
+  AND labels @> $5::jsonb
+ORDER BY id DESC
+LIMIT $4
+"""
+LIST_JOBS_LABELLED_BEFORE: Final = """
+SELECT record, version, next_poll_at FROM jobs
+WHERE tenant = $1
+  AND ($2::text IS NULL OR provider = $2)
+  AND ($3::text IS NULL OR state = $3)
+  AND labels @> $5::jsonb
+  AND id < $6
+ORDER BY id DESC
+LIMIT $4
+"""
+
+# A claim is one statement: pick the soonest due rows no one else is claiming, lease them. SKIP
+# LOCKED lets replicas claim side by side, each taking rows the others have not locked. The
+# final ORDER BY restores "soonest first", which an UPDATE's RETURNING does not keep.
+CLAIM_DUE: Final = """
+WITH due AS (
+    SELECT id, next_poll_at FROM jobs
+    WHERE next_poll_at IS NOT NULL AND next_poll_at <= $1
+    ORDER BY next_poll_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs SET next_poll_at = $3, version = jobs.version + 1, lease_owner = $4
+    FROM due
+    WHERE jobs.id = due.id
+    RETURNING jobs.id, jobs.record, jobs.version, jobs.next_poll_at, due.next_poll_at AS was_due
+)
+SELECT record, version, next_poll_at FROM claimed ORDER BY was_due, id
+"""
+# The same, capped per provider: a lateral walk of jobs_due for each (provider, cap) pair, then
+# the soonest $2 of those. Rows a provider's walk locked but the total cut are left unchanged
+# (still due); their locks end with this statement.
+CLAIM_DUE_PER_PROVIDER: Final = """
+WITH due AS (
+    SELECT job.id, job.next_poll_at
+    FROM unnest($5::text[], $6::bigint[]) AS cap (provider, n)
+    CROSS JOIN LATERAL (
+        SELECT id, next_poll_at FROM jobs
+        WHERE jobs.provider = cap.provider AND next_poll_at IS NOT NULL AND next_poll_at <= $1
+        ORDER BY next_poll_at
+        LIMIT cap.n
+        FOR UPDATE SKIP LOCKED
+    ) AS job
+    ORDER BY job.next_poll_at
+    LIMIT $2
+), claimed AS (
+    UPDATE jobs SET next_poll_at = $3, version = jobs.version + 1, lease_owner = $4
+    FROM due
+    WHERE jobs.id = due.id
+    RETURNING jobs.id, jobs.record, jobs.version, jobs.next_poll_at, due.next_poll_at AS was_due
+)
+SELECT record, version, next_poll_at FROM claimed ORDER BY was_due, id
+"""
+SELECT_NEXT_DUE: Final = "SELECT min(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
+# A scan, not a maintained counter table: a counts row per (provider, state) would be a hot row
+# every replica's saves queue on. The gauge is read every scrape interval, not per request.
+COUNT_BY_STATE: Final = "SELECT provider, state, count(*) AS n FROM jobs GROUP BY provider, state"
+
+# --------------------------------------------------------------------------------------------------
+# Events
+
+# Takes $1's length of ids from the counter (holding its row lock until commit), inserts the
+# events numbered in array order, and signals the last id on commit. The answer is that last id.
+APPEND_EVENTS: Final = """
+WITH numbered AS (
+    UPDATE event_seq SET last = last + cardinality($1::text[]) RETURNING last
+), appended AS (
+    INSERT INTO events (id, job_id, tenant, provider, state, kind, data, created_at)
+    SELECT numbered.last - cardinality($1::text[]) + e.n,
+           e.job_id, e.tenant, e.provider, e.state, e.kind, e.data, e.created_at
+    FROM numbered,
+         unnest(
+             $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::json[],
+             $7::timestamptz[]
+         ) WITH ORDINALITY AS e (job_id, tenant, provider, state, kind, data, created_at, n)
+)
+SELECT last, pg_notify('jobgate_events', last::text) FROM numbered
+"""
+LAST_EVENT_ID: Final = "SELECT last FROM event_seq"
+EVENTS_AFTER: Final = """
+SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
+WHERE id > $1 AND tenant = $2
+  AND (cardinality($3::text[]) = 0 OR provider = ANY ($3::text[]))
+  AND (cardinality($4::text[]) = 0 OR state = ANY ($4::text[]))
+ORDER BY id
+LIMIT $5
+"""
+# Apart from EVENTS_AFTER so that the job's (job_id, id) index is used even by a generic plan.
+EVENTS_AFTER_OF_JOB: Final = """
+SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
+WHERE job_id = $6 AND id > $1 AND tenant = $2
+  AND (cardinality($3::text[]) = 0 OR provider = ANY ($3::text[]))
+  AND (cardinality($4::text[]) = 0 OR state = ANY ($4::text[]))
+ORDER BY id
+LIMIT $5
+"""
+
+# --------------------------------------------------------------------------------------------------
+# Idempotency keys
+
+# The unique key decides between two requests on two replicas: the loser's insert does nothing
+# (after waiting for the winner's transaction, if it is still open).
+CLAIM_IDEMPOTENCY: Final = """
+INSERT INTO idempotency (key, fingerprint, state, created_at) VALUES ($1, $2, 'pending', $3)
+ON CONFLICT (key) DO NOTHING
+RETURNING key
+"""
+SELECT_IDEMPOTENCY: Final = """
+SELECT fingerprint, state, status, body, job_id, created_at FROM idempotency WHERE key = $1
+"""
+FINISH_IDEMPOTENCY: Final = """
+UPDATE idempotency SET state = 'done', status = $2, body = $3::json, job_id = $4, finished_at = $5
+WHERE key = $1
+"""
+RELEASE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE key = $1 AND state = 'pending'"
+PURGE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE created_at < $1"
+
+# --------------------------------------------------------------------------------------------------
+# Webhook deliveries and the tailer's cursor
+
+GET_CURSOR: Final = "SELECT value FROM cursors WHERE name = $1"
+SET_CURSOR: Final = """
+INSERT INTO cursors (name, value) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+"""
+# ORDER BY the array position, so ids (the order of list_deliveries) follow the caller's order.
+ENQUEUE_DELIVERIES: Final = """
+INSERT INTO deliveries (
+    event_id, job_id, url, kind, payload, status, attempts, next_attempt_at, created_at, updated_at
+)
+SELECT d.event_id, d.job_id, d.url, d.kind, d.payload, 'pending', 0, d.due_at, d.due_at, d.due_at
+FROM unnest(
+    $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]
+) WITH ORDINALITY AS d (event_id, job_id, url, kind, payload, due_at, n)
+WHERE NOT EXISTS (SELECT 1 FROM webhook_endpoints AS w WHERE w.url = d.url)
+ORDER BY d.n
+ON CONFLICT (event_id, url) DO NOTHING
+"""
+CLAIM_DUE_DELIVERIES: Final = """
+WITH due AS (
+    SELECT id, next_attempt_at FROM deliveries
+    WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $1
+    ORDER BY next_attempt_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE deliveries SET next_attempt_at = $3
+    FROM due
+    WHERE deliveries.id = due.id
+    RETURNING deliveries.id, deliveries.event_id, deliveries.job_id, deliveries.url,
+              deliveries.kind, deliveries.payload, deliveries.status, deliveries.attempts,
+              deliveries.next_attempt_at, deliveries.last_status, deliveries.last_error,
+              deliveries.created_at, deliveries.updated_at, due.next_attempt_at AS was_due
+)
+SELECT id, event_id, job_id, url, kind, payload, status, attempts, next_attempt_at, last_status,
+       last_error, created_at, updated_at
+FROM leased
+ORDER BY was_due, id
+"""
+# Fenced by the claim: only a pending row still leased until $8 changes (finished rows have no
+# next_attempt_at, so they never match).
+FINISH_DELIVERY: Final = """
+UPDATE deliveries
+SET status = $2, attempts = $3, next_attempt_at = $4, last_status = $5, last_error = $6,
+    updated_at = $7
+WHERE id = $1 AND next_attempt_at = $8
+RETURNING url
+"""
+DISABLE_ENDPOINT: Final = """
+INSERT INTO webhook_endpoints (url, disabled_at) VALUES ($1, $2) ON CONFLICT (url) DO NOTHING
+"""
+DISABLE_PENDING_DELIVERIES: Final = """
+UPDATE deliveries SET status = 'disabled', next_attempt_at = NULL, updated_at = $2
+WHERE next_attempt_at IS NOT NULL AND url = $1
+"""
+NEXT_DELIVERY_DUE: Final = """
+SELECT min(next_attempt_at) FROM deliveries WHERE next_attempt_at IS NOT NULL
+"""
+ENDPOINT_DISABLED: Final = "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE url = $1)"
+LIST_DELIVERIES: Final = """
+SELECT id, event_id, job_id, url, kind, payload, status, attempts, next_attempt_at, last_status,
+       last_error, created_at, updated_at
+FROM deliveries
+ORDER BY id
+LIMIT $1
+"""
+LIST_JOB_DELIVERIES: Final = """
+SELECT id, event_id, job_id, url, kind, payload, status, attempts, next_attempt_at, last_status,
+       last_error, created_at, updated_at
+FROM deliveries
+WHERE job_id = $1
+ORDER BY id
+LIMIT $2
+"""
+PURGE_DELIVERIES: Final = """
+DELETE FROM deliveries WHERE next_attempt_at IS NULL AND updated_at < $1
+"""
+
+# --------------------------------------------------------------------------------------------------
+# The shared provider quota
+
+# Creates the bucket full on first use, and in every case locks the row until commit and answers
+# its tokens with the provider's leases still running at $4 (the upsert is what takes the lock).
+LOCK_QUOTA: Final = """
+INSERT INTO provider_quota AS q (provider, tokens, burst, stamp) VALUES ($1, $2, $2, $3)
+ON CONFLICT (provider) DO UPDATE SET burst = excluded.burst
+RETURNING q.tokens, q.stamp,
+          (SELECT count(*) FROM jobs
+           WHERE jobs.provider = $1 AND lease_owner IS NOT NULL AND next_poll_at > $4) AS leased
+"""
+SAVE_QUOTA: Final = "UPDATE provider_quota SET tokens = $2, stamp = $3 WHERE provider = $1"
+REFUND_QUOTA: Final = """
+UPDATE provider_quota SET tokens = least(burst, tokens + $2) WHERE provider = $1
+"""
