@@ -2,8 +2,8 @@
 
 It keeps the same contract as the other stores (the suites
 ``tests/unit/store/test_*_contract.py`` check them all), including JSON serialisation: every job and
-event goes through ``orjson`` on the way in, so a value the real store could not persist fails here too, and no caller can alias a stored
-object.
+event goes through ``orjson`` on the way in, so a value the real store could not persist fails here
+too, and no caller can alias a stored object.
 
 No method awaits between reading and writing its state, so each one is atomic on the event loop and
 needs no lock.
