@@ -22,14 +22,17 @@ from adapters.sandboxes import create_sandbox_app
 from adapters.simulator import SandboxSettings
 from gateway.callbacks import CallbackConfig, CallbackInbox, callback_secrets
 from gateway.events import EventHub
+from gateway.feed import RemoteFeed
 from gateway.metrics import Metrics
 from gateway.policy import PollPolicy
+from gateway.quota import SharedQuota
 from gateway.results import FetchPolicy, ResultFetcher
 from gateway.runner import Runner
 from gateway.service import JobService
 from gateway.settings import Settings
 from gateway.store.base import JobStore
 from gateway.store.memory import MemoryStore
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from gateway.web.cors import setup_cors
 from gateway.web.observability import (
@@ -74,6 +77,12 @@ def create_app(settings: Settings) -> web.Application:
 def make_store(settings: Settings) -> JobStore:
     if settings.store.kind == "memory":
         return MemoryStore()
+    if settings.store.kind == "postgres":
+        return PostgresStore(
+            settings.store.postgres_dsn(),
+            schema=settings.store.schema_,
+            max_size=settings.store.pool_size,
+        )
     path = Path(settings.store.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteStore(path, exclusive=True)
@@ -140,6 +149,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     pushing = [name for name, adapter in adapters.items() if adapter.capabilities.push]
     callbacks = CallbackConfig(settings.server.public_base_url, callback_secrets(settings, pushing))
     writer = JobWriter(store, hub, observer=components.metrics)
+    # Replicas spend one quota kept in the store; one process keeps its buckets in memory.
+    quota = SharedQuota(store.quota, policies) if isinstance(store, PostgresStore) else None
     runner = Runner(
         store,
         adapters,
@@ -151,6 +162,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         observer=components.metrics,
         push_expected=callbacks.expects_push,
         writer=writer,
+        quota=quota,
     )
     components.metrics.add_providers(adapters)
     components.runner = runner
@@ -171,6 +183,12 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     webhooks = Webhooks.from_settings(settings, store, hub)
     tasks = await webhooks.start() if webhooks is not None else []
     tasks.append(asyncio.create_task(_purge_keys(store, settings), name="jobgate-key-purge"))
+    if settings.store.kind == "postgres":
+        # Other replicas' changes reach this one's waiters, streams and runner.
+        feed = RemoteFeed(store, hub, on_due=runner.wake)
+        await feed.start()
+        store.subscribe(feed.signal)
+        tasks.append(asyncio.create_task(feed.run(), name="jobgate-feed"))
     if settings.runner.enabled:
         tasks.append(asyncio.create_task(runner.run(), name="jobgate-runner"))
     log.info("gateway.started", providers=sorted(adapters), store=settings.store.kind)

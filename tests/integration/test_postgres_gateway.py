@@ -1,0 +1,151 @@
+"""Gateways sharing one PostgreSQL database, in this process, over real HTTP.
+
+What replicas need from each other: a change written by one reaches the waiters and streams of
+another (LISTEN/NOTIFY and the feed), and a replica that stops cleanly hands its claimed jobs to
+the others at once, not after the lease. The process-level picture (SIGKILL, three replicas, the
+provider's rate) is ``test_replicas.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from adapters.sandboxes import create_sandbox_app
+from adapters.simulator import SandboxSettings
+from gateway.web.app import create_app
+from tests.conftest import Serve
+from tests.integration.conftest import gateway_settings
+
+pytestmark = pytest.mark.usefixtures("postgres_dsn")
+
+STATUS = re.compile(r"^/pulse/job/(?P<id>[^/]+)$")
+
+
+@dataclass
+class Hold:
+    """Holds pulse status calls while ``holding`` is set, and records every one that arrives."""
+
+    holding: bool = True
+    calls: list[str] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        match = STATUS.match(request.path)
+        if match and request.method == "GET":
+            self.calls.append(match["id"])
+            self.arrived.set()
+            if self.holding:
+                await self.released.wait()
+        return await handler(request)
+
+
+Gateway = Callable[..., Awaitable[tuple[str, TestServer]]]
+
+
+@pytest.fixture
+async def sandbox(serve: Serve) -> tuple[str, Hold]:
+    hold = Hold(holding=False)
+    app = create_sandbox_app(SandboxSettings(speed=400.0, seed=3))
+    app.middlewares.append(hold.middleware)
+    return await serve(app), hold
+
+
+@pytest.fixture
+async def gateway(
+    sandbox: tuple[str, Hold], postgres_dsn: str, pg_schema: str, tmp_path: Any
+) -> AsyncIterator[Gateway]:
+    servers: list[TestServer] = []
+
+    async def start(**runner: Any) -> tuple[str, TestServer]:
+        settings = gateway_settings(
+            sandbox[0],
+            tmp_path / "unused.db",
+            store={"kind": "postgres", "dsn": postgres_dsn, "schema": pg_schema},
+            runner=runner,
+        )
+        server = TestServer(create_app(settings), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/"), server
+
+    yield start
+    for server in reversed(servers):
+        await server.close()
+
+
+async def submit(client: aiohttp.ClientSession, url: str, request: dict[str, Any]) -> str:
+    async with client.post(
+        f"{url}/v1/jobs", json={"provider": "pulse", "request": request}
+    ) as response:
+        assert response.status == 201, await response.text()
+        job_id: str = (await response.json())["id"]
+        return job_id
+
+
+async def until_finished(client: aiohttp.ClientSession, url: str, job_id: str) -> dict[str, Any]:
+    for _ in range(60):
+        async with client.get(f"{url}/v1/jobs/{job_id}?wait=1") as response:
+            job: dict[str, Any] = await response.json()
+        if job["state"] in ("succeeded", "failed", "canceled", "expired"):
+            return job
+    raise AssertionError(f"{job_id} did not finish: {job}")
+
+
+async def test_a_job_submitted_on_one_gateway_is_followed_on_another(
+    gateway: Gateway, http_session: aiohttp.ClientSession
+) -> None:
+    polling, _ = await gateway()
+    reading, _ = await gateway(enabled=False)  # only the first one polls
+    job_id = await submit(http_session, polling, {"fileUrl": "https://example.com/a.pdf"})
+    # The reader's SSE stream sees the other gateway's writes, through NOTIFY and its feed.
+    kinds: list[str] = []
+    async with http_session.get(f"{reading}/v1/jobs/{job_id}/events") as stream:
+        assert stream.status == 200
+        async with asyncio.timeout(30):
+            async for line in stream.content:
+                text = line.decode().strip()
+                if text.startswith("event: "):
+                    kinds.append(text.removeprefix("event: "))
+                if text == "event: end":
+                    break
+    assert kinds[0] == "created"
+    assert "state" in kinds
+    assert kinds[-1] == "end"
+    # A long poll on the reader answers with the finished job that the other one wrote.
+    assert (await until_finished(http_session, reading, job_id))["state"] == "succeeded"
+
+
+async def test_a_clean_stop_hands_its_leases_to_the_other_gateway(
+    gateway: Gateway, sandbox: tuple[str, Hold], http_session: aiohttp.ClientSession
+) -> None:
+    _, hold = sandbox
+    first, first_server = await gateway()  # the default lease: 120 s
+    hold.holding = True
+    job_id = await submit(http_session, first, {"fileUrl": "https://example.com/b.pdf"})
+    async with asyncio.timeout(30):
+        await hold.arrived.wait()  # the first gateway's poll is in flight, its lease taken
+    assert len(hold.calls) == 1
+    second, _ = await gateway()
+    hold.holding = False
+    hold.arrived.clear()
+    await first_server.close()  # a clean stop: the poll is interrupted and its lease handed back
+    # Had the lease not come back, nobody could poll the job for 120 s: the second gateway
+    # polls it now, woken by the hand-back's notification.
+    async with asyncio.timeout(20):
+        await hold.arrived.wait()
+    assert len(hold.calls) >= 2
+    hold.released.set()
+    assert (await until_finished(http_session, second, job_id))["state"] == "succeeded"
