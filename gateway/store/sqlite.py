@@ -60,7 +60,6 @@ from gateway.store.sqlite_sql import (
     ENDPOINT_DISABLED,
     EVENTS_AFTER,
     EVENTS_AFTER_JOB,
-    EVENTS_AFTER_ORDER,
     FINISH_DELIVERY,
     FINISH_IDEMPOTENCY,
     GET_CURSOR,
@@ -74,16 +73,10 @@ from gateway.store.sqlite_sql import (
     LIST_DELIVERIES,
     LIST_JOB_DELIVERIES,
     LIST_JOBS,
-    LIST_JOBS_BEFORE,
-    LIST_JOBS_BY_LABEL,
-    LIST_JOBS_BY_LABEL_BEFORE,
-    LIST_JOBS_BY_LABEL_ORDER,
-    LIST_JOBS_LABEL,
-    LIST_JOBS_ORDER,
-    LIST_JOBS_PROVIDER,
-    LIST_JOBS_STATE,
+    LIST_JOBS_BY_LABELS,
     MIGRATIONS,
     NEXT_DELIVERY_DUE,
+    NO_CURSOR,
     PURGE_DELIVERIES,
     PURGE_IDEMPOTENCY,
     RELEASE_IDEMPOTENCY,
@@ -260,19 +253,15 @@ class SqliteStore:
     ) -> list[Event]:
         if limit < 1:
             return []
-        sql = EVENTS_AFTER
-        params: list[Any] = [after_id, tenant]
-        if job_id is not None:
-            sql += EVENTS_AFTER_JOB
-            params.append(job_id)
-        if providers:
-            sql += f" AND provider IN ({', '.join('?' * len(providers))})"
-            params.extend(providers)
-        if states:
-            sql += f" AND state IN ({', '.join('?' * len(states))})"
-            params.extend(state.value for state in states)
-        sql += EVENTS_AFTER_ORDER
-        params.append(limit)
+        params: dict[str, Any] = {
+            "after": after_id,
+            "tenant": tenant,
+            "job_id": job_id,
+            "providers": _dumps(list(providers)),
+            "states": _dumps([state.value for state in states]),
+            "limit": limit,
+        }
+        sql = EVENTS_AFTER if job_id is None else EVENTS_AFTER_JOB
         return await self._call(self._events_sync, sql, params)
 
     async def last_event_id(self) -> int:
@@ -488,33 +477,19 @@ class SqliteStore:
 
     def _list_sync(self, where: JobFilter, limit: int, before: str | None) -> list[Job]:
         labels = sorted(where.labels.items())
-        params: list[Any] = []
+        params: dict[str, Any] = {
+            "tenant": where.tenant,
+            "before": NO_CURSOR if before is None else before,
+            "provider": where.provider,
+            "state": where.state.value if where.state is not None else None,
+            "limit": limit,
+        }
+        sql = LIST_JOBS
         if labels:
-            key, value = labels.pop(0)
-            sql = LIST_JOBS_BY_LABEL
-            params.extend((key, value, where.tenant))
-            if before is not None:
-                sql += LIST_JOBS_BY_LABEL_BEFORE
-                params.append(before)
-            order = LIST_JOBS_BY_LABEL_ORDER
-        else:
-            sql = LIST_JOBS
-            params.append(where.tenant)
-            if before is not None:
-                sql += LIST_JOBS_BEFORE
-                params.append(before)
-            order = LIST_JOBS_ORDER
-        if where.provider is not None:
-            sql += LIST_JOBS_PROVIDER
-            params.append(where.provider)
-        if where.state is not None:
-            sql += LIST_JOBS_STATE
-            params.append(where.state.value)
-        for key, value in labels:
-            sql += LIST_JOBS_LABEL
-            params.extend((key, value))
-        params.append(limit)
-        return [_job(record) for (record,) in self._db.execute(sql + order, params)]
+            (key, value), others = labels[0], dict(labels[1:])
+            params.update(key=key, value=value, others=_dumps(others))
+            sql = LIST_JOBS_BY_LABELS
+        return [_job(record) for (record,) in self._db.execute(sql, params)]
 
     def _save_many_sync(
         self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]
@@ -586,7 +561,7 @@ class SqliteStore:
             for provider, state, count in self._db.execute(COUNT_BY_STATE)
         }
 
-    def _events_sync(self, sql: str, params: Sequence[Any]) -> list[Event]:
+    def _events_sync(self, sql: str, params: Mapping[str, Any]) -> list[Event]:
         return [
             Event(
                 id=row[0],

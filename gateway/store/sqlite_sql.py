@@ -224,31 +224,59 @@ COUNT_BY_STATE: Final = "SELECT provider, state, n FROM job_counts WHERE n > 0"
 # Listing walks newest-first and stops after one page. Without labels it walks jobs_list; with
 # labels it walks the first label's (key, value, job_id) index instead (CROSS JOIN fixes that
 # order), so a page costs about its own size whether the label is rare or on every job.
-LIST_JOBS: Final = "SELECT jobs.record FROM jobs WHERE jobs.tenant = ?"
-LIST_JOBS_BEFORE: Final = " AND jobs.id < ?"
-LIST_JOBS_ORDER: Final = " ORDER BY jobs.id DESC LIMIT ?"
-LIST_JOBS_BY_LABEL: Final = """
-SELECT jobs.record FROM job_labels AS first CROSS JOIN jobs ON jobs.id = first.job_id
-WHERE first.key = ? AND first.value = ? AND jobs.tenant = ?
+# A page before a cursor; without one the cursor is "~", which sorts after every job id. Optional
+# filters are NULL when unused. Provider and state ride in jobs_list, so they filter index entries.
+LIST_JOBS: Final = """
+SELECT jobs.record FROM jobs
+WHERE jobs.tenant = :tenant AND jobs.id < :before
+  AND (:provider IS NULL OR jobs.provider = :provider)
+  AND (:state IS NULL OR jobs.state = :state)
+ORDER BY jobs.id DESC
+LIMIT :limit
 """
-LIST_JOBS_BY_LABEL_BEFORE: Final = " AND first.job_id < ?"
-LIST_JOBS_BY_LABEL_ORDER: Final = " ORDER BY first.job_id DESC LIMIT ?"
-LIST_JOBS_PROVIDER: Final = " AND jobs.provider = ?"
-LIST_JOBS_STATE: Final = " AND jobs.state = ?"
-LIST_JOBS_LABEL: Final = """
- AND EXISTS (SELECT 1 FROM job_labels WHERE job_id = jobs.id AND key = ? AND value = ?)"""
+# With labels, the walk starts from the first label's index entries (far fewer rows than the
+# tenant's jobs); every other label (``:others``, a JSON object) must be on the job too.
+LIST_JOBS_BY_LABELS: Final = """
+SELECT jobs.record FROM job_labels AS first CROSS JOIN jobs ON jobs.id = first.job_id
+WHERE first.key = :key AND first.value = :value AND jobs.tenant = :tenant
+  AND first.job_id < :before
+  AND (:provider IS NULL OR jobs.provider = :provider)
+  AND (:state IS NULL OR jobs.state = :state)
+  AND NOT EXISTS (
+      SELECT 1 FROM json_each(:others) AS wanted
+      WHERE NOT EXISTS (
+          SELECT 1 FROM job_labels AS label
+          WHERE label.job_id = jobs.id AND label.key = wanted.key AND label.value = wanted.value
+      )
+  )
+ORDER BY first.job_id DESC
+LIMIT :limit
+"""
+NO_CURSOR: Final = "~"
 
 LAST_EVENT_ID: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 INSERT_EVENT: Final = """
 INSERT INTO events (id, job_id, tenant, provider, state, kind, data, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
+# ``:providers`` and ``:states`` are JSON arrays; an empty one does not filter.
 EVENTS_AFTER: Final = """
 SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
-WHERE id > ? AND tenant = ?
+WHERE id > :after AND tenant = :tenant
+  AND (:providers = '[]' OR provider IN (SELECT value FROM json_each(:providers)))
+  AND (:states = '[]' OR state IN (SELECT value FROM json_each(:states)))
+ORDER BY id
+LIMIT :limit
 """
-EVENTS_AFTER_JOB: Final = " AND job_id = ?"
-EVENTS_AFTER_ORDER: Final = " ORDER BY id LIMIT ?"
+# One job's log: walks events_by_job (job_id, id) instead of the whole log.
+EVENTS_AFTER_JOB: Final = """
+SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
+WHERE job_id = :job_id AND id > :after AND tenant = :tenant
+  AND (:providers = '[]' OR provider IN (SELECT value FROM json_each(:providers)))
+  AND (:states = '[]' OR state IN (SELECT value FROM json_each(:states)))
+ORDER BY id
+LIMIT :limit
+"""
 
 CLAIM_IDEMPOTENCY: Final = """
 INSERT OR IGNORE INTO idempotency (key, fingerprint, state, created_at)
