@@ -20,15 +20,30 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        # Without the inputs: a rejected section may hold the DSN or a key.
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        print(f"jobgate: invalid configuration: {problems}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"jobgate: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log.format, settings.log.level, secrets=secrets_of(settings))
     host = args.host or settings.server.host
     port = args.port or settings.server.port
-    print(f"jobgate: serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    ready = f"jobgate: serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)"
     try:
-        web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
+        # run_app prints once the sites listen, so the line never precedes a failed start.
+        web.run_app(
+            create_app(settings),
+            host=host,
+            port=port,
+            print=lambda _: print(ready, flush=True),
+            access_log=None,
+        )
     except StoreUnavailable as exc:
         # An operator's problem (a wrong DSN, a server down, a file in use), not a bug: one line.
         print(f"jobgate: cannot open the store: {exc}", file=sys.stderr)

@@ -123,10 +123,16 @@ def secrets_of(settings: Settings) -> list[str]:
         try:
             dsn = settings.store.postgres_dsn()
         except OSError:
-            dsn = ""  # an unreadable dsn_file stops the store at start-up, with its own message
-        password = urlsplit(dsn).password if "://" in dsn else None
-        found.extend(secret for secret in (dsn, password) if secret)
+            dsn = ""  # an unreadable dsn_file stops the store at start-up with its own message
+        found.extend(secret for secret in (dsn, _password(dsn)) if secret)
     return found
+
+
+def _password(dsn: str) -> str | None:
+    try:
+        return urlsplit(dsn).password
+    except ValueError:
+        return None  # a DSN that does not parse stops the store with its own (masked) message
 
 
 def renderer(fmt: str, stream: TextIO) -> Processor:

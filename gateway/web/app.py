@@ -68,6 +68,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/docs", docs_page)
     # Prometheus text, not JSON: served beside the API rather than documented in its OpenAPI.
     app.router.add_get("/metrics", metrics_endpoint)
+    # The store first: a store that cannot be opened stops start-up before anything else runs.
+    app.cleanup_ctx.append(_store)
     if settings.sandbox.embedded:
         app.cleanup_ctx.append(_embedded_sandbox)
     app.cleanup_ctx.append(_core)
@@ -86,6 +88,18 @@ def make_store(settings: Settings) -> JobStore:
     path = Path(settings.store.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteStore(path, exclusive=True)
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    components = app[COMPONENTS_KEY]
+    store = make_store(components.settings)
+    await store.open()
+    components.store = store
+    try:
+        yield
+    finally:
+        components.store = None
+        await store.close()
 
 
 async def _embedded_sandbox(app: web.Application) -> AsyncIterator[None]:
@@ -125,8 +139,7 @@ def _fetch_policy(settings: Settings, name: str) -> FetchPolicy:
 async def _core(app: web.Application) -> AsyncIterator[None]:
     components = app[COMPONENTS_KEY]
     settings = components.settings
-    store = make_store(settings)
-    await store.open()
+    store = components.require_store()
     session = aiohttp.ClientSession()
     hub = EventHub()
     adapters: dict[str, Adapter] = {}
@@ -204,7 +217,6 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         if webhooks is not None:
             await webhooks.close()
         await session.close()
-        await store.close()
         components.service = None
         components.runner = None
         components.callbacks = None

@@ -15,17 +15,24 @@ if TYPE_CHECKING:
     from gateway.runner import Runner
     from gateway.service import JobService
     from gateway.settings import Settings
+    from gateway.store.base import JobStore
 
 
 @dataclass
 class Components:
     settings: Settings
+    store: JobStore | None = None
     service: JobService | None = None
     runner: Runner | None = None
     fetchers: dict[str, ResultFetcher] = field(default_factory=dict)
     sandbox_url: str | None = None
     callbacks: CallbackInbox | None = None
     metrics: Metrics = field(default_factory=Metrics)
+
+    def require_store(self) -> JobStore:
+        if self.store is None:
+            raise RuntimeError("the store is not open")
+        return self.store
 
     def require_service(self) -> JobService:
         if self.service is None:
