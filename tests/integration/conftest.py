@@ -38,6 +38,7 @@ def gateway_settings(
     *,
     policy: dict[str, Any] | None = None,
     api_key: str = "test-key",
+    provider_options: dict[str, Any] | None = None,
     **sections: Any,
 ) -> Settings:
     """Settings for a test gateway: SQLite at ``db``, every provider at the test sandbox."""
@@ -48,6 +49,7 @@ def gateway_settings(
             "result_hosts": ["127.0.0.1"],
             "result_networks": ["127.0.0.1/32"],
             "policy": {**FAST_POLICY, **(policy or {})},
+            **(provider_options or {}),
         }
         for name, spec in PROVIDERS.items()
     }

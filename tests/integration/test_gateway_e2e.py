@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from gateway.web.app import create_app
+from gateway.web.state import COMPONENTS_KEY
 from tests.integration.conftest import Stack, StackFactory
 
 pytestmark = pytest.mark.integration
@@ -298,3 +300,31 @@ async def test_faults_never_lose_a_job(make_stack: StackFactory) -> None:
                 expected[(await response.json())["id"]] = "succeeded"
     for job_id, state in expected.items():
         assert (await stack.until_finished(job_id))["state"] == state
+
+
+async def test_a_burst_of_jobs_wastes_no_status_call(make_stack: StackFactory) -> None:
+    # 300 jobs at once against a provider allowing 100 calls/s: the old runner claimed a batch of
+    # 500, its polls queued for tokens past their 2 s lease, the jobs were claimed again, and the
+    # first polls' answers were fenced away. A claim now takes a token per job, so every status
+    # call the provider answers is one the gateway keeps.
+    stack = await make_stack(
+        speed=2000,
+        policy={"rate_per_second": 100, "burst": 10, "concurrency": 16},
+        provider_options={"total_timeout": 1.5},
+        runner={"lease_seconds": 2, "batch": 500},
+    )
+    with capture_logs() as logs:
+        ids = await asyncio.gather(
+            *(
+                stack.submit("pulse", {"fileUrl": f"https://example.com/burst-{n}.pdf"})
+                for n in range(300)
+            )
+        )
+        for job in ids:
+            assert (await stack.until_finished(job["id"], rounds=120))["state"] == "succeeded"
+    runner = stack.app[COMPONENTS_KEY].runner
+    assert runner is not None
+    fenced = [entry for entry in logs if entry["event"] == "runner.write_fenced"]
+    assert fenced == []
+    polls = sum(job["polls"] for job in [await stack.job(j["id"]) for j in ids])
+    assert runner.status_calls["pulse"] == polls  # every call made was folded into its job
