@@ -49,6 +49,7 @@ from gateway.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from gateway.store.migrations import pending
 from gateway.store.sqlite_sql import (
     ADD_JOB_COUNTS,
     CLAIM_IDEMPOTENCY,
@@ -80,7 +81,6 @@ from gateway.store.sqlite_sql import (
     PURGE_DELIVERIES,
     PURGE_IDEMPOTENCY,
     RELEASE_IDEMPOTENCY,
-    SCHEMA_VERSION,
     SELECT_DUE,
     SELECT_DUE_DELIVERIES,
     SELECT_DUE_OF_PROVIDER,
@@ -407,18 +407,18 @@ class SqliteStore:
                 conn.close()
 
     def _migrate(self) -> None:
-        with self._transaction() as cursor:
-            (version,) = cursor.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has schema version {version}; this jobgate knows only up to "
-                    f"{SCHEMA_VERSION}"
-                )
-            for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number]:
+        """Apply what the file lacks, one migration per transaction (the write lock keeps a
+        second process out meanwhile), so a failure leaves the schema at the last whole one."""
+        while True:
+            with self._transaction() as cursor:
+                (version,) = cursor.execute("PRAGMA user_version").fetchone()
+                todo = pending(MIGRATIONS, range(1, version + 1))
+                if not todo:
+                    return
+                for statement in todo[0].statements:
                     cursor.execute(statement)
-            # PRAGMA takes no parameters; the value is an int from our own table.
-            cursor.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+                # PRAGMA takes no parameters; the value is an int from our own table.
+                cursor.execute(f"PRAGMA user_version = {todo[0].number:d}")
 
     def _close_sync(self) -> None:
         conn = self._conn

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Final
 
+from gateway.store.migrations import Migration
+
 # --------------------------------------------------------------------------------------------------
-# Schema. Each migration is a tuple of statements applied in one transaction; the database's
-# ``PRAGMA user_version`` records how many have run. Append new migrations; never edit old ones.
+# Schema: numbered migrations (``gateway.store.migrations``, as PostgreSQL's), each applied in one
+# transaction; the database's ``PRAGMA user_version`` records that 1..n have run. Append new
+# migrations; never edit old ones.
 
 CREATE_JOBS: Final = """
 CREATE TABLE jobs (
@@ -144,28 +147,40 @@ CREATE TABLE IF NOT EXISTS cursors (
 ) WITHOUT ROWID
 """
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        CREATE_JOBS,
-        CREATE_JOBS_DUE_INDEX,
-        CREATE_JOBS_LIST_INDEX,
-        CREATE_JOB_LABELS,
-        CREATE_JOB_LABELS_INDEX,
-        CREATE_EVENTS,
-        CREATE_EVENTS_JOB_INDEX,
-        CREATE_JOB_COUNTS,
-        CREATE_IDEMPOTENCY,
-        CREATE_IDEMPOTENCY_AGE_INDEX,
+MIGRATIONS: Final = (
+    Migration(
+        1,
+        "jobs, labels, events, counts, idempotency keys",
+        (
+            CREATE_JOBS,
+            CREATE_JOBS_DUE_INDEX,
+            CREATE_JOBS_LIST_INDEX,
+            CREATE_JOB_LABELS,
+            CREATE_JOB_LABELS_INDEX,
+            CREATE_EVENTS,
+            CREATE_EVENTS_JOB_INDEX,
+            CREATE_JOB_COUNTS,
+            CREATE_IDEMPOTENCY,
+            CREATE_IDEMPOTENCY_AGE_INDEX,
+        ),
     ),
-    (ADD_JOBS_UPSTREAM, FILL_JOBS_UPSTREAM, CREATE_JOBS_UPSTREAM_INDEX),
-    (
-        CREATE_DELIVERIES,
-        CREATE_DELIVERIES_DUE_INDEX,
-        CREATE_DELIVERIES_JOB_INDEX,
-        CREATE_WEBHOOK_ENDPOINTS,
-        CREATE_CURSORS,
+    Migration(
+        2,
+        "jobs by upstream id",
+        (ADD_JOBS_UPSTREAM, FILL_JOBS_UPSTREAM, CREATE_JOBS_UPSTREAM_INDEX),
     ),
-    (CREATE_JOBS_DUE_BY_PROVIDER_INDEX,),
+    Migration(
+        3,
+        "webhook deliveries, endpoints, cursors",
+        (
+            CREATE_DELIVERIES,
+            CREATE_DELIVERIES_DUE_INDEX,
+            CREATE_DELIVERIES_JOB_INDEX,
+            CREATE_WEBHOOK_ENDPOINTS,
+            CREATE_CURSORS,
+        ),
+    ),
+    Migration(4, "due jobs by provider (capped claims)", (CREATE_JOBS_DUE_BY_PROVIDER_INDEX,)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

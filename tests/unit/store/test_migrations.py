@@ -6,6 +6,7 @@ import pytest
 
 from gateway.store.migrations import Migration, SchemaTooNew, check_numbering, pending
 from gateway.store.postgres.sql import MIGRATIONS as POSTGRES_MIGRATIONS
+from gateway.store.sqlite_sql import MIGRATIONS as SQLITE_MIGRATIONS
 
 ONE = Migration(1, "first", ("CREATE TABLE a (x int)",))
 TWO = Migration(2, "second", ("CREATE TABLE b (x int)", "CREATE INDEX b_x ON b (x)"))
@@ -36,6 +37,11 @@ def test_numbering_must_be_one_to_n(migrations: list[Migration]) -> None:
         pending(migrations, [])
 
 
-def test_the_postgres_schema_is_numbered_and_every_migration_does_something() -> None:
-    check_numbering(POSTGRES_MIGRATIONS)
-    assert all(m.statements and m.name for m in POSTGRES_MIGRATIONS)
+@pytest.mark.parametrize(
+    "migrations", [POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS], ids=["postgres", "sqlite"]
+)
+def test_each_store_schema_is_numbered_and_every_migration_does_something(
+    migrations: tuple[Migration, ...],
+) -> None:
+    check_numbering(migrations)
+    assert all(m.statements and m.name for m in migrations)
