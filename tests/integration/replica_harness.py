@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -242,9 +243,9 @@ def start_replica(name: str, config: Path, env: Mapping[str, str], api_key: str)
     return Replica(name, port, api_key, process, log_path, out_path)
 
 
-async def wait_ready(session: aiohttp.ClientSession, replica: Replica, timeout: float) -> None:
-    """Until ``/readyz`` answers 200 (the store is open and migrated)."""
-    deadline = time.monotonic() + timeout
+async def wait_ready(session: aiohttp.ClientSession, replica: Replica, within: float) -> None:
+    """Until ``/readyz`` answers 200 (the store is open and migrated), for at most ``within`` s."""
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if replica.process.poll() is not None:
             raise AssertionError(f"{replica.name} exited at start-up:\n{replica.tail()}")
@@ -255,7 +256,7 @@ async def wait_ready(session: aiohttp.ClientSession, replica: Replica, timeout: 
                 if response.status == 200:
                     return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{replica.name} not ready after {timeout} s:\n{replica.tail()}")
+    raise AssertionError(f"{replica.name} not ready after {within} s:\n{replica.tail()}")
 
 
 async def stop_replicas(replicas: Iterable[Replica], grace: float = 10.0) -> None:
@@ -266,13 +267,14 @@ async def stop_replicas(replicas: Iterable[Replica], grace: float = 10.0) -> Non
             replica.process.terminate()
     deadline = time.monotonic() + grace
     for replica in running:
-        while replica.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if replica.process.poll() is None:
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.to_thread(replica.process.wait, left)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.kill()
     for replica in replicas:
-        replica.process.wait()
+        await asyncio.to_thread(replica.process.wait)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,9 +341,10 @@ class SseClient:
             self.endings.append(await self.stream(pick(), self.last_id))
             await asyncio.sleep(0.05)
 
-    async def until(self, last_id: int, timeout: float) -> bool:
-        """Wait until an event with id ``last_id`` or later has arrived."""
-        deadline = time.monotonic() + timeout
+    async def until(self, last_id: int, within: float) -> bool:
+        """Wait (``within`` seconds at most) until an event with id ``last_id`` or later has
+        arrived."""
+        deadline = time.monotonic() + within
         while self.last_id < last_id:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -359,7 +362,7 @@ def stream_gaps(received: Sequence[int], expected: Sequence[int]) -> dict[str, A
     return {
         "received": len(received),
         "expected": len(expected),
-        "increasing": all(a < b for a, b in zip(received, received[1:], strict=False)),
+        "increasing": all(a < b for a, b in itertools.pairwise(received)),
         "duplicates": sum(n - 1 for n in counts.values() if n > 1),
         "missing": sorted(set(expected) - set(received)),
         "unexpected": sorted(set(received) - set(expected)),
@@ -384,8 +387,9 @@ def max_in_window(times: Iterable[float], window: float) -> int:
 
 def max_concurrent(intervals: Iterable[tuple[float, float]]) -> int:
     """The most intervals open at one instant (an end at the same time as a start closes first)."""
+    listed = list(intervals)
     edges = sorted(
-        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+        [(start, 1) for start, _ in listed] + [(end, -1) for _, end in listed],
         key=lambda edge: (edge[0], edge[1]),
     )
     best = current = 0

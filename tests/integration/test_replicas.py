@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from adapters.pulse.sandbox import JOBS_KEY
 from adapters.sandboxes import SUBAPPS_KEY, create_sandbox_app
 from adapters.simulator import SandboxSettings
 from tests.conftest import Serve
+from tests.integration.conftest import FAST_POLICY
 from tests.integration.replica_harness import (
     FINISHED,
     Replica,
@@ -53,7 +56,6 @@ from tests.integration.replica_harness import (
     stream_gaps,
     wait_ready,
 )
-from tests.integration.conftest import FAST_POLICY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -165,7 +167,7 @@ async def test_three_replicas_and_a_sigkill(
         # follows the first survivor, resuming after the last event it received.
         clients = [SseClient(replica.name, session) for replica in replicas]
 
-        def picker(replica: Replica) -> Any:
+        def picker(replica: Replica) -> Callable[[], str]:
             return lambda: replica.url if replica.alive else survivors()[0].url
 
         for replica, client in zip(replicas, clients, strict=True):
@@ -216,15 +218,15 @@ async def test_three_replicas_and_a_sigkill(
                         owner = max(owners, key=lambda o: owners[o])
                         victim = by_pid[owner_pid(owner)]
                         at = victim.kill()
-                        while victim.process.poll() is None:
-                            await asyncio.sleep(0.005)
+                        await asyncio.to_thread(victim.process.wait)
                         await asyncio.sleep(0.05)  # a COMMIT it sent before dying has landed
                         held = await db.fetch(
                             f"SELECT id, upstream_id, next_poll_at FROM {jobs_table} "
                             "WHERE lease_owner = $1 ORDER BY id",
                             owner,
                         )
-                        named = {by_pid[owner_pid(o)].name: n for o, n in owners.items()}
+                        named = {r.name: 0 for r in replicas}
+                        named.update({by_pid[owner_pid(o)].name: n for o, n in owners.items()})
                         return Kill(victim, owner, at, named, list(held))
                 await asyncio.sleep(0.02)
 
@@ -368,6 +370,17 @@ async def test_three_replicas_and_a_sigkill(
         busy_span = max(status_starts) - min(status_starts)
         per_replica = Counter(by_key[call.key].name for call in status_calls)
         per_job = Counter(call.upstream_id for call in status_calls)
+        # How far behind its schedule polling fell: the gaps between one job's successive polls
+        # (the dead replica's jobs, which waited out a lease, aside) against max_interval.
+        held_upstream = {str(row["upstream_id"]) for row in kill.held}
+        starts_of: dict[str, list[float]] = {}
+        for call in status_calls:
+            if call.upstream_id is not None and call.upstream_id not in held_upstream:
+                starts_of.setdefault(call.upstream_id, []).append(call.start)
+        widest_gap = max(
+            (b - a for starts in starts_of.values() for a, b in itertools.pairwise(sorted(starts))),
+            default=0.0,
+        )
 
         print()
         print("=== jobgate replicas end to end: figures ===")
@@ -435,7 +448,8 @@ async def test_three_replicas_and_a_sigkill(
             f"{max_status_window} (configured rate {RATE:g}/s + burst {BURST} = "
             f"{RATE + BURST:g}); max in flight at once {max_inflight} (concurrency "
             f"{CONCURRENCY}); submit POSTs {len(submits)}, max {max_submit_window} in 1 s "
-            f"(not rate-limited)"
+            f"(not rate-limited); widest gap between successive polls of a job "
+            f"{widest_gap:.2f} s (max_interval {PULSE_POLICY['max_interval']:g} s)"
         )
         print("=== end of figures ===")
 
