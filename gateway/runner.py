@@ -168,40 +168,27 @@ class Runner:
     # -- the leased loop's parts ---------------------------------------------------------------
 
     async def _claim(self, room: int) -> list[Job]:
-        """Claim no more of each provider than can be polled at once: within its concurrency, its
-        open circuit and the tokens its quota grants now. Unspent tokens are given back."""
-        now = self.clock()
+        """Claim no more of each provider than can be polled at once: within its concurrency and
+        its open circuit here, and within the tokens (and, shared, the deployment's concurrency)
+        its quota grants now."""
         mono = self.mono()
-        granted: dict[str, int] = {}
+        wants: dict[str, int] = {}
         for name, provider in self.providers.items():
             want = min(room, provider.policy.concurrency - provider.inflight)
             if want <= 0 or breaker_retry_in(provider.policy, provider.breaker, mono) > 0:
                 continue
             if provider.breaker.circuit is not Circuit.CLOSED:
                 want = 1  # a half-open circuit lets one probe through, no more
-            tokens = await self.quota.acquire(name, want, now=now)
-            if tokens > 0:
-                granted[name] = tokens
-        if not granted:
+            wants[name] = want
+            room -= want
+        if not wants:
             return []
-        claimed = await self.store.claim_due(
-            now,
-            limit=room,
-            lease_until=now + self.lease,
-            per_provider=granted,
-            owner=self.owner,
+        now = self.clock()
+        claimed = await self.quota.claim(
+            self.store, now, wants, lease_until=now + self.lease, owner=self.owner
         )
-        used: dict[str, int] = dict.fromkeys(granted, 0)
-        unknown: list[Job] = []
         for job in claimed:
-            if job.provider in used:
-                used[job.provider] += 1
-                self.providers[job.provider].inflight += 1
-            else:
-                unknown.append(job)
-        for name, tokens in granted.items():
-            if tokens > used[name]:
-                await self.quota.refund(name, tokens - used[name])
+            self.providers[job.provider].inflight += 1
         return claimed
 
     async def _hand_back(self, jobs: Sequence[Job]) -> None:

@@ -83,6 +83,17 @@ class StaleWrite(Exception):
     """A fenced write found a newer version in the store; the caller's copy is out of date."""
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaWant:
+    """For a shared quota's claim: up to ``want`` jobs of ``provider``, within its limits."""
+
+    provider: str
+    want: int
+    rate: float
+    burst: int
+    concurrency: int
+
+
 DeliveryStatus = Literal["pending", "delivered", "failed", "disabled"]
 DeliveryOutcome = Literal["delivered", "retry", "failed", "disabled"]
 

@@ -1,25 +1,38 @@
 """A provider's rate limit and concurrency shared by every replica: one token bucket row each.
 
 With one process, buckets in memory are the limit. With several replicas each would spend the
-whole configured rate, so the bucket lives in the database: an acquire locks the provider's row,
-refills it for the time elapsed, grants what the tokens and the free concurrency allow, and saves
-it, all in one transaction. The arithmetic is :func:`grant`, pure, with time passed in.
+whole configured rate, so the bucket lives in the database.
 
-Concurrency counts the provider's jobs under a lease (claimed and not yet saved). A grant is
-turned into claims only after its transaction commits, so two replicas acquiring in the same
-instant may both see the same free slots: tokens bound the rate strictly, concurrency to within
-one claim batch per replica.
+:meth:`PostgresQuota.claim` is how the runner claims: in one transaction it locks the buckets of
+the providers that have due jobs, refills them for the time elapsed, and leases no more due jobs
+than their tokens and the deployment's free concurrency allow (concurrency counts the provider's
+jobs under a lease, read after the locks, so two replicas cannot both take the same free slot),
+charging the buckets for exactly the jobs leased. Providers with nothing due cost one read.
+
+:meth:`PostgresQuota.acquire` takes single tokens for the extra calls a poll may make (partial
+records). Its arithmetic is :func:`grant`, pure, with time passed in; the claim does the same
+arithmetic in SQL (``sql.CLAIM_WITHIN_QUOTA``), inside the statement that leases the jobs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.jobs import Job
+from gateway.store.base import QuotaWant
+from gateway.store.postgres import rows
 from gateway.store.postgres.driver import Pool
-from gateway.store.postgres.sql import LOCK_QUOTA, REFUND_QUOTA, SAVE_QUOTA
+from gateway.store.postgres.sql import (
+    CLAIM_WITHIN_QUOTA,
+    DUE_PROVIDERS,
+    ENSURE_QUOTAS,
+    LOCK_QUOTA,
+    LOCK_QUOTAS,
+    SAVE_QUOTA,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +101,33 @@ class PostgresQuota:
             await conn.execute(SAVE_QUOTA, provider, taken.tokens, taken.stamp)
         return taken.granted
 
-    async def refund(self, provider: str, tokens: int) -> None:
-        """Give back tokens acquired but not spent (fewer jobs were due than granted)."""
-        if tokens < 1:
-            return
+    async def claim(
+        self, now: datetime, wants: Sequence[QuotaWant], *, lease_until: datetime, owner: str
+    ) -> list[Job]:
+        """Lease due jobs, soonest first, no more of each provider than its ``want``, its tokens
+        and its free concurrency allow now (see the module's docstring)."""
+        wanted = [w for w in wants if w.want > 0]
+        if not wanted:
+            return []
         async with self._pool().acquire() as conn:
-            await conn.execute(REFUND_QUOTA, provider, float(tokens))
+            names = [w.provider for w in wanted]
+            due = {str(row[0]) for row in await conn.fetch(DUE_PROVIDERS, names, now)}
+            wanted = [w for w in wanted if w.provider in due]
+            if not wanted:
+                return []
+            names = [w.provider for w in wanted]
+            async with conn.transaction():
+                await conn.execute(ENSURE_QUOTAS, names, [float(w.burst) for w in wanted], now)
+                await conn.execute(LOCK_QUOTAS, names)
+                claimed = await conn.fetch(
+                    CLAIM_WITHIN_QUOTA,
+                    now,
+                    lease_until,
+                    owner,
+                    names,
+                    [w.want for w in wanted],
+                    [float(w.rate) for w in wanted],
+                    [float(w.burst) for w in wanted],
+                    [w.concurrency for w in wanted],
+                )
+        return [rows.job(row) for row in claimed]

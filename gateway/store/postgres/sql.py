@@ -137,8 +137,8 @@ CREATE TABLE cursors (
     value bigint NOT NULL
 )
 """
-# One token bucket per provider, shared by every replica. ``burst`` is the cap the last acquire
-# was configured with, so that a refund (which is not told the policy) caps at it too.
+# One token bucket per provider, shared by every replica. ``burst`` records the cap the bucket was
+# last used with, for operators reading the table.
 CREATE_PROVIDER_QUOTA: Final = """
 CREATE TABLE provider_quota (
     provider text PRIMARY KEY,
@@ -507,6 +507,72 @@ RETURNING q.tokens, q.stamp,
            WHERE jobs.provider = $1 AND lease_owner IS NOT NULL AND next_poll_at > $4) AS leased
 """
 SAVE_QUOTA: Final = "UPDATE provider_quota SET tokens = $2, stamp = $3 WHERE provider = $1"
-REFUND_QUOTA: Final = """
-UPDATE provider_quota SET tokens = least(burst, tokens + $2) WHERE provider = $1
+
+# A quota claim, in four steps. First, outside any transaction: which of the providers have a job
+# due at all (a probe of jobs_due per provider), so that idle providers cost no lock and no write.
+DUE_PROVIDERS: Final = """
+SELECT wanted.provider FROM unnest($1::text[]) AS wanted (provider)
+WHERE EXISTS (
+    SELECT 1 FROM jobs
+    WHERE jobs.provider = wanted.provider AND next_poll_at IS NOT NULL AND next_poll_at <= $2
+)
+"""
+# Then, in one transaction: a full bucket for a provider never seen before...
+ENSURE_QUOTAS: Final = """
+INSERT INTO provider_quota (provider, tokens, burst, stamp)
+SELECT provider, burst, burst, $3 FROM unnest($1::text[], $2::float8[]) AS q (provider, burst)
+ON CONFLICT (provider) DO NOTHING
+"""
+# ...the buckets locked, in one order so that two replicas never deadlock. Another replica's claim
+# of the same providers now waits for ours to commit...
+LOCK_QUOTAS: Final = """
+SELECT provider FROM provider_quota WHERE provider = ANY ($1::text[]) ORDER BY provider FOR UPDATE
+"""
+# ...and, in a statement that starts after the locks (so it sees every lease committed before
+# them), each bucket refilled, the grant taken within its tokens and the deployment's free
+# concurrency, that many due jobs leased, and the bucket charged for exactly the jobs leased.
+# The stamp never moves back: a replica whose clock lags cannot refill the same seconds twice.
+CLAIM_WITHIN_QUOTA: Final = """
+WITH wanted AS (
+    SELECT * FROM unnest($4::text[], $5::int[], $6::float8[], $7::float8[], $8::int[])
+        AS w (provider, want, rate, burst, concurrency)
+), bucket AS (
+    SELECT wanted.provider, wanted.want, wanted.concurrency,
+           least(
+               wanted.burst,
+               q.tokens + greatest(0.0, extract(epoch FROM $1 - q.stamp)::float8) * wanted.rate
+           ) AS tokens,
+           greatest(q.stamp, $1) AS stamp,
+           (SELECT count(*) FROM jobs
+            WHERE jobs.provider = wanted.provider AND lease_owner IS NOT NULL
+              AND next_poll_at > $1) AS leased
+    FROM wanted JOIN provider_quota AS q ON q.provider = wanted.provider
+), granted AS (
+    SELECT provider, tokens, stamp,
+           greatest(0, least(want, floor(tokens)::int, concurrency - leased::int)) AS n
+    FROM bucket
+), due AS (
+    SELECT job.id, job.next_poll_at
+    FROM granted CROSS JOIN LATERAL (
+        SELECT id, next_poll_at FROM jobs
+        WHERE jobs.provider = granted.provider AND next_poll_at IS NOT NULL AND next_poll_at <= $1
+        ORDER BY next_poll_at
+        LIMIT granted.n
+        FOR UPDATE SKIP LOCKED
+    ) AS job
+), claimed AS (
+    UPDATE jobs SET next_poll_at = $2, version = jobs.version + 1, lease_owner = $3
+    FROM due
+    WHERE jobs.id = due.id
+    RETURNING jobs.id, jobs.provider, jobs.record, jobs.version, jobs.next_poll_at,
+              due.next_poll_at AS was_due
+), charged AS (
+    UPDATE provider_quota AS q
+    SET tokens = granted.tokens
+                 - (SELECT count(*) FROM claimed WHERE claimed.provider = granted.provider),
+        stamp = granted.stamp
+    FROM granted
+    WHERE q.provider = granted.provider
+)
+SELECT record, version, next_poll_at FROM claimed ORDER BY was_due, id
 """

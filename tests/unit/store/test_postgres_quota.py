@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from gateway.jobs import Job
+from gateway.store.base import QuotaWant
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres.quota import grant
 from tests.support import bumped
@@ -98,20 +100,66 @@ async def test_leased_jobs_take_up_the_concurrency_until_saved_or_expired(
     assert await acquire(b, 10, concurrency=3, burst=100, now=T0 + LEASE + SECOND) == 3
 
 
-async def test_refunds_come_back_capped_at_the_burst(pg_stores: PgStores) -> None:
-    store = await pg_stores()
-    assert await acquire(store, 9) == 5
-    assert await acquire(store, 9) == 0
-    await store.quota.refund("pulse", 2)
-    assert await acquire(store, 9) == 2
-    await store.quota.refund("pulse", 100)
-    assert await acquire(store, 9) == 5
-    await store.quota.refund("never-asked", 3)  # no bucket yet: nothing to give back to
-    assert await acquire(store, 0) == 0
-
-
 @pytest.mark.parametrize("want", [0, -1])
 async def test_wanting_nothing_grants_nothing(pg_stores: PgStores, want: int) -> None:
     store = await pg_stores()
     assert await acquire(store, want) == 0
     assert await acquire(store, 9) == 5  # and spent nothing
+
+
+# -- claims within the quota -------------------------------------------------------------------
+
+
+async def claim(
+    store: PostgresStore,
+    want: int,
+    *,
+    provider: str = "pulse",
+    rate: float = 10.0,
+    burst: int = 5,
+    concurrency: int = 100,
+    now: datetime = T0,
+) -> list[Job]:
+    wants = [QuotaWant(provider, want, rate, burst, concurrency)]
+    return await store.quota.claim(now, wants, lease_until=now + LEASE, owner="test")
+
+
+async def test_a_claim_leases_no_more_jobs_than_tokens_and_charges_only_what_it_leased(
+    pg_stores: PgStores,
+) -> None:
+    store = await pg_stores()
+    jobs = [make_job(next_poll_at=T0 - n * SECOND) for n in range(10)]
+    await create_all(store, jobs)
+    first = await claim(store, 9)
+    assert [job.id for job in first] == [job.id for job in reversed(jobs)][:5]  # soonest first
+    assert all(job.next_poll_at == T0 + LEASE and job.version == 2 for job in first)
+    assert await claim(store, 9) == []  # the burst is spent
+    assert len(await claim(store, 9, now=T0 + SECOND)) == 5  # 10/s refilled it
+    # Fewer due than tokens: only what was leased is charged.
+    assert await claim(store, 9, now=T0 + 2 * SECOND) == []
+    assert await acquire(store, 9, now=T0 + 2 * SECOND) == 5
+
+
+async def test_replicas_claiming_at_once_never_pass_the_concurrency(pg_stores: PgStores) -> None:
+    replicas = [await pg_stores() for _ in range(3)]
+    await create_all(replicas[0], [make_job(next_poll_at=T0) for _ in range(20)])
+    for _ in range(3):
+        claimed = await asyncio.gather(
+            *(claim(store, 10, burst=100, concurrency=4) for store in replicas)
+        )
+        assert sum(len(batch) for batch in claimed) == 4  # exactly the free slots, never more
+        assert len({job.id for batch in claimed for job in batch}) == 4
+        # The polls end: the jobs are saved and their slots free again.
+        for batch in claimed:
+            await replicas[0].save_many(
+                [(bumped(job, T0, next_poll_at=T0 + LEASE), []) for job in batch]
+            )
+
+
+async def test_a_provider_with_nothing_due_costs_no_bucket(pg_stores: PgStores) -> None:
+    store = await pg_stores()
+    await create_all(store, [make_job(next_poll_at=T0 + SECOND)])
+    assert await claim(store, 5) == []
+    assert await claim(store, 5, provider="catchall") == []
+    # Nothing was due, so no bucket was made or charged: the whole burst is still there.
+    assert await acquire(store, 9, now=T0) == 5
