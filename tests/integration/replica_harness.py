@@ -230,10 +230,13 @@ def replica_env(
     return env
 
 
-def start_replica(name: str, config: Path, env: Mapping[str, str], api_key: str) -> Replica:
+def start_replica(
+    name: str, config: Path, env: Mapping[str, str], api_key: str, *, attempt: int = 0
+) -> Replica:
     port = free_port()
-    log_path = config.parent / f"{name}.stderr.log"
-    out_path = config.parent / f"{name}.stdout.log"
+    suffix = f".{attempt}" if attempt else ""
+    log_path = config.parent / f"{name}{suffix}.stderr.log"
+    out_path = config.parent / f"{name}{suffix}.stdout.log"
     command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
     command += ["--port", str(port)]
     with log_path.open("wb") as err, out_path.open("wb") as out:
@@ -257,6 +260,33 @@ async def wait_ready(session: aiohttp.ClientSession, replica: Replica, within: f
                     return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{replica.name} not ready after {within} s:\n{replica.tail()}")
+
+
+async def launch(
+    session: aiohttp.ClientSession,
+    started: list[Replica],
+    name: str,
+    config: Path,
+    env: Mapping[str, str],
+    api_key: str,
+    *,
+    within: float,
+) -> Replica:
+    """Start a replica and wait until it is ready. Every process started is put in ``started``
+    (the caller stops them all). A free port taken by someone else before the replica bound it
+    is the one failure tried again, on another port."""
+    for attempt in range(3):
+        replica = start_replica(name, config, env, api_key, attempt=attempt)
+        started.append(replica)
+        try:
+            await wait_ready(session, replica, within)
+        except AssertionError:
+            lost_port = "address already in use" in replica.tail().lower()
+            if replica.process.poll() is None or not lost_port or attempt == 2:
+                raise
+            continue
+        return replica
+    raise AssertionError("unreachable")
 
 
 async def stop_replicas(replicas: Iterable[Replica], grace: float = 10.0) -> None:
@@ -396,6 +426,18 @@ def max_concurrent(intervals: Iterable[tuple[float, float]]) -> int:
     for _, step in edges:
         current += step
         best = max(best, current)
+    return best
+
+
+def bucket_excess(times: Iterable[float], rate: float) -> float:
+    """The most calls in any window ``[a, b]`` beyond what ``rate`` refills in it: the maximum
+    over ``i <= j`` of ``(j - i + 1) - rate * (t_j - t_i)``. A token bucket ``burst`` deep keeps
+    this at or under ``burst``, at every window length at once."""
+    best = 0.0
+    low = math.inf  # the least ``i - rate * t_i`` so far
+    for j, moment in enumerate(sorted(times)):
+        low = min(low, j - rate * moment)
+        best = max(best, j - rate * moment - low + 1)
     return best
 
 
