@@ -48,6 +48,10 @@ def _serve(args: argparse.Namespace) -> int:
         # An operator's problem (a wrong DSN, a server down, a file in use), not a bug: one line.
         print(f"jobgate: cannot open the store: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # The same for the listening socket: a port in use, an address this host does not have.
+        print(f"jobgate: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -106,3 +106,16 @@ async def test_a_second_gateway_on_one_sqlite_file_is_refused(
     finally:
         first.terminate()
         await first.wait()
+
+
+async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = await refusal(await serve(tmp_path, port))
+    assert code == 1
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"jobgate: cannot listen on 127.0.0.1:{port}: ")
+    assert last.endswith("address already in use")
+    assert "Traceback" not in output
