@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import structlog
 
@@ -22,11 +22,9 @@ from gateway.store.base import Signal
 from gateway.store.postgres import driver
 from gateway.store.postgres.driver import CONNECT_ERRORS, CONNECTION_LOST, Connection
 from gateway.store.postgres.dsn import redact_dsn, unavailable
-from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, PING
+from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, PING, channel
 
 log = structlog.get_logger("jobgate.store")
-
-_SIGNALS: Final[dict[str, Signal]] = {EVENTS_CHANNEL: "events", DUE_CHANNEL: "due"}
 
 
 class Listener:
@@ -39,11 +37,17 @@ class Listener:
         on_signal: Callable[[Signal], None],
         *,
         timeout: float,
+        schema: str,
         backoff: tuple[float, float] = (0.1, 10.0),
         keepalive: float = 30.0,
     ) -> None:
         self._dsn = dsn
         self._on_signal = on_signal
+        # Only this schema's channels: other deployments in the database are not our business.
+        self._signals: dict[str, Signal] = {
+            channel(EVENTS_CHANNEL, schema): "events",
+            channel(DUE_CHANNEL, schema): "due",
+        }
         self._timeout = timeout
         self._backoff = backoff
         self._keepalive = keepalive
@@ -83,15 +87,15 @@ class Listener:
         lost = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(EVENTS_CHANNEL, self._notified)
-            await conn.add_listener(DUE_CHANNEL, self._notified)
+            for name in self._signals:
+                await conn.add_listener(name, self._notified)
         except BaseException:
             conn.terminate()
             raise
         return conn, lost
 
-    def _notified(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
-        signal = _SIGNALS.get(channel)
+    def _notified(self, _conn: Any, _pid: int, name: str, _payload: str) -> None:
+        signal = self._signals.get(name)
         if signal is not None:
             self._on_signal(signal)
 

@@ -17,14 +17,24 @@ Conventions that hold throughout:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 from gateway.store.migrations import Migration
 
-EVENTS_CHANNEL: Final = "jobgate_events"
+# NOTIFY channels are the database's, not the schema's: each deployment (schema) has its own pair,
+# named after a digest of the schema (a channel name has at most 63 bytes; a schema name as many).
+# Statements compute it from current_schema(), which the pool's search_path makes ours.
+EVENTS_CHANNEL: Final = "jobgate_events_"
 """Payload: the last event id the committing transaction appended."""
-DUE_CHANNEL: Final = "jobgate_due"
+DUE_CHANNEL: Final = "jobgate_due_"
 """Payload: empty. A write left a job due now (a user action, a handed-back lease)."""
+
+
+def channel(prefix: str, schema: str) -> str:
+    """The schema's channel: as ``prefix || substr(md5(current_schema()), 1, 16)`` in SQL."""
+    return prefix + hashlib.md5(schema.encode(), usedforsecurity=False).hexdigest()[:16]
+
 
 PING: Final = "SELECT 1"
 
@@ -227,7 +237,8 @@ WITH inserted AS (
     )
     RETURNING next_poll_at
 ), woken AS (
-    SELECT pg_notify('jobgate_due', '') FROM inserted WHERE next_poll_at <= now() LIMIT 1
+    SELECT pg_notify('jobgate_due_' || substr(md5(current_schema()), 1, 16), '')
+    FROM inserted WHERE next_poll_at <= now() LIMIT 1
 )
 SELECT (SELECT count(*) FROM inserted) AS written, (SELECT count(*) FROM woken) AS woken
 """
@@ -252,7 +263,8 @@ WITH saved AS (
     WHERE jobs.id = s.id AND jobs.version = s.stored_version
     RETURNING jobs.next_poll_at
 ), woken AS (
-    SELECT pg_notify('jobgate_due', '') FROM saved WHERE next_poll_at <= now() LIMIT 1
+    SELECT pg_notify('jobgate_due_' || substr(md5(current_schema()), 1, 16), '')
+    FROM saved WHERE next_poll_at <= now() LIMIT 1
 )
 SELECT (SELECT count(*) FROM saved) AS written, (SELECT count(*) FROM woken) AS woken
 """
@@ -372,7 +384,8 @@ WITH numbered AS (
              $7::timestamptz[]
          ) WITH ORDINALITY AS e (job_id, tenant, provider, state, kind, data, created_at, n)
 )
-SELECT last, pg_notify('jobgate_events', last::text) FROM numbered
+SELECT last, pg_notify('jobgate_events_' || substr(md5(current_schema()), 1, 16), last::text)
+FROM numbered
 """
 LAST_EVENT_ID: Final = "SELECT last FROM event_seq"
 EVENTS_AFTER: Final = """

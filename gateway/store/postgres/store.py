@@ -75,7 +75,7 @@ class PostgresStore:
         self._timeout = connect_timeout
         self._pool: Pool | None = None
         self._callbacks: list[Callable[[Signal], None]] = []
-        self._listener = Listener(dsn, self._signal, timeout=connect_timeout)
+        self._listener = Listener(dsn, self._signal, timeout=connect_timeout, schema=self.schema)
         self.quota = PostgresQuota(lambda: self._db)
         """The providers' rate limits and concurrency, shared by every replica."""
 

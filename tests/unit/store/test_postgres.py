@@ -22,8 +22,9 @@ from gateway.store.base import (
 from gateway.store.migrations import Migration, SchemaTooNew
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres.migrate import migrate
-from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, MIGRATIONS
+from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, MIGRATIONS, channel
 from gateway.store.postgres.store import append_events
+from tests.conftest import fresh_schema
 from tests.support import bumped
 from tests.unit.store.conftest import PgStores
 from tests.unit.store.factories import LEASE, T0, create_all, full_job, make_job
@@ -332,8 +333,9 @@ async def test_only_events_and_jobs_due_now_are_signalled(
     a = await pg_stores(max_size=1)  # one connection: every notice it sends comes from one pid
     async with a._db.acquire() as conn:
         notices = Notices(conn.get_server_pid())
-    await raw.add_listener(EVENTS_CHANNEL, notices)
-    await raw.add_listener(DUE_CHANNEL, notices)
+    events, due = channel(EVENTS_CHANNEL, a.schema), channel(DUE_CHANNEL, a.schema)
+    await raw.add_listener(events, notices)
+    await raw.add_listener(due, notices)
     # The server's clock decides what is due now, so these times are relative to the real one.
     now = datetime.now(UTC)
     later = make_job(next_poll_at=now + timedelta(days=1))
@@ -348,9 +350,9 @@ async def test_only_events_and_jobs_due_now_are_signalled(
     # Notices from one session arrive in commit order: had the first writes sent any, they would
     # be first here.
     assert notices.got == [
-        (EVENTS_CHANNEL, str(created.id)),
-        *[(EVENTS_CHANNEL, str(created.id + n)) for n in (1, 2, 3)],
-        (DUE_CHANNEL, ""),
+        (events, str(created.id)),
+        *[(events, str(created.id + n)) for n in (1, 2, 3)],
+        (due, ""),
     ]
 
 
@@ -392,3 +394,22 @@ async def test_a_failing_subscriber_does_not_silence_the_others(pg_stores: PgSto
         await store.create(make_job(next_poll_at=None), [NewEvent("created", {})])
         await heard.wait_for("events")
     assert any(e["event"] == "store.signal_callback_failed" for e in logs)
+
+
+async def test_deployments_in_other_schemas_are_not_heard(
+    pg_stores: PgStores, postgres_dsn: str
+) -> None:
+    ours = await pg_stores()
+    heard = Heard()
+    ours.subscribe(heard)
+    async with fresh_schema(postgres_dsn) as schema:
+        other = PostgresStore(postgres_dsn, schema=schema)
+        await other.open()
+        try:
+            await other.create(make_job(next_poll_at=None), [NewEvent("created", {})])
+        finally:
+            await other.close()
+    # Our own write is heard: had the other schema's been heard too, it would have come first.
+    await ours.create(make_job(next_poll_at=None), [NewEvent("created", {})])
+    await heard.wait_for("events")
+    assert heard.signals == ["events"]
