@@ -26,9 +26,9 @@ from gateway.store.base import QuotaWant
 from gateway.store.postgres import rows
 from gateway.store.postgres.driver import Pool
 from gateway.store.postgres.sql import (
+    ASYNC_COMMIT,
     CLAIM_WITHIN_QUOTA,
     DUE_PROVIDERS,
-    ENSURE_QUOTAS,
     LOCK_QUOTA,
     LOCK_QUOTAS,
     SAVE_QUOTA,
@@ -117,8 +117,8 @@ class PostgresQuota:
                 return []
             names = [w.provider for w in wanted]
             async with conn.transaction():
-                await conn.execute(ENSURE_QUOTAS, names, [float(w.burst) for w in wanted], now)
-                await conn.execute(LOCK_QUOTAS, names)
+                await conn.execute(ASYNC_COMMIT)
+                await conn.execute(LOCK_QUOTAS, names, [float(w.burst) for w in wanted], now)
                 claimed = await conn.fetch(
                     CLAIM_WITHIN_QUOTA,
                     now,

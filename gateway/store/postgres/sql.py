@@ -530,17 +530,19 @@ WHERE EXISTS (
     WHERE jobs.provider = wanted.provider AND next_poll_at IS NOT NULL AND next_poll_at <= $2
 )
 """
-# Then, in one transaction: a full bucket for a provider never seen before...
-ENSURE_QUOTAS: Final = """
-INSERT INTO provider_quota (provider, tokens, burst, stamp)
-SELECT provider, burst, burst, $3 FROM unnest($1::text[], $2::float8[]) AS q (provider, burst)
-ON CONFLICT (provider) DO NOTHING
-"""
-# ...the buckets locked, in one order so that two replicas never deadlock. Another replica's claim
-# of the same providers now waits for ours to commit...
+# Then, in one transaction: the buckets locked (an upsert locks the rows it meets, and makes a full
+# bucket for a provider never seen before), in one order so that two replicas never deadlock.
+# Another replica's claim of the same providers now waits for ours to commit...
 LOCK_QUOTAS: Final = """
-SELECT provider FROM provider_quota WHERE provider = ANY ($1::text[]) ORDER BY provider FOR UPDATE
+INSERT INTO provider_quota AS q (provider, tokens, burst, stamp)
+SELECT provider, burst, burst, $3 FROM unnest($1::text[], $2::float8[]) AS w (provider, burst)
+ORDER BY provider
+ON CONFLICT (provider) DO UPDATE SET burst = excluded.burst
 """
+# A claim need not wait for its commit to reach the disk: if the server loses it in a crash, the
+# jobs were never leased (and are claimed again) and the tokens never spent. Job states and
+# events are saved by other transactions, which keep the full guarantee.
+ASYNC_COMMIT: Final = "SET LOCAL synchronous_commit = off"
 # ...and, in a statement that starts after the locks (so it sees every lease committed before
 # them), each bucket refilled, the grant taken within its tokens and the deployment's free
 # concurrency, that many due jobs leased, and the bucket charged for exactly the jobs leased.
