@@ -208,9 +208,19 @@ class TimedStore(SqliteStore):
         )
         return created
 
-    async def claim_due(self, now: datetime, *, limit: int, lease_until: datetime) -> list[Job]:
+    async def claim_due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease_until: datetime,
+        per_provider: Mapping[str, int] | None = None,
+        owner: str = "",
+    ) -> list[Job]:
         started = time.perf_counter()
-        claimed = await super().claim_due(now, limit=limit, lease_until=lease_until)
+        claimed = await super().claim_due(
+            now, limit=limit, lease_until=lease_until, per_provider=per_provider, owner=owner
+        )
         self._time(self.loop, "claim_due", time.perf_counter() - started, len(claimed))
         return claimed
 
@@ -234,9 +244,11 @@ class TimedStore(SqliteStore):
         self._time(self.loop, "next_due", time.perf_counter() - started)
         return due
 
-    def _claim_due_sync(self, now: datetime, limit: int, lease_until: datetime) -> list[Job]:
+    def _claim_due_sync(
+        self, now: datetime, limit: int, lease_until: datetime, caps: Mapping[str, int] | None
+    ) -> list[Job]:
         started = time.perf_counter()
-        claimed = super()._claim_due_sync(now, limit, lease_until)
+        claimed = super()._claim_due_sync(now, limit, lease_until, caps)
         self._time(self.worker, "claim_due", time.perf_counter() - started, len(claimed))
         return claimed
 
@@ -314,19 +326,6 @@ class FakeAdapter:
 
     async def continue_(self, upstream_id: str, params: Mapping[str, JSON]) -> Submission:
         raise UnsupportedAction("the bench adapter only answers status calls")
-
-
-class CountingRunner(Runner):
-    """The real runner, counting its loop iterations (one ``step`` per wake-up)."""
-
-    steps = 0
-    claimed = 0
-
-    async def step(self) -> int:
-        claimed = await super().step()
-        self.steps += 1
-        self.claimed += claimed
-        return claimed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -434,7 +433,7 @@ async def run_runner(
         burst=1_000_000,
         eta_aware=False,
     )
-    runner = CountingRunner(
+    runner = Runner(
         store,
         {PROVIDER: adapter},
         {PROVIDER: policy},
@@ -461,8 +460,9 @@ async def run_runner(
         result.wall = clock.elapsed()
         result.cpu = time.process_time() - cpu
         gc.callbacks.remove(result.gc)
-    result.steps = runner.steps
-    result.claimed = runner.claimed
+    # The leased loop counts its own iterations (one step per wake-up) and claims.
+    result.steps = runner.loop.steps
+    result.claimed = runner.loop.claimed
     result.polls = runner.status_calls[PROVIDER]
     result.rss_max = max(result.rss_samples, default=rss_kib())
     return result

@@ -53,6 +53,9 @@ class LeasedLoop(Generic[T]):
         self.tick = tick
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], T] = {}
+        self.steps = 0
+        """Loop iterations so far (benchmarks read how often the loop woke)."""
+        self.claimed = 0
 
     @property
     def inflight(self) -> int:
@@ -85,6 +88,8 @@ class LeasedLoop(Generic[T]):
         number claimed."""
         room = self.capacity - len(self._inflight)
         claimed = await self.work.claim(room) if room > 0 else []
+        self.steps += 1
+        self.claimed += len(claimed)
         for row in claimed:
             task = asyncio.create_task(self.work.run(row))
             self._inflight[task] = row
