@@ -85,7 +85,22 @@ class LeasedLoop(Generic[T]):
 
     async def step(self) -> int:
         """Claim what is due (as far as there is room), start it, write what finished. Returns the
-        number claimed."""
+        number claimed.
+
+        A stop that lands mid-step waits for the step to end: a claim or a write that has reached
+        the store may commit all the same (SQLite's worker thread, the server), and a claim whose
+        rows this loop never saw could not be handed back: they would sit out their lease.
+        """
+        stepping = asyncio.ensure_future(self._step())
+        try:
+            return await asyncio.shield(stepping)
+        except asyncio.CancelledError:
+            await asyncio.wait([stepping])
+            if not stepping.cancelled() and stepping.exception() is not None:
+                log.warning("leased.step_failed_at_stop", work=self.work.name)
+            raise
+
+    async def _step(self) -> int:
         room = self.capacity - len(self._inflight)
         claimed = await self.work.claim(room) if room > 0 else []
         self.steps += 1
