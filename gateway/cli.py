@@ -49,8 +49,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"jobgate: cannot open the store: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        # The same for the listening socket: a port in use, an address this host does not have.
-        print(f"jobgate: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        # The same for a listening socket (the API's or the embedded sandbox's): a port in use, an
+        # address this host does not have. aiohttp's message names the address.
+        print(f"jobgate: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -116,6 +116,6 @@ async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         code, output = await refusal(await serve(tmp_path, port))
     assert code == 1
     last = output.strip().splitlines()[-1]
-    assert last.startswith(f"jobgate: cannot listen on 127.0.0.1:{port}: ")
-    assert last.endswith("address already in use")
+    assert last.startswith("jobgate: cannot listen: ")
+    assert last.endswith(f"('127.0.0.1', {port}): address already in use")
     assert "Traceback" not in output
