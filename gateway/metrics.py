@@ -120,7 +120,7 @@ class Metrics:
         )
         self.rate_limit_waits = Counter(
             "jobgate_rate_limit_waits",
-            "Times a provider's 429 made a job wait (the quota's own tokens are spent at claim time)",
+            "Times a provider's 429 made a job wait (quota tokens are spent at claim time)",
             ["provider"],
             registry=registry,
         )

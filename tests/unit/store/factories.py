@@ -9,7 +9,7 @@ from typing import Any
 from adapters.base import JobError, Progress, ResultKind, ResultLocator
 from gateway.jobs import Job, new_id
 from gateway.states import Action, JobState
-from gateway.store.base import JobStore, NewEvent
+from gateway.store.base import JobStore, NewDelivery, NewEvent
 
 # An odd microsecond, so a store that rounds times (to milliseconds, or through a float) fails.
 T0 = datetime(2026, 11, 22, 10, 0, 0, 123457, tzinfo=UTC)
@@ -75,3 +75,16 @@ def state_event(state: JobState) -> NewEvent:
 async def create_all(store: JobStore, jobs: Sequence[Job]) -> None:
     for job in jobs:
         await store.create(job, [NewEvent("created", {})])
+
+
+def new_delivery(event_id: int, url: str = "http://a.test/hook", **changes: Any) -> NewDelivery:
+    fields: dict[str, Any] = {
+        "event_id": event_id,
+        "job_id": "job_1",
+        "url": url,
+        "kind": "terminal",
+        "payload": '{"id":"job_1"}',
+        "due_at": T0,
+    }
+    fields.update(changes)
+    return NewDelivery(**fields)

@@ -8,27 +8,13 @@ the memory and SQLite stores only; here they run against every store.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
-from gateway.store.base import JobStore, NewDelivery
-from tests.unit.store.factories import T0
+from gateway.store.base import JobStore
+from tests.unit.store.factories import T0, new_delivery
 
 CURSOR = "webhooks"
-
-
-def new_delivery(event_id: int, url: str = "http://a.test/hook", **changes: Any) -> NewDelivery:
-    fields: dict[str, Any] = {
-        "event_id": event_id,
-        "job_id": "job_1",
-        "url": url,
-        "kind": "terminal",
-        "payload": '{"id":"job_1"}',
-        "due_at": T0,
-    }
-    fields.update(changes)
-    return NewDelivery(**fields)
 
 
 async def test_enqueue_is_idempotent_and_moves_the_cursor(store: JobStore) -> None:

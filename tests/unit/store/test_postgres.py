@@ -27,7 +27,7 @@ from gateway.store.postgres.store import append_events
 from tests.conftest import fresh_schema
 from tests.support import bumped
 from tests.unit.store.conftest import PgStores
-from tests.unit.store.factories import LEASE, T0, create_all, full_job, make_job
+from tests.unit.store.factories import LEASE, T0, create_all, full_job, make_job, new_delivery
 
 ALL_MIGRATIONS = [m.number for m in MIGRATIONS]
 SKEW = timedelta(seconds=5)
@@ -413,3 +413,18 @@ async def test_deployments_in_other_schemas_are_not_heard(
     await ours.create(make_job(next_poll_at=None), [NewEvent("created", {})])
     await heard.wait_for("events")
     assert heard.signals == ["events"]
+
+
+async def test_each_delivery_is_claimed_by_one_replica(pg_stores: PgStores) -> None:
+    replicas = [await pg_stores() for _ in range(3)]
+    await replicas[0].enqueue_deliveries([new_delivery(n) for n in range(60)])
+
+    async def claim_all(store: PostgresStore) -> list[int]:
+        taken: list[int] = []
+        while batch := await store.claim_due_deliveries(T0, limit=7, lease_until=T0 + LEASE):
+            taken.extend(delivery.id for delivery in batch)
+        return taken
+
+    claimed = await asyncio.gather(*(claim_all(store) for store in replicas))
+    every = [delivery_id for batch in claimed for delivery_id in batch]
+    assert len(every) == len(set(every)) == 60  # all sent, none by two replicas
