@@ -20,11 +20,11 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from gateway.events import EventHub, wait_set
-from gateway.jobs import Job, new_id
+from gateway.jobs import Job
 from gateway.results import FetchPolicy, FetchTimeout, PointerFetchFailed, UnsafeURL
 from gateway.settings import Settings, load_settings
 from gateway.states import JobState
-from gateway.store.base import Event, JobStore, NewDelivery, NewEvent
+from gateway.store.base import Event, JobStore, NewEvent
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore
 from gateway.webhooks import (
@@ -46,6 +46,7 @@ from gateway.webhooks import (
     webhook_config,
 )
 from tests.support import bumped
+from tests.unit.store.factories import make_job, new_delivery
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, 123457, tzinfo=UTC)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -323,19 +324,6 @@ def test_endpoint_hosts_are_allowed_and_callback_hosts_must_be_listed(tmp_path: 
 # -- the delivery rows (their contract: tests/unit/store/test_deliveries_contract.py) ----------
 
 
-def new_delivery(event_id: int, url: str = "http://a.test/hook", **changes: Any) -> NewDelivery:
-    fields: dict[str, Any] = {
-        "event_id": event_id,
-        "job_id": "job_1",
-        "url": url,
-        "kind": "terminal",
-        "payload": '{"id":"job_1"}',
-        "due_at": T0,
-    }
-    fields.update(changes)
-    return NewDelivery(**fields)
-
-
 async def test_deliveries_and_the_cursor_survive_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     first = SqliteStore(path)
@@ -388,20 +376,6 @@ def config(*endpoints: Endpoint, schedule: Sequence[float] = (0, 5, 300)) -> Web
         schedule=tuple(schedule),
         policy=policy("hooks.test"),
     )
-
-
-def make_job(**changes: Any) -> Job:
-    fields: dict[str, Any] = {
-        "id": new_id(),
-        "provider": "pulse",
-        "upstream_id": "up-" + new_id(""),
-        "state": JobState.QUEUED,
-        "created_at": T0,
-        "updated_at": T0,
-        "deadline_at": T0 + timedelta(days=1),
-    }
-    fields.update(changes)
-    return Job(**fields)
 
 
 async def finish(store: JobStore, job: Job, *states: JobState) -> None:
