@@ -63,7 +63,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,16 +71,8 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
+from fake_upstream import IDLE, PROVIDER, InstantAdapter  # bench/ is sys.path[0]
 
-from adapters.base import (
-    JSON,
-    Capabilities,
-    Progress,
-    ResultPayload,
-    StatusReport,
-    Submission,
-    UnsupportedAction,
-)
 from adapters.http import utcnow
 from gateway.events import EventHub
 from gateway.feed import RemoteFeed
@@ -97,14 +89,12 @@ from gateway.writer import JobWriter, Update
 
 SCRIPT: Final = Path(__file__).resolve()
 """Workers are this script, started again with ``--worker``."""
-PROVIDER: Final = "fake"
 LOAD_BATCH: Final = 5000
 DEFAULT_DSN: Final = "postgresql://postgres@127.0.0.1:5432/test"
 LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 RAW_NEXT_DUE: Final = 0.001
 """The baseline writes each row back due this long after now: due again at once."""
 NEVER: Final = 1_000_000
-IDLE: Final = Progress(fraction=0.1, step="fetching", step_index=1, step_count=5)
 READY_TIMEOUT: Final = 120.0
 """How long a worker may take to import, open its store and say ``ready``."""
 STOP_TIMEOUT: Final = 60.0
@@ -227,50 +217,6 @@ async def measure(dsn: str | None) -> AsyncIterator[Usage]:
 
 # --------------------------------------------------------------------------------------------------
 # The fake upstream and the instrumented runner
-
-
-class InstantAdapter:
-    """The adapter protocol without I/O: every status call answers RUNNING at once."""
-
-    @property
-    def name(self) -> str:
-        return PROVIDER
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(submit=False)
-
-    @property
-    def status_table(self) -> Mapping[str, JobState]:
-        return {"running": JobState.RUNNING}
-
-    def auth_headers(self) -> dict[str, str]:
-        return {}
-
-    async def submit(self, request: Mapping[str, JSON]) -> Submission:
-        raise UnsupportedAction("the bench adapter only answers status calls")
-
-    async def fetch_status(self, upstream_id: str) -> StatusReport:
-        return StatusReport(
-            upstream_id=upstream_id,
-            state=JobState.RUNNING,
-            native_status="running",
-            progress=IDLE,
-        )
-
-    async def fetch_result(
-        self, upstream_id: str, *, page: int = 1, page_size: int | None = None
-    ) -> ResultPayload:
-        raise UnsupportedAction("the bench adapter only answers status calls")
-
-    async def cancel(self, upstream_id: str) -> Submission:
-        raise UnsupportedAction("the bench adapter only answers status calls")
-
-    async def rerun(self, upstream_id: str) -> Submission:
-        raise UnsupportedAction("the bench adapter only answers status calls")
-
-    async def continue_(self, upstream_id: str, params: Mapping[str, JSON]) -> Submission:
-        raise UnsupportedAction("the bench adapter only answers status calls")
 
 
 @dataclass

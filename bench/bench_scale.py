@@ -44,14 +44,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
+from fake_upstream import IDLE, PROVIDER, InstantAdapter  # bench/ is sys.path[0]
+
 from adapters.base import (
-    JSON,
-    Capabilities,
     Progress,
-    ResultPayload,
     StatusReport,
-    Submission,
-    UnsupportedAction,
 )
 from gateway.events import EventHub
 from gateway.jobs import Job, new_id
@@ -63,12 +60,10 @@ from gateway.store.base import Event, NewEvent
 from gateway.store.sqlite import SqliteStore
 
 T0: Final = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
-PROVIDER: Final = "fake"
 LOAD_BATCH: Final = 5000
 FAR_FROM: Final = 3600.0
 """Jobs that are not due in the window are due between one hour and a day after T0."""
 FAR_SPREAD: Final = 23 * 3600.0
-IDLE: Final = Progress(fraction=0.1, step="fetching", step_index=1, step_count=5)
 MOVED: Final = Progress(fraction=0.5, step="fetching", step_index=2, step_count=5)
 # Targets quoted by issue 3.
 TASK_PER_JOB_KB: Final = 1.7
@@ -267,9 +262,9 @@ class TimedStore(SqliteStore):
         return due
 
 
-class FakeAdapter:
-    """The adapter protocol without I/O: every status call answers RUNNING at once, and records
-    how late it came against the due time encoded in the upstream id."""
+class FakeAdapter(InstantAdapter):
+    """The instant provider, recording how late each status call came against the due time
+    encoded in the upstream id."""
 
     def __init__(self, clock: VirtualClock, event_share: float, seed: int) -> None:
         self.clock = clock
@@ -278,24 +273,6 @@ class FakeAdapter:
         self.late: list[float] = []
         self.at: list[float] = []
         self.undue = 0
-
-    @property
-    def name(self) -> str:
-        return PROVIDER
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(submit=False)
-
-    @property
-    def status_table(self) -> Mapping[str, JobState]:
-        return {"running": JobState.RUNNING}
-
-    def auth_headers(self) -> dict[str, str]:
-        return {}
-
-    async def submit(self, request: Mapping[str, JSON]) -> Submission:
-        raise UnsupportedAction("the bench adapter only answers status calls")
 
     async def fetch_status(self, upstream_id: str) -> StatusReport:
         elapsed = self.clock.elapsed()
@@ -312,20 +289,6 @@ class FakeAdapter:
             native_status="running",
             progress=MOVED if moved else IDLE,
         )
-
-    async def fetch_result(
-        self, upstream_id: str, *, page: int = 1, page_size: int | None = None
-    ) -> ResultPayload:
-        raise UnsupportedAction("the bench adapter only answers status calls")
-
-    async def cancel(self, upstream_id: str) -> Submission:
-        raise UnsupportedAction("the bench adapter only answers status calls")
-
-    async def rerun(self, upstream_id: str) -> Submission:
-        raise UnsupportedAction("the bench adapter only answers status calls")
-
-    async def continue_(self, upstream_id: str, params: Mapping[str, JSON]) -> Submission:
-        raise UnsupportedAction("the bench adapter only answers status calls")
 
 
 # --------------------------------------------------------------------------------------------------

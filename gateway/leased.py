@@ -57,14 +57,6 @@ class LeasedLoop(Generic[T]):
         """Loop iterations so far (benchmarks read how often the loop woke)."""
         self.claimed = 0
 
-    @property
-    def inflight(self) -> int:
-        return len(self._inflight)
-
-    def held(self) -> list[T]:
-        """The rows being worked now."""
-        return list(self._inflight.values())
-
     def wake(self) -> None:
         """Look for due rows now (one was added, or became due)."""
         self._wake.set()

@@ -143,18 +143,6 @@ class Bucket:
     """Monotonic seconds of the last refill."""
 
 
-def take_token(policy: PollPolicy, bucket: Bucket, now: float) -> tuple[Bucket, float]:
-    """Take one token. Returns the new bucket and the seconds to wait first (0 if none)."""
-    tokens = min(
-        float(policy.burst), bucket.tokens + (now - bucket.updated) * policy.rate_per_second
-    )
-    if tokens >= 1.0:
-        return Bucket(tokens - 1.0, now), 0.0
-    wait = (1.0 - tokens) / policy.rate_per_second
-    # The token is spent in advance: the caller sleeps ``wait`` and then owns it.
-    return Bucket(tokens - 1.0, now), wait
-
-
 def take_tokens(policy: PollPolicy, bucket: Bucket, want: int, now: float) -> tuple[Bucket, int]:
     """Take up to ``want`` whole tokens, never waiting. Returns the new bucket and how many were
     granted: a claim takes only what it can spend at once, so a claimed job is never held waiting

@@ -21,9 +21,10 @@ from gateway.policy import (
     breaker_retry_in,
     error_delay,
     estimate_eta,
+    give_back,
     hint_delay,
     next_delay,
-    take_token,
+    take_tokens,
 )
 
 NOW = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
@@ -402,62 +403,46 @@ def test_error_delay_is_jittered_within_the_error_window() -> None:
 B = PollPolicy(rate_per_second=2.0, burst=3)
 
 
-def test_bucket_allows_a_burst_then_spaces_calls_at_the_rate() -> None:
-    bucket = Bucket(tokens=3.0, updated=0.0)
-    waits = []
-    for _ in range(6):
-        bucket, wait = take_token(B, bucket, 0.0)
-        waits.append(wait)
-    # Three free calls, then one every 1/rate seconds: each caller waits for its own token.
-    assert waits == [0.0, 0.0, 0.0, 0.5, 1.0, 1.5]
-    assert bucket.tokens == -3.0
+def test_a_claim_takes_the_burst_then_nothing_until_tokens_accrue() -> None:
+    bucket, granted = take_tokens(B, Bucket(tokens=3.0, updated=0.0), 5, 0.0)
+    assert (granted, bucket.tokens) == (3, 0.0)
+    bucket, granted = take_tokens(B, bucket, 5, 0.0)
+    assert granted == 0  # never a debt: a job without a token is simply not claimed
+    bucket, granted = take_tokens(B, bucket, 5, 0.75)  # 1.5 tokens accrued at 2/s
+    assert (granted, bucket.tokens) == (1, pytest.approx(0.5))
+    assert bucket.updated == 0.75
 
 
-def test_bucket_refills_over_time() -> None:
-    bucket = Bucket(tokens=0.0, updated=0.0)
-    bucket, wait = take_token(B, bucket, 0.25)
-    assert wait == pytest.approx(0.25)  # half a token accrued; the other half takes 0.25 s
-    bucket, wait = take_token(B, bucket, 10.0)
-    assert wait == 0.0
-    assert bucket.tokens == pytest.approx(2.0)  # refilled to the burst, minus this call
-    assert bucket.updated == 10.0
+def test_the_refill_is_capped_at_the_burst_and_fractions_are_kept() -> None:
+    bucket, granted = take_tokens(B, Bucket(tokens=0.0, updated=0.0), 10, 1_000_000.0)
+    assert granted == 3
+    bucket, granted = take_tokens(B, Bucket(tokens=0.4, updated=0.0), 1, 0.2)
+    assert (granted, bucket.tokens) == (0, pytest.approx(0.8))
 
 
-def test_bucket_refill_is_capped_at_the_burst() -> None:
-    bucket = Bucket(tokens=0.0, updated=0.0)
-    waits = []
-    for _ in range(4):
-        bucket, wait = take_token(B, bucket, 1_000_000.0)
-        waits.append(wait)
-    assert waits == [0.0, 0.0, 0.0, 0.5]
-
-
-def test_bucket_debt_is_repaid_before_new_calls() -> None:
-    bucket = Bucket(tokens=-2.0, updated=0.0)
-    bucket, wait = take_token(B, bucket, 1.0)  # 2 tokens accrued: back to 0, so wait for one
-    assert wait == pytest.approx(0.5)
-    bucket, wait = take_token(B, bucket, 1.5)  # the caller above slept 0.5 s and owns its token
-    assert wait == pytest.approx(0.5)
+def test_unspent_tokens_come_back_capped_at_the_burst() -> None:
+    bucket = Bucket(tokens=1.0, updated=5.0)
+    assert give_back(B, bucket, 1) == Bucket(tokens=2.0, updated=5.0)
+    assert give_back(B, bucket, 10).tokens == 3.0
 
 
 @given(
     rate=st.floats(0.1, 100.0),
     burst=st.integers(1, 50),
-    calls=st.integers(1, 200),
+    wants=st.lists(st.tuples(st.integers(0, 20), st.floats(0.0, 2.0)), max_size=100),
 )
-def test_bucket_callers_that_obey_never_exceed_the_rate(
-    rate: float, burst: int, calls: int
+def test_claims_never_exceed_the_burst_plus_the_rate(
+    rate: float, burst: int, wants: list[tuple[int, float]]
 ) -> None:
     policy = PollPolicy(rate_per_second=rate, burst=burst)
     bucket = Bucket(float(burst), 0.0)
-    starts = []
-    for _ in range(calls):
-        bucket, wait = take_token(policy, bucket, 0.0)
-        starts.append(wait)
-    # All calls arrive at once; the k-th beyond the burst starts k/rate seconds later.
-    for index, start in enumerate(starts):
-        extra = index - burst + 1
-        assert start == pytest.approx(max(0.0, extra / rate))
+    now = total = 0.0
+    for want, step in wants:
+        now += step
+        bucket, granted = take_tokens(policy, bucket, want, now)
+        assert 0 <= granted <= want
+        total += granted
+        assert total <= burst + rate * now + 1e-6
 
 
 # --------------------------------------------------------------------------------------------------
