@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Final
 
 from adapters.base import (
     JSON,
@@ -24,6 +25,12 @@ from adapters.base import (
 from gateway.states import FINISHED, Action, JobState, Refused, observe, require
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+ANOMALIES_KEPT: Final = 8
+"""Distinct refused observations a job remembers having logged. Native statuses are the provider's
+strings, so a provider inventing a new one per poll must not grow the record without bound; past
+the cap the oldest is forgotten, and logged again if it comes back."""
+_NATIVE_KEPT: Final = 80
 
 
 def new_id(prefix: str = "job_") -> str:
@@ -67,6 +74,12 @@ class Job:
     callback_url: str | None = None
     records_seen: int = 0
     """Partial-result records already sent as ``records`` events (the next one starts here)."""
+    anomalies: tuple[str, ...] = ()
+    """The refused observations already logged for this job (:func:`anomaly_key`), oldest first.
+    In the record, not in a runner's memory, because the job's next poll may be claimed by another
+    replica or a restarted process, and it goes when the job goes."""
+    refusals: int = 0
+    """Polls in a row whose report was refused; from the second on, the cadence backs off."""
     version: int = 1
 
     @property
@@ -146,6 +159,8 @@ class Job:
             "request": self.request,
             "callback_url": self.callback_url,
             "records_seen": self.records_seen,
+            "anomalies": list(self.anomalies),
+            "refusals": self.refusals,
             "version": self.version,
         }
 
@@ -182,6 +197,8 @@ class Job:
             request=data.get("request"),
             callback_url=data.get("callback_url"),
             records_seen=data.get("records_seen", 0),
+            anomalies=tuple(data.get("anomalies") or ()),
+            refusals=data.get("refusals", 0),
             version=data.get("version", 1),
         )
 
@@ -292,6 +309,7 @@ def apply_report(job: Job, report: StatusReport, now: datetime) -> Applied:
         upstream_finished_at=report.times.finished_at or job.upstream_finished_at,
         polls=job.polls + 1,
         unchanged_polls=0 if (state_changed or progress_changed) else job.unchanged_polls + 1,
+        refusals=job.refusals + 1 if refused is not None else 0,
         failures=0,
         not_found=0,
         # A continue opens the succeeded -> running exit for the next report only: if that report
@@ -301,6 +319,25 @@ def apply_report(job: Job, report: StatusReport, now: datetime) -> Applied:
         version=job.version + 1,
     )
     return Applied(new, state_changed, progress_changed, refused)
+
+
+def anomaly_key(refused: Refused) -> str:
+    """What makes a refused observation the same as an earlier one for logging: its kind and the
+    native status (the canonical state it refused is implied by both for one job)."""
+    return f"{refused.anomaly.value}:{refused.native_status[:_NATIVE_KEPT]}"
+
+
+def note_anomaly(job: Job, refused: Refused) -> tuple[Job, bool]:
+    """Remember on ``job`` (the version :func:`apply_report` just made) that ``refused`` is being
+    logged. Returns the job and whether this is the first time: a repeat is not logged again.
+
+    The runner calls this, not :func:`apply_report`, so that only an observation that really is
+    logged is remembered (an adoption folds a report in without logging its refusal).
+    """
+    key = anomaly_key(refused)
+    if key in job.anomalies:
+        return job, False
+    return replace(job, anomalies=(*job.anomalies, key)[-ANOMALIES_KEPT:]), True
 
 
 @dataclass(frozen=True, slots=True)

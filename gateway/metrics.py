@@ -79,7 +79,8 @@ class Metrics:
         )
         self.anomalies = Counter(
             "jobgate_job_anomalies",
-            "Upstream reports not applied: unknown native statuses and backwards or illegal moves",
+            "Upstream reports not applied (unknown native statuses, backwards or illegal moves), "
+            "every one: the log line is written once per job and distinct status",
             ["provider", "kind"],
             registry=registry,
         )

@@ -121,6 +121,26 @@ def next_delay(
     return delay
 
 
+def refused_delay(policy: PollPolicy, *, refusals: int, rand: float) -> float:
+    """The least wait before polling a job whose last ``refusals`` reports in a row could not be
+    applied (backwards, illegal, or an unknown native status); 0 when nothing need be added.
+
+    A single refusal may be a glitch (a lagging replica upstream, one odd answer), so it keeps the
+    normal cadence. From the second, polling faster learns nothing until the provider's answer
+    changes: the wait starts at ``max_interval`` and doubles up to the fault ceiling
+    (``error_max_interval``). It doubles whatever the provider's ``multiplier``, which says how fast
+    its jobs change; a refused answer says ours cannot follow them.
+    """
+    if refusals < 2:
+        return 0.0
+    floor = policy.max_interval
+    ceiling = max(policy.max_interval, policy.error_max_interval)
+    # Capped before the power: a job refused for days must saturate, not overflow.
+    window = min(ceiling, floor * 2.0 ** min(refusals - 2, 64))
+    low = window - policy.jitter * (window - floor)
+    return low + rand * (window - low)
+
+
 def error_delay(
     policy: PollPolicy, *, failures: int, rand: float, retry_after: float | None = None
 ) -> float:

@@ -37,7 +37,7 @@ from adapters.base import (
 )
 from adapters.http import utcnow
 from gateway.events import EventHub
-from gateway.jobs import Job, NewEvent, apply_report, job_events, transition
+from gateway.jobs import Job, NewEvent, apply_report, job_events, note_anomaly, transition
 from gateway.leased import LeasedLoop, LeasedWork
 from gateway.policy import (
     Breaker,
@@ -49,6 +49,7 @@ from gateway.policy import (
     error_delay,
     estimate_eta,
     next_delay,
+    refused_delay,
 )
 from gateway.quota import LocalQuota, Quota
 from gateway.states import JobState
@@ -332,29 +333,39 @@ class Runner:
         now = self.clock()
         applied = apply_report(job, report, now)
         new = applied.job
-        if applied.refused is not None:
-            log.warning(
-                "runner.anomaly",
-                job_id=job.id,
-                provider=job.provider,
-                state=job.state.value,
-                anomaly=applied.refused.anomaly.value,
-                detail=applied.refused.describe(),
-            )
+        refused = applied.refused
+        if refused is not None:
+            # Once per job and distinct (anomaly, native status): a provider that keeps answering
+            # the same thing would otherwise write a line per poll until the job's deadline. The
+            # metric still counts every refusal (in the writer), so the rate stays visible.
+            new, first = note_anomaly(new, refused)
+            if first:
+                log.warning(
+                    "runner.anomaly",
+                    job_id=job.id,
+                    provider=job.provider,
+                    state=job.state.value,
+                    anomaly=refused.anomaly.value,
+                    native_status=refused.native_status,
+                    detail=refused.describe(),
+                )
         if not new.finished:
             if self.push_expected is not None and self.push_expected(new):
                 # The provider will push the end (a callback polls the job at once), so polling is
                 # only the safety net: at the slowest cadence the policy allows.
                 policy = replace(policy, min_interval=policy.max_interval)
             eta = estimate_eta(new.progress, new.started_at, now) if policy.eta_aware else None
+            draw = self.rand()
             delay = next_delay(
                 policy,
                 now=now,
                 unchanged_polls=new.unchanged_polls,
-                rand=self.rand(),
+                rand=draw,
                 eta=eta,
                 hints=report.hints,
             )
+            # Later than anything above may ask, a provider's hint included: it says "not before".
+            delay = max(delay, refused_delay(policy, refusals=new.refusals, rand=draw))
             new = replace(new, eta=eta, next_poll_at=now + timedelta(seconds=delay))
         # The snapshot is the job as it is saved (its next poll and ETA are decided only above),
         # so a finished job's event never shows a lease as its next poll.

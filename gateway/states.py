@@ -26,11 +26,26 @@ class Action(StrEnum):
     CONTINUE = "continue"
 
 
+# ``queued``/``running`` -> ``expired``: the provider can finish a job and purge its output while
+# jobgate is not looking (pulse reads ``expired`` once its retention window has passed; an outage
+# that spans the completion hides ``completed``). ``expired`` is the honest outcome, by the result
+# vault's rule (issue 10): a job is expired when no copy of its result can be served any more, and
+# here neither the provider (it purged it) nor jobgate (it never saw it) holds one. ``failed``
+# would say the work did not succeed, which the provider never said, and refusing the move kept
+# the job polled until its deadline after the provider had said it was over.
 TRANSITIONS: Final[dict[JobState, frozenset[JobState]]] = {
     JobState.QUEUED: frozenset(
-        {JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED}
+        {
+            JobState.RUNNING,
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.CANCELED,
+            JobState.EXPIRED,
+        }
     ),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED}),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED, JobState.EXPIRED}
+    ),
     JobState.SUCCEEDED: frozenset({JobState.EXPIRED, JobState.RUNNING}),
     JobState.FAILED: frozenset(),
     JobState.CANCELED: frozenset(),
@@ -135,12 +150,13 @@ def observe(
 
 def mermaid() -> str:
     """The transition diagram for the docs, drawn from the table so the two cannot drift."""
+    order = list(JobState).index  # the lifecycle's order reads better than the alphabet's
     lines = ["stateDiagram-v2", "    [*] --> queued"]
     for src, targets in TRANSITIONS.items():
-        for dst in sorted(targets):
+        for dst in sorted(targets, key=order):
             note = ACTION_ONLY.get((src, dst))
             label = f" : {note.value}" if note else ""
             lines.append(f"    {src.value} --> {dst.value}{label}")
-    for state in sorted(TERMINAL):
+    for state in sorted(TERMINAL, key=order):
         lines.append(f"    {state.value} --> [*]")
     return "\n".join(lines)

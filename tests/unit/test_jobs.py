@@ -17,8 +17,17 @@ from adapters.base import (
     StatusReport,
     Timestamps,
 )
-from gateway.jobs import Job, apply_report, job_events, new_id, transition
-from gateway.states import Action, Anomaly, IllegalTransition, JobState
+from gateway.jobs import (
+    ANOMALIES_KEPT,
+    Job,
+    anomaly_key,
+    apply_report,
+    job_events,
+    new_id,
+    note_anomaly,
+    transition,
+)
+from gateway.states import Action, Anomaly, IllegalTransition, JobState, Refused
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 Q, R, S, F, C, E = (
@@ -135,6 +144,20 @@ def test_expiry_of_a_succeeded_job_is_applied() -> None:
     assert applied.state_changed
 
 
+@pytest.mark.parametrize("current", [Q, R])
+def test_upstream_expiry_of_a_job_never_seen_finished_ends_it(current: JobState) -> None:
+    # The completion fell into an outage; the next poll already reads "expired".
+    job = make_job(current, started_at=at(1) if current is R else None, eta=at(99))
+    applied = apply_report(job, report(E, "expired"), at(500))
+    new = applied.job
+    assert applied.refused is None
+    assert applied.state_changed
+    assert (new.state, new.native_status, new.finished_at) == (E, "expired", at(500))
+    assert new.finished
+    assert (new.next_poll_at, new.eta, new.result) == (None, None, None)
+    assert [event.kind for event in job_events(job, new)] == ["state"]
+
+
 # --------------------------------------------------------------------------------------------------
 # apply_report: progress, results, errors
 
@@ -240,6 +263,61 @@ def test_refused_report_keeps_state_but_counts_the_poll(
     assert new.finished_at == job.finished_at
     # It was still a successful call: the fault counters reset.
     assert (new.failures, new.not_found) == (0, 0)
+
+
+def test_refusals_count_reports_refused_in_a_row_and_reset_when_one_applies() -> None:
+    job = make_job(R, started_at=at(1))
+    steps: list[tuple[StatusReport, int]] = [
+        (report(None, "reticulating"), 1),
+        (report(None, "reticulating"), 2),
+        (report(Q, "pending"), 3),  # another kind of refusal still extends the run
+        (report(R, "processing"), 0),
+        (report(None, "reticulating"), 1),
+        (report(E, "expired"), 0),
+    ]
+    for index, (item, expected) in enumerate(steps, start=1):
+        job = apply_report(job, item, at(index)).job
+        assert job.refusals == expected, index
+
+
+def test_apply_report_does_not_mark_a_refusal_as_logged() -> None:
+    # Only the runner, which logs, remembers; an adoption folds a report in without logging it.
+    applied = apply_report(make_job(R), report(None, "reticulating"), at(1))
+    assert applied.refused is not None
+    assert applied.job.anomalies == ()
+
+
+def test_an_anomaly_is_new_once_per_kind_and_native_status() -> None:
+    job = make_job(R)
+    unknown = Refused(Anomaly.UNKNOWN_STATUS, R, None, "reticulating")
+    backwards = Refused(Anomaly.BACKWARDS, R, Q, "pending")
+    job, first = note_anomaly(job, unknown)
+    assert first
+    assert job.anomalies == ("unknown_status:reticulating",)
+    again, repeat = note_anomaly(job, unknown)
+    assert not repeat
+    assert again is job
+    job, other = note_anomaly(job, backwards)
+    assert other
+    assert job.anomalies == ("unknown_status:reticulating", "backwards:pending")
+    # The memory is part of the record, so a restarted process or another replica reads it.
+    back = Job.from_record(orjson.loads(orjson.dumps(job.to_record())))
+    assert not note_anomaly(back, unknown)[1]
+
+
+def test_anomaly_memory_is_bounded_per_job() -> None:
+    job = make_job(R)
+    for index in range(ANOMALIES_KEPT + 3):
+        job, first = note_anomaly(job, Refused(Anomaly.UNKNOWN_STATUS, R, None, f"s{index}"))
+        assert first
+    assert len(job.anomalies) == ANOMALIES_KEPT
+    assert job.anomalies[-1] == "unknown_status:s10"
+    # The oldest are forgotten first (and would be logged again if they came back).
+    assert note_anomaly(job, Refused(Anomaly.UNKNOWN_STATUS, R, None, "s0"))[1]
+    assert not note_anomaly(job, Refused(Anomaly.UNKNOWN_STATUS, R, None, "s10"))[1]
+    # A provider's status of any length costs a bounded key.
+    long = Refused(Anomaly.UNKNOWN_STATUS, R, None, "x" * 10_000)
+    assert len(anomaly_key(long)) < 100
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,6 +437,8 @@ def full_job() -> Job:
         labels={"team": "search", "env": "prod"},
         request={"query": "x", "limit": 10, "nested": {"k": [1, 2]}},
         callback_url="https://hooks.example.com/cb",
+        anomalies=("unknown_status:reticulating", "backwards:pending"),
+        refusals=2,
         version=42,
     )
 
@@ -447,7 +527,16 @@ def test_public_shape() -> None:
 
 def test_public_never_exposes_internals() -> None:
     public = full_job().public()
-    for secret in ("request", "callback_url", "tenant", "deadline_at", "failures", "action"):
+    for secret in (
+        "request",
+        "callback_url",
+        "tenant",
+        "deadline_at",
+        "failures",
+        "action",
+        "anomalies",
+        "refusals",
+    ):
         assert secret not in public
     # The result's location (a presigned or proxy URL) is served by the result endpoint only.
     assert "files.example.com" not in orjson.dumps(public).decode()

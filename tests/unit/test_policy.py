@@ -24,6 +24,7 @@ from gateway.policy import (
     give_back,
     hint_delay,
     next_delay,
+    refused_delay,
     take_tokens,
 )
 
@@ -395,6 +396,28 @@ def test_error_delay_is_jittered_within_the_error_window() -> None:
     )
     assert error_delay(policy, failures=10, rand=0.0) == 5.0
     assert error_delay(policy, failures=10, rand=ALMOST_ONE) == pytest.approx(300.0)
+
+
+@pytest.mark.parametrize(
+    ("refusals", "expected"),
+    [(0, 0.0), (1, 0.0), (2, 60.0), (3, 120.0), (4, 240.0), (5, 300.0), (10_000, 300.0)],
+)
+def test_refused_delay_doubles_from_max_interval_to_the_error_ceiling(
+    refusals: int, expected: float
+) -> None:
+    # A single refusal may be a glitch; a repeat is polled no faster than the slowest cadence.
+    assert refused_delay(E, refusals=refusals, rand=0.5) == expected
+
+
+def test_refused_delay_backs_off_even_where_the_provider_wants_a_constant_cadence() -> None:
+    constant = PollPolicy(min_interval=5.0, max_interval=5.0, multiplier=1.0, jitter=0.0)
+    assert refused_delay(constant, refusals=4, rand=0.0) == 20.0
+
+
+def test_refused_delay_is_jittered_above_max_interval() -> None:
+    jittered = PollPolicy(min_interval=5.0, max_interval=60.0, multiplier=2.0, jitter=1.0)
+    assert refused_delay(jittered, refusals=4, rand=0.0) == 60.0
+    assert refused_delay(jittered, refusals=4, rand=ALMOST_ONE) == pytest.approx(240.0)
 
 
 # --------------------------------------------------------------------------------------------------

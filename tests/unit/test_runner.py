@@ -47,6 +47,7 @@ from gateway.store.memory import MemoryStore
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 Q, R, S, F = JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED
+E = JobState.EXPIRED
 TICK = 0.02
 
 # Deterministic manners: no jitter, windows of 5, 10, 20, 40, 60 s; errors up to 300 s.
@@ -450,6 +451,100 @@ async def test_anomalous_report_keeps_state_is_logged_and_polling_continues(
     done = await h.poll_next(job.id)
     assert done.state is S
     assert h.adapters["a"].calls["u1"] == 3
+
+
+async def test_a_refusal_is_logged_once_per_job_and_status_but_counted_every_time() -> None:
+    h = build()
+    job = await h.add(
+        "u1",
+        report(None, "reticulating"),
+        report(None, "reticulating"),
+        report(Q, "pending"),
+        report(None, "reticulating"),
+        report(Q, "pending"),
+        report(R, "processing"),
+        report(None, "reticulating"),  # after a report that applied: still not news
+        state=R,
+        started_at=at(-10),
+    )
+    # Another job with the same odd status gets its own line (provider "b" to tell them apart).
+    other = await h.add("u2", report(None, "reticulating"), provider="b", state=R)
+
+    with capture_logs() as logs:
+        await h.tick()
+        for _ in range(6):
+            await h.poll_next(job.id)
+    assert h.adapters["a"].calls["u1"] == 7
+    assert h.adapters["b"].calls["u2"] >= 2
+    lines = [
+        (entry["job_id"], entry["anomaly"], entry["native_status"])
+        for entry in logged(logs, "runner.anomaly")
+    ]
+    assert lines == [
+        (job.id, "unknown_status", "reticulating"),
+        (other.id, "unknown_status", "reticulating"),
+        (job.id, "backwards", "pending"),
+    ]
+    # The metric counts every refused report: it is a rate, and a stuck job should show as one.
+    counted = [refused.anomaly for name, refused in h.observer.anomalies if name == "a"]
+    assert Counter(counted) == {Anomaly.UNKNOWN_STATUS: 4, Anomaly.BACKWARDS: 2}
+    assert (await h.job(job.id)).anomalies == ("unknown_status:reticulating", "backwards:pending")
+
+    # The memory is in the job's record: a restarted process (or another replica) does not log
+    # the same refusal again.
+    h.runner = Runner(
+        h.store,
+        h.adapters,
+        {"a": POLICY, "b": POLICY},
+        h.hub,
+        tick=TICK,
+        clock=h.clock.wall,
+        mono=h.clock.monotonic,
+        rand=lambda: 0.5,
+        observer=h.observer,
+    )
+    with capture_logs() as logs:
+        again = await h.poll_next(job.id)
+    assert again.polls == 8
+    assert logged(logs, "runner.anomaly") == []
+
+
+async def test_a_refusal_that_repeats_backs_the_cadence_off_until_a_report_applies() -> None:
+    h = build()
+    odd = [report(None, "reticulating")] * 6
+    job = await h.add(
+        "u1", report(R, "processing"), *odd, report(R, "processing"), state=R, started_at=at(-1)
+    )
+    await h.tick()
+    gaps = []
+    for _ in range(7):
+        polled = await h.poll_next(job.id)
+        assert polled.next_poll_at is not None
+        gaps.append((polled.next_poll_at - h.clock.now).total_seconds())
+    # The first refusal keeps the cadence (20 s: the unchanged backoff); from the second the wait is
+    # at least max_interval (60) and doubles up to error_max_interval (300). The report that
+    # applies brings back the normal backoff, which had kept growing meanwhile (capped at 60).
+    assert gaps == [20.0, 60.0, 120.0, 240.0, 300.0, 300.0, 60.0]
+
+
+@pytest.mark.parametrize("state", [Q, R])
+async def test_upstream_expiry_ends_an_unfinished_job_at_its_first_poll(state: JobState) -> None:
+    # The job completed and was purged upstream while nothing polled it (an outage).
+    h = build()
+    job = await h.add("u1", report(E, "expired"), state=state)
+    with capture_logs() as logs:
+        assert await h.tick() == 1
+    done = await h.job(job.id)
+    assert (done.state, done.native_status, done.next_poll_at) == (E, "expired", None)
+    assert done.finished_at == T0
+    assert logged(logs, "runner.anomaly") == []
+    assert h.observer.anomalies == []
+    assert h.observer.transitions == [("a", state, E)]
+    assert h.observer.finished_jobs == [job.id]
+    assert await h.kinds(job.id) == ["created", "state"]
+    h.clock.advance(10 * 86_400)  # past its deadline too: nothing is polled any more
+    assert await h.tick() == 0
+    assert h.adapters["a"].calls["u1"] == 1
 
 
 # --------------------------------------------------------------------------------------------------

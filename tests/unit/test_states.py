@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -29,15 +32,20 @@ Q, R, S, F, C, E = (
     JobState.EXPIRED,
 )
 
-# DESIGN.md's table, written out independently of the module so a drift in either is caught.
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+# The table as the README documents it, written out independently of the module so a drift in
+# either is caught. (DESIGN.md's sketch predates upstream expiry of an unfinished job.)
 DOCUMENTED = {
     (Q, R),
     (Q, S),
     (Q, F),
     (Q, C),
+    (Q, E),
     (R, S),
     (R, F),
     (R, C),
+    (R, E),
     (S, E),
     (S, R),
 }
@@ -59,6 +67,15 @@ def test_terminal_states_have_no_exit() -> None:
 @pytest.mark.parametrize(("current", "observed"), sorted(DOCUMENTED - {(S, R)}))
 def test_documented_moves_apply(current: JobState, observed: JobState) -> None:
     assert observe(current, observed, "native") == observed
+
+
+@pytest.mark.parametrize("current", [Q, R])
+def test_upstream_expiry_ends_a_job_that_never_finished_here(current: JobState) -> None:
+    # A pulse job that completed and was purged while the gateway was down reads "expired" next:
+    # nothing can serve its result any more, so it is over, not an anomaly to poll until the
+    # deadline.
+    assert observe(current, E, "expired") == E
+    assert E in TERMINAL
 
 
 def test_succeeded_to_running_needs_continue() -> None:
@@ -106,6 +123,11 @@ def test_mermaid_is_drawn_from_the_table() -> None:
     for src, dst in DOCUMENTED:
         assert f"{src.value} --> {dst.value}" in diagram
     assert "succeeded --> running : continue" in diagram
+
+
+def test_readme_diagram_is_the_table() -> None:
+    [block] = re.findall(r"```mermaid\n(.*?)\n```", README.read_text(), flags=re.DOTALL)
+    assert block == mermaid()
 
 
 class JobMachine(RuleBasedStateMachine):
