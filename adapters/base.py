@@ -8,11 +8,12 @@ It never loops or sleeps: the runner owns time (see ``gateway/runner``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from adapters.redact import Scrubber
 from gateway.states import JobState
 
 JSON = Any
@@ -116,6 +117,20 @@ class StatusReport:
     hints: RateHints = NO_HINTS
     job_type: str | None = None
 
+    def scrubbed(self, scrubber: Scrubber) -> StatusReport:
+        """This report with secrets masked in every field that carries provider text (the native
+        status, the step, the error, the type). Results are the client's data and stay as sent."""
+        error = self.error
+        if error is not None:
+            error = JobError(code=scrubber.text(error.code), message=scrubber.text(error.message))
+        return replace(
+            self,
+            native_status=scrubber.text(self.native_status),
+            progress=replace(self.progress, step=scrubber.optional(self.progress.step)),
+            error=error,
+            job_type=scrubber.optional(self.job_type),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Submission:
@@ -127,6 +142,14 @@ class Submission:
     original_id: str | None = None
     hints: RateHints = NO_HINTS
     extra: Mapping[str, JSON] = field(default_factory=dict)
+
+    def scrubbed(self, scrubber: Scrubber) -> Submission:
+        """This answer with secrets masked in its provider text (the native status, the extras)."""
+        return replace(
+            self,
+            native_status=scrubber.optional(self.native_status),
+            extra=scrubber.value(self.extra),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +221,13 @@ class AdapterError(Exception):
         self.status = status
         self.hints = hints
         self.detail = detail
+
+    def scrub(self, scrubber: Scrubber) -> None:
+        """Mask secrets the provider echoed into this error. In place, so that a bare ``raise``
+        re-raises it with its traceback and cause."""
+        self.message = scrubber.text(self.message)
+        self.args = (self.message, *self.args[1:])
+        self.detail = scrubber.value(self.detail)
 
 
 class AuthRejected(AdapterError):

@@ -1,18 +1,21 @@
 """The shared HTTP plumbing of every adapter: one call, explicit timeouts, typed errors, rate hints.
 
 Subclasses supply their auth header, their error-body parser and their status table; this
-module turns transport failures, 5xx, 429 and undecodable bodies into ``adapters.base`` errors.
+module turns transport failures, 5xx, 429 and undecodable bodies into ``adapters.base`` errors,
+and masks secrets (``adapters.redact``) in every error and report a provider's answer becomes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Concatenate, Final, ParamSpec, Protocol, TypeVar, cast
 
 import aiohttp
 import orjson
@@ -35,6 +38,7 @@ from adapters.base import (
     UnsupportedAction,
     UpstreamUnavailable,
 )
+from adapters.redact import Scrubber
 from gateway.states import JobState
 
 Clock = Callable[[], datetime]
@@ -169,6 +173,36 @@ def require_str(body: Mapping[str, JSON], *keys: str, what: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# The outward boundary
+
+OUTWARD_METHODS: Final = ("submit", "fetch_status", "fetch_result", "cancel", "rerun", "continue_")
+"""The protocol methods the gateway calls: every provider answer leaves an adapter through one."""
+
+_A = TypeVar("_A", bound="HttpAdapter")
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _scrubbed(
+    method: Callable[Concatenate[_A, _P], Awaitable[_T]],
+) -> Callable[Concatenate[_A, _P], Awaitable[_T]]:
+    """``method`` with its errors and reports passed through the adapter's scrubber."""
+
+    @functools.wraps(method)
+    async def outward(self: _A, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            value = await method(self, *args, **kwargs)
+        except AdapterError as error:
+            error.scrub(self.scrubber)
+            raise
+        if isinstance(value, StatusReport | Submission):
+            return cast(_T, value.scrubbed(self.scrubber))  # a masked copy of the same type
+        return value
+
+    return outward
+
+
+# --------------------------------------------------------------------------------------------------
 # The base class
 
 
@@ -191,6 +225,18 @@ class HttpAdapter:
     capabilities: ClassVar[Capabilities]
     status_table: ClassVar[Mapping[str, JobState]]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each protocol method a provider defines so that what it raises or returns is
+        scrubbed. Providers quote the key back in error bodies and failed jobs' messages, and
+        that text becomes problem details, stored jobs, events, webhooks and log lines. Scrubbing
+        here, the one door every answer leaves by, makes all of those clean by construction,
+        including errors raised outside :meth:`call` and a provider added later."""
+        super().__init_subclass__(**kwargs)
+        for name in OUTWARD_METHODS:
+            method = cls.__dict__.get(name)
+            if inspect.iscoroutinefunction(method):
+                setattr(cls, name, _scrubbed(method))
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -198,11 +244,15 @@ class HttpAdapter:
         *,
         clock: Clock = utcnow,
         observer: CallObserver | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
+        """``secrets`` are masked besides this provider's own key (which is always masked): the
+        gateway may pass every configured secret."""
         self.session = session
         self.connection = connection
         self.clock = clock
         self.observer = observer
+        self.scrubber = Scrubber((connection.api_key, *secrets))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.connection.base_url!r})"
@@ -274,7 +324,9 @@ class HttpAdapter:
                 timeout=self.connection.timeouts.client_timeout(),
                 allow_redirects=False,
             ) as response:
-                raw = await response.read()
+                # The secrets go before anything reads the body: a message cut to length could
+                # otherwise keep the head of a key the provider quoted back.
+                raw = self.scrubber.mask_bytes(await response.read())
                 hints = parse_rate_hints(response.headers, self.clock())
                 status = response.status
                 reply_headers = dict(response.headers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import AdapterError
+from adapters.redact import redact_text
 
 
 class ServiceError(Exception):
@@ -79,7 +80,9 @@ class UpstreamProblem(ServiceError):
     title = "The provider could not complete the request"
 
     def __init__(self, error: AdapterError) -> None:
-        super().__init__(error.message)
+        # The adapters mask what providers echo; this catches an error raised anywhere else, on
+        # the way to paths that skip the problem renderer (the idempotency record of a submit).
+        super().__init__(redact_text(error.message))
         self.code = error.code
         self.status = _UPSTREAM_STATUS.get(error.code, 502)
         retry_after = getattr(error, "retry_after", None)

@@ -4,110 +4,54 @@ One chain of plain-function processors serves both formats and stdlib logging (a
 loggers). Redaction runs after exceptions are formatted into text and just before rendering, so
 nothing reaches the output without passing it: sensitive keys are masked whatever their value, the
 configured provider keys are masked wherever they appear inside a string, and ``Bearer``/``Basic``
-credentials and ``api_key=...``-style pairs are masked in free text.
+credentials and ``api_key=...``-style pairs are masked in free text. The masking is
+``adapters.redact``'s, the same the adapters apply to provider text before the gateway sees it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import urlsplit
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TextIO
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from adapters.redact import MASK, Scrubber, redact_text, sensitive
+
 if TYPE_CHECKING:
     from gateway.settings import Settings
 
-MASK = "[REDACTED]"
-
-SENSITIVE_KEYS = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "key",
-        "x_api_key",
-        "token",
-        "access_token",
-        "refresh_token",
-        "id_token",
-        "secret",
-        "client_secret",
-        "callback_secret",
-        "webhook_secret",
-        "password",
-        "passwd",
-        "authorization",
-        "proxy_authorization",
-        "cookie",
-        "set_cookie",
-    }
-)
-"""Keys (compared lower-cased, with ``-`` as ``_``) whose value is masked whatever it is."""
-
-MIN_SECRET_LENGTH = 6
-"""Configured secrets shorter than this are not searched for inside strings: a two-letter
-sandbox key would mask every occurrence of those letters. Real provider keys are far longer."""
-
-_CREDENTIAL_PAIR = re.compile(
-    r"(?i)(?<![a-z0-9])"
-    r"((?:x-)?api[-_]?key|access[-_]?token|token|secret|password|authorization|cookie)"
-    r"(\"?'?\s*[:=]\s*\"?'?)"
-    r"((?:bearer|basic)\s+)?[^\s\"',;&]+"
-)
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*")
-
-
-def _sensitive(key: object) -> bool:
-    return isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
-
-
-def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every configured secret and every credential-looking pattern masked."""
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    text = _CREDENTIAL_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
-
-
-def redact_value(value: Any, secrets: tuple[str, ...] = ()) -> Any:
-    """A copy of ``value`` with secrets masked; containers are walked, other objects checked
-    through their ``repr`` (what the renderers would print) and replaced only if it leaks."""
-    if isinstance(value, str):
-        return redact_text(value, secrets)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, Mapping):
-        return {k: MASK if _sensitive(k) else redact_value(v, secrets) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact_value(item, secrets) for item in value]
-    text = repr(value)
-    masked = redact_text(text, secrets)
-    return value if masked == text else masked
+# The masking itself is ``adapters.redact``, shared with the adapters and the problem renderer;
+# ``MASK`` and ``redact_text`` are named here too for the callers that know them from this module.
+__all__ = [
+    "MASK",
+    "configure_logging",
+    "processors",
+    "redact_text",
+    "redactor",
+    "secrets_of",
+    "stdlib_handler",
+]
 
 
 def redactor(secrets: Iterable[str] = ()) -> Processor:
     """The redaction processor, masking ``secrets`` (provider keys) wherever they appear."""
-    # Longest first, so a key that contains another key is masked whole.
-    known = tuple(
-        sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-    )
+    scrub = Scrubber(secrets)
 
     def redact(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         return {
-            key: MASK if _sensitive(key) else redact_value(value, known)
-            for key, value in event_dict.items()
+            key: MASK if sensitive(key) else scrub.value(value) for key, value in event_dict.items()
         }
 
     return redact
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret the settings hold: provider keys and callback secrets."""
+    """Every secret the settings hold: provider keys, callback secrets, the webhook signing
+    secret and the store's DSN and password."""
     found: list[str] = []
     for name, provider in settings.providers.items():
         try:
@@ -119,13 +63,18 @@ def secrets_of(settings: Settings) -> list[str]:
             found.append(key)
         if provider.callback_secret is not None:
             found.append(provider.callback_secret.get_secret_value())
+    if settings.webhooks.secret is not None:
+        found.append(settings.webhooks.secret.get_secret_value())
     if settings.store.kind == "postgres":
         try:
             dsn = settings.store.postgres_dsn()
         except OSError:
             dsn = ""  # an unreadable dsn_file stops the store at start-up with its own message
-        found.extend(secret for secret in (dsn, _password(dsn)) if secret)
-    return found
+        password = _password(dsn)
+        # A URL holds the password percent-encoded; a driver's error may quote it decoded.
+        decoded = unquote(password) if password else None
+        found.extend(secret for secret in (dsn, password, decoded) if secret)
+    return list(dict.fromkeys(found))
 
 
 def _password(dsn: str) -> str | None:

@@ -10,7 +10,10 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from adapters.redact import Scrubber
 from gateway.errors import ServiceError
+from gateway.logs import secrets_of
+from gateway.web.state import COMPONENTS_KEY
 
 log = structlog.get_logger("jobgate.web")
 PROBLEM_TYPE = "application/problem+json"
@@ -64,9 +67,19 @@ def problem(
         "instance": request.path,
         **{k: v for k, v in extra.items() if v is not None},
     }
+    # The last line: the adapters already masked what providers echoed, but every problem body
+    # of every source leaves through here, so no configured secret leaves whatever quoted it.
+    body = _scrubber(request).value(body)
     return web.Response(
         status=status, body=orjson.dumps(body), content_type=PROBLEM_TYPE, headers=headers
     )
+
+
+def _scrubber(request: web.Request) -> Scrubber:
+    """The configured secrets, read per problem (a rotated key file is masked at once); an app
+    without components (a bare test app) masks credential patterns only."""
+    components = request.config_dict.get(COMPONENTS_KEY)
+    return Scrubber(secrets_of(components.settings) if components is not None else ())
 
 
 def validation_problem(request: web.Request, error: ValidationError) -> web.Response:

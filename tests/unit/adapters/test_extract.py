@@ -418,7 +418,7 @@ async def test_the_key_is_sent_but_never_echoed(adapter: ExtractAdapter, mock: A
         await adapter.fetch_status(JOB)
     assert KEY not in str(caught.value)
     assert KEY not in caught.value.message
-    assert "***" in str(caught.value)
+    assert "[REDACTED]" in str(caught.value)
     assert KEY not in repr(adapter)
     assert KEY not in repr(adapter.connection)
     ((_, calls),) = mock.requests.items()

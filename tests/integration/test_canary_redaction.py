@@ -1,0 +1,417 @@
+"""An upstream that echoes the key: no configured secret reaches anything a client, a database file,
+a log, a metric or a webhook receiver can read.
+
+The fake upstream is a real aiohttp server on 127.0.0.1 that impersonates all four providers and
+quotes the key header it receives (and the callback URL it is given, with its token) back inside
+its error bodies, its failed jobs' messages, a progress step and a native status. The gateway runs
+for real, on a SQLite file, through submit, adopt, polls, result fetch, cancel, continue and rerun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp import web
+
+from adapters.redact import MASK
+from gateway.logs import configure_logging, secrets_of, stdlib_handler
+from tests.conftest import Serve
+from tests.integration.conftest import Stack, StackFactory
+from tests.unit.test_webhooks import SECRET as WEBHOOK_SECRET
+
+pytestmark = pytest.mark.integration
+
+CANARY = "canary-sk_EchoedBack_9d41c07e"
+CALLBACK_CANARY = "canary-cb_EchoedBack_51be02aa"
+CANARIES = (CANARY, CALLBACK_CANARY, WEBHOOK_SECRET)
+FINISHED = frozenset({"succeeded", "failed", "canceled", "expired"})
+WAIT = 30.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- the echoing upstream -------------------------------------------------------------------------
+
+
+def key_header(request: web.Request) -> str:
+    """The credential exactly as it arrived: the bare key, or ``Bearer <key>``."""
+    return request.headers.get("x-api-key") or request.headers.get("Authorization", "")
+
+
+@dataclass
+class EchoingUpstream:
+    """Four providers in one app, each quoting the key back wherever a real one prints text."""
+
+    polls: dict[str, int] = field(default_factory=dict)
+    callback_urls: list[str] = field(default_factory=list)
+    cancel_asked: set[str] = field(default_factory=set)
+    reruns: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.echo_header])
+        routes = [
+            ("POST", "/catchall/catchAll/submit", self.catchall_submit),
+            ("GET", "/catchall/catchAll/status/{id}", self.catchall_status),
+            ("GET", "/catchall/catchAll/pull/{id}", self.catchall_pull),
+            ("POST", "/catchall/catchAll/continue", self.catchall_continue),
+            ("POST", "/extract/v1/extract/async", self.extract_submit),
+            ("GET", "/extract/v1/jobs/{id}", self.extract_status),
+            ("POST", "/pulse/extract", self.pulse_submit),
+            ("GET", "/pulse/job/{id}", self.pulse_status),
+            ("DELETE", "/pulse/job/{id}", self.pulse_cancel),
+            ("GET", "/platform/v1/api/jobs/{id}", self.platform_status),
+            ("POST", "/platform/v1/api/jobs/{id}/rerun", self.platform_rerun),
+        ]
+        for method, path, handler in routes:
+            app.router.add_route(method, path, handler)
+        return app
+
+    @web.middleware
+    async def echo_header(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers["X-Echo-Credential"] = key_header(request)
+        return response
+
+    def poll(self, job_id: str) -> int:
+        self.polls[job_id] = self.polls.get(job_id, 0) + 1
+        return self.polls[job_id]
+
+    # catchall: FastAPI bodies ------------------------------------------------------------------
+
+    async def catchall_submit(self, request: web.Request) -> web.Response:
+        key = key_header(request)
+        query = (await request.json()).get("query")
+        if query == "reject":
+            detail = [{"loc": ["body", "query"], "msg": f"key {key} may not ask", "type": "x"}]
+            return web.json_response({"detail": detail}, status=422)
+        if query == "crash":
+            return web.Response(
+                status=502, text=f"<html><h1>Bad gateway</h1>x-api-key: {key}</html>"
+            )
+        if query == "limited":
+            return web.json_response(
+                {"detail": f"quota exhausted for api_key={key}"},
+                status=429,
+                headers={"Retry-After": "1"},
+            )
+        return web.json_response({"job_id": f"cat-{query}", "status": "submitted"}, status=201)
+
+    async def catchall_status(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        if job_id == "cat-fail":
+            error = f"pipeline stopped: the key {key_header(request)} is suspended"
+            return web.json_response({"job_id": job_id, "status": "failed", "error": error})
+        return web.json_response({"job_id": job_id, "status": "completed"})
+
+    async def catchall_pull(self, request: web.Request) -> web.Response:
+        detail = {"detail": f"records store refused x-api-key {key_header(request)}"}
+        return web.json_response({"detail": detail}, status=500)
+
+    async def catchall_continue(self, request: web.Request) -> web.Response:
+        detail = f"cannot continue: {key_header(request)} has no continue plan"
+        return web.json_response({"detail": detail}, status=400)
+
+    # extract: Boom bodies ----------------------------------------------------------------------
+
+    async def extract_submit(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("url") == "https://reject.example":
+            message = (
+                f"Invalid API key {key_header(request)}; "
+                f"callbackUrl {body.get('callbackUrl')} is not registered"
+            )
+            boom = {"statusCode": 401, "error": "Unauthorized", "message": message}
+            return web.json_response(boom, status=401)
+        self.callback_urls.append(body.get("callbackUrl", ""))
+        return web.json_response({"jobId": "ext-1", "status": "pending"})
+
+    async def extract_status(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        key = key_header(request)
+        n = self.poll(job_id)
+        if n == 1:
+            progress = {"pagesScraped": 1, "totalPages": 4, "currentStep": f"signing in as {key}"}
+            return web.json_response({"id": job_id, "status": "processing", "progress": progress})
+        if n == 2:
+            boom = {
+                "statusCode": 503,
+                "error": "Service Unavailable",
+                "message": f"{key} throttled",
+            }
+            return web.json_response(boom, status=503)
+        # The adapter never learns the callback secret: only its token=... shape can mask it here.
+        error = f"extraction failed: key {key} has no quota; no push to {self.callback_urls[-1]}"
+        return web.json_response({"id": job_id, "status": "failed", "error": error})
+
+    # pulse: {"error": {code, message}} ---------------------------------------------------------
+
+    async def pulse_submit(self, request: web.Request) -> web.Response:
+        key = key_header(request)
+        file_url = (await request.json()).get("fileUrl", "")
+        if file_url.endswith("bad.pdf"):
+            error = {"code": "invalid", "message": f"x-api-key: {key} not allowed", "details": key}
+            return web.json_response({"error": error}, status=400)
+        if file_url.endswith("down.pdf"):
+            error = {"code": "unavailable", "message": f"overloaded, retry with {key} later"}
+            return web.json_response({"error": error}, status=503)
+        return web.json_response({"job_id": "pulse-1", "status": "pending"})
+
+    async def pulse_status(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        if job_id not in self.cancel_asked:
+            return web.json_response({"job_id": job_id, "status": "processing"})
+        error = {"code": f"revoked:{key_header(request)}", "message": "the key was revoked"}
+        return web.json_response({"job_id": job_id, "status": "failed", "error": error})
+
+    async def pulse_cancel(self, request: web.Request) -> web.Response:
+        self.cancel_asked.add(request.match_info["id"])
+        error = {"code": "internal", "message": f"cancel failed for {key_header(request)}"}
+        return web.json_response({"error": error}, status=500)
+
+    # platform: envelopes, Authorization: Bearer ------------------------------------------------
+
+    async def platform_status(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        auth = key_header(request)
+        if job_id == "missing":
+            error = {"name": "NotFoundError", "message": f"no job visible to {auth}"}
+            return web.json_response({"data": None, "error": error}, status=404)
+        if job_id == "flaky":
+            error = {"name": "ServiceUnavailable", "message": f"try later ({auth})"}
+            return web.json_response({"data": None, "error": error}, status=503)
+        if self.poll(job_id) <= 3:
+            # A status the gateway does not know, carrying the key: an anomaly that is stored.
+            data = {"id": job_id, "status": f"held-for-{auth.removeprefix('Bearer ')}"}
+            return web.json_response({"data": data, "error": None})
+        error = {"name": "AuthError", "message": f"the worker could not use {auth}"}
+        data = {"id": job_id, "status": "failed", "progress": 40, "result": {"error": error}}
+        return web.json_response({"data": data, "error": None})
+
+    async def platform_rerun(self, request: web.Request) -> web.Response:
+        self.reruns += 1
+        auth = key_header(request)
+        if self.reruns == 1:
+            error = {"name": "RateLimitError", "message": f"slow down, {auth}"}
+            return web.json_response(
+                {"data": None, "error": error}, status=429, headers={"X-RateLimit-Reset": "1"}
+            )
+        error = {"name": "ValidationError", "message": f"token={auth.split()[-1]} may not rerun"}
+        return web.json_response({"data": None, "error": error}, status=400)
+
+
+# -- what the clients see -------------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """Every text a client, a receiver or an operator got, named by where it came from."""
+
+    texts: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, where: str, text: str) -> None:
+        self.texts.append((where, text))
+
+    async def call(
+        self,
+        stack: Stack,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        async with stack.client.request(
+            method, stack.url + path, json=body, headers=headers
+        ) as response:
+            text = await response.text()
+            self.add(f"{method} {path} headers", repr(list(response.headers.items())))
+            self.add(f"{method} {path}", text)
+            is_json = response.content_type.endswith("json")
+            return response.status, json.loads(text) if is_json else text
+
+    def leaks(self) -> list[str]:
+        return [where for where, text in self.texts if any(c in text for c in CANARIES)]
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint that keeps every body it gets."""
+
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        text = await request.text()
+        self.raw.append(repr(list(request.headers.items())) + text)
+        self.bodies.append(json.loads(text))
+        self.changed.set()
+        return web.Response(status=204)
+
+    async def until_finished(self, job_ids: set[str]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not job_ids <= {b["id"] for b in self.bodies if b.get("state") in FINISHED}:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def database_files(db: Path) -> list[tuple[str, str]]:
+    """The raw bytes of the SQLite file and its WAL: a row's old versions outlive the row."""
+    return [
+        (file.name, file.read_bytes().decode("utf-8", "replace"))
+        for file in sorted(db.parent.glob(db.name + "*"))
+    ]
+
+
+@pytest.fixture
+async def logs() -> AsyncIterator[Callable[[list[str]], io.StringIO]]:
+    """Route structlog and stdlib logging, as ``jobgate serve`` does, into a buffer."""
+    root = logging.getLogger()
+    handlers: list[logging.Handler] = []
+
+    def capture(secrets: list[str]) -> io.StringIO:
+        out = io.StringIO()
+        configure_logging("json", "DEBUG", secrets=secrets, stream=out, stdlib=False, cache=False)
+        handler = stdlib_handler("json", secrets, out)
+        root.addHandler(handler)
+        handlers.append(handler)
+        return out
+
+    yield capture
+    for handler in handlers:
+        root.removeHandler(handler)
+    structlog.reset_defaults()
+
+
+# -- the canary -----------------------------------------------------------------------------------
+
+
+async def test_an_echoing_upstream_leaks_no_secret_anywhere(
+    make_stack: StackFactory,
+    serve: Serve,
+    tmp_path: Path,
+    logs: Callable[[list[str]], io.StringIO],
+) -> None:
+    upstream = EchoingUpstream()
+    upstream_app = upstream.app()
+    receiver = Receiver()
+    receiver_url = await serve(receiver.app())
+    db = tmp_path / "canary.db"
+    stack = await make_stack(
+        sandbox=(upstream_app, await serve(upstream_app)),
+        db=db,
+        api_key=CANARY,
+        provider_options={"callback_secret": CALLBACK_CANARY},
+        server={"public_base_url": "http://127.0.0.1:9"},
+        webhooks={
+            "secret": WEBHOOK_SECRET,
+            "allowed_hosts": ["127.0.0.1"],
+            "allowed_networks": ["127.0.0.1/32"],
+            "schedule": [0, 0.05, 0.1],
+            "endpoints": [{"url": receiver_url + "/hook", "events": ["terminal", "progress"]}],
+        },
+    )
+    out = logs(secrets_of(stack.settings))
+    seen = Seen()
+
+    # Submits and adopts the provider refuses, 4xx and 5xx; the 5xx ones under a key are stored.
+    refused: list[tuple[dict[str, Any], str | None, int]] = [
+        ({"provider": "catchall", "request": {"query": "reject"}}, None, 422),
+        ({"provider": "catchall", "request": {"query": "crash"}}, "k-crash", 503),
+        ({"provider": "catchall", "request": {"query": "limited"}}, None, 429),
+        ({"provider": "extract", "request": {"url": "https://reject.example"}}, None, 502),
+        ({"provider": "pulse", "request": {"fileUrl": "https://x.example/bad.pdf"}}, None, 422),
+        ({"provider": "pulse", "request": {"fileUrl": "https://x.example/down.pdf"}}, "k-pd", 503),
+        ({"provider": "platform", "upstream_id": "missing"}, None, 422),
+        ({"provider": "platform", "upstream_id": "flaky"}, "k-flaky", 503),
+    ]
+    for body, key, status in refused:
+        headers = {"Idempotency-Key": key} if key else None
+        got, answer = await seen.call(stack, "POST", "/v1/jobs", body, headers)
+        assert got == status, answer
+        assert answer["code"].startswith("upstream_"), answer
+        if key is not None:
+            await seen.call(stack, "POST", "/v1/jobs", body, headers)  # a retry: replayed or not
+
+    # Jobs that start, then fail with the key in their error, step or native status.
+    created: dict[str, str] = {}
+    for name, body in (
+        ("catchall-done", {"provider": "catchall", "request": {"query": "done"}}),
+        ("catchall-fail", {"provider": "catchall", "request": {"query": "fail"}}),
+        ("extract", {"provider": "extract", "request": {"url": "https://ok.example"}}),
+        ("pulse", {"provider": "pulse", "request": {"fileUrl": "https://x.example/ok.pdf"}}),
+        ("platform", {"provider": "platform", "upstream_id": "plat-1"}),
+    ):
+        status, job = await seen.call(stack, "POST", "/v1/jobs", body)
+        assert status == 201, job
+        created[name] = job["id"]
+
+    # Actions the provider answers with an echo: cancel, result, continue, rerun (twice).
+    status, _ = await seen.call(stack, "POST", f"/v1/jobs/{created['pulse']}/cancel")
+    assert status == 503
+    done = await stack.until_finished(created["catchall-done"])
+    assert done["state"] == "succeeded"
+    status, _ = await seen.call(stack, "GET", f"/v1/jobs/{created['catchall-done']}/result")
+    assert status == 503
+    status, _ = await seen.call(
+        stack, "POST", f"/v1/jobs/{created['catchall-done']}/continue", {"new_limit": 20}
+    )
+    assert status == 422
+    assert (await stack.until_finished(created["platform"]))["state"] == "failed"
+    for expected in (429, 422):
+        status, _ = await seen.call(stack, "POST", f"/v1/jobs/{created['platform']}/rerun")
+        assert status == expected
+
+    # Everything a client can read about the jobs: each job, the list, each event stream.
+    jobs = {name: await stack.until_finished(job_id) for name, job_id in created.items()}
+    assert {name: job["state"] for name, job in jobs.items()} == {
+        "catchall-done": "succeeded",
+        "catchall-fail": "failed",
+        "extract": "failed",
+        "pulse": "failed",
+        "platform": "failed",
+    }
+    for job_id in created.values():
+        await seen.call(stack, "GET", f"/v1/jobs/{job_id}")
+        async with (
+            asyncio.timeout(WAIT),
+            stack.client.get(f"{stack.url}/v1/jobs/{job_id}/events") as response,
+        ):
+            seen.add(f"SSE {job_id}", await response.text())
+    await seen.call(stack, "GET", "/v1/jobs?limit=100")
+    await receiver.until_finished(set(created.values()))
+    await seen.call(stack, "GET", "/metrics")
+
+    for text in receiver.raw:
+        seen.add("webhook", text)
+    seen.add("logs", out.getvalue())
+    await stack.server.close()  # every write done: the WAL holds all it will
+    for name, text in database_files(db):
+        seen.add(f"file {name}", text)
+    assert seen.leaks() == [], "\n".join(seen.leaks())
+
+    # The echoes were real: each path carried the key, and shows the mask in its place.
+    errors = {name: repr(job["error"]) for name, job in jobs.items() if job["error"]}
+    assert len(errors) == 4
+    assert all(MASK in error for error in errors.values()), errors
+    events = "".join(text for where, text in seen.texts if where.startswith("SSE"))
+    assert f"signing in as {MASK}" in events  # the extract job's progress step
+    assert f"held-for-{MASK}" in events  # the platform job's unknown native status
+    assert "runner.upstream_error" in out.getvalue()
+    assert upstream.polls["ext-1"] >= 3
+    assert upstream.reruns == 2
+    assert CALLBACK_CANARY in upstream.callback_urls[0]
+    assert any(where == "file canary.db" for where, _ in seen.texts)
