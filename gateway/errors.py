@@ -26,6 +26,13 @@ class InvalidRequest(ServiceError):
     title = "The request is not valid"
 
 
+class CallbackURLRefused(InvalidRequest):
+    """A ``callback_url`` that webhook delivery would refuse; the message names the reason."""
+
+    code = "callback_url_refused"
+    title = "The callback_url will not be called"
+
+
 class UnknownProvider(ServiceError):
     status = 422
     code = "unknown_provider"

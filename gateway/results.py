@@ -2,12 +2,15 @@
 
 Two layers:
 
-- pure checks, no I/O: :func:`check_url` (scheme, userinfo, host syntax, host allow-list, and the
-  address of an IP-literal host) and :func:`check_address` (the forbidden-range table);
-- :class:`ResultFetcher`, which resolves every name itself, checks every address it gets, and then
-  lets aiohttp connect only to those vetted addresses (a pinned resolver), so a DNS answer that
-  changes between the check and the connect (rebinding) is never used. Redirects are followed by
-  hand, and every hop goes through the same checks before any connection is made.
+- pure checks, no I/O: :func:`check_url` (scheme, userinfo, host syntax, host allow-list, the
+  address of an IP-literal host, and the port) and :func:`check_address` (the forbidden-range
+  table);
+- :func:`vet_url`, which resolves a name itself and checks every address it gets; the answer pins
+  the connection. :class:`ResultFetcher` then lets aiohttp connect only to those vetted addresses
+  (a pinned resolver), so a DNS answer that changes between the check and the connect (rebinding)
+  is never used. Redirects are followed by hand, and every hop goes through the same checks before
+  any connection is made. The webhook client and the ``callback_url`` check at submit use the same
+  two functions, so a target is judged by one set of rules wherever it comes from.
 
 Decisions (see :func:`check_address`):
 
@@ -19,6 +22,9 @@ Decisions (see :func:`check_address`):
 - Cloud metadata addresses are refused even inside an allowance.
 - ``*.example.com`` matches names strictly below ``example.com`` at any depth, never the apex and
   never an IP literal; IP-literal hosts must be listed literally.
+- Ports are 80 and 443 unless a policy lists more (the sandbox's, a provider's own API port): an
+  allowed host is not an allowed service, and ``host:22`` or ``host:6379`` is how an allowed name
+  reaches something that was never meant to answer a URL.
 
 Error messages name the host and the problem, never the path or query (presigned URLs carry their
 signature there) and never the provider's key.
@@ -55,6 +61,10 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 HostResolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """``(host, port) -> addresses``: the textual IP addresses a name resolves to."""
+Pins = Mapping[str, tuple[IPAddress, ...]]
+"""Vetted addresses by host name: the only ones a connection may use."""
+
+STANDARD_PORTS = frozenset({80, 443})
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -147,15 +157,19 @@ class FetchPolicy:
     ``allowed_hosts`` holds exact names, IP literals (matched literally) and ``*.example.com``
     patterns; entries are normalised (case, brackets, trailing dot) on construction.
     ``allowed_networks`` are explicit exceptions to the forbidden ranges, e.g. ``127.0.0.1/32`` for
-    the sandbox profile.
+    the sandbox profile. ``allowed_ports`` holds every port a URL may name, on any allowed host
+    (a URL without one names its scheme's). ``label`` names the URL in error messages ("result
+    URL", "callback_url"), which a client may read.
     """
 
     allowed_hosts: frozenset[str]
     allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_ports: frozenset[int] = STANDARD_PORTS
     max_redirects: int = 3
     max_bytes: int = 256 * MiB
     chunk_size: int = 64 * KiB
     timeout: FetchTimeout = field(default_factory=FetchTimeout)
+    label: str = "result URL"
 
     def __post_init__(self) -> None:
         if isinstance(self.allowed_hosts, str):
@@ -165,6 +179,10 @@ class FetchPolicy:
             self, "allowed_hosts", frozenset(_normalise_pattern(h) for h in self.allowed_hosts)
         )
         object.__setattr__(self, "allowed_networks", tuple(self.allowed_networks))
+        object.__setattr__(self, "allowed_ports", frozenset(self.allowed_ports))
+        for port in self.allowed_ports:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"allowed port {port!r} is not a port number (1-65535)")
         if self.max_redirects < 0:
             raise ValueError("max_redirects must be >= 0")
         if self.max_bytes <= 0 or self.chunk_size <= 0:
@@ -296,17 +314,18 @@ def _host_allowed(host: str, ip: IPAddress | None, patterns: frozenset[str]) -> 
 
 def check_url(url: str | URL, policy: FetchPolicy) -> CheckedURL:
     """Refuse (:class:`UnsafeURL`) what may not be fetched at all. Pure: no resolution, no I/O."""
+    what = policy.label
     try:
         parsed = url if isinstance(url, URL) else URL(url)
     except (ValueError, TypeError) as exc:
-        raise UnsafeURL("result URL is malformed") from exc
+        raise UnsafeURL(f"{what} is malformed") from exc
     if parsed.scheme not in ("http", "https"):
-        raise UnsafeURL(f"result URL scheme {parsed.scheme!r} is not http or https")
+        raise UnsafeURL(f"{what} scheme {parsed.scheme!r} is not http or https")
     if parsed.raw_user is not None or parsed.raw_password is not None:
-        raise UnsafeURL("result URL carries credentials (userinfo)")
+        raise UnsafeURL(f"{what} carries credentials (userinfo)")
     raw_host = parsed.raw_host
     if not parsed.is_absolute() or not raw_host:
-        raise UnsafeURL("result URL has no host")
+        raise UnsafeURL(f"{what} has no host")
     host = _normalise_host(raw_host)
     ip: IPAddress | None
     try:
@@ -314,13 +333,16 @@ def check_url(url: str | URL, policy: FetchPolicy) -> CheckedURL:
     except ValueError:
         ip = None
         if not host.isascii() or len(host) > 253 or not _HOSTNAME.fullmatch(host):
-            raise UnsafeURL("result URL host is malformed") from None
+            raise UnsafeURL(f"{what} host is malformed") from None
     if not _host_allowed(host, ip, policy.allowed_hosts):
-        raise UnsafeURL(f"result host {host} is not allowed")
+        raise UnsafeURL(f"{what} host {host} is not allowed")
     if ip is not None:
         reason = check_address(ip, policy)
         if reason is not None:
-            raise UnsafeURL(f"result host {host} is a forbidden address ({reason})")
+            raise UnsafeURL(f"{what} host {host} is a forbidden address ({reason})")
+    # After the address: a forbidden address is the graver reason, and the one worth naming.
+    if parsed.port not in policy.allowed_ports:
+        raise UnsafeURL(f"{what} port {parsed.port} is not allowed")
     return CheckedURL(url=parsed, host=host, ip=ip)
 
 
@@ -345,9 +367,55 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-_PINS: ContextVar[Mapping[str, tuple[IPAddress, ...]]] = ContextVar(
-    "result_fetch_pins", default=MappingProxyType({})
-)
+async def resolve_checked(target: CheckedURL, policy: FetchPolicy, resolver: HostResolver) -> Pins:
+    """Resolve a checked URL's name and check every address; the answer pins the connection to
+    exactly these addresses. Raises :class:`UnsafeURL` for a forbidden answer and
+    :class:`PointerFetchFailed` when there is no answer (worth trying again later)."""
+    if target.ip is not None:
+        # check_url has checked the literal, and aiohttp connects to literals without resolving.
+        return MappingProxyType({})
+    what = policy.label
+    port = target.url.port or (443 if target.url.scheme == "https" else 80)
+    try:
+        # Part of connecting, so the connect timeout bounds it: a stalled resolver must not hold
+        # a submit (or a delivery slot) for the OS's own, much longer, retry cycle.
+        async with asyncio.timeout(policy.timeout.connect):
+            answers = await resolver(target.host, port)
+    except (OSError, TimeoutError) as exc:
+        raise PointerFetchFailed(f"could not resolve the {what} host {target.host}") from exc
+    if not answers:
+        raise PointerFetchFailed(f"the {what} host {target.host} resolved to no address")
+    vetted: list[IPAddress] = []
+    for answer in answers:
+        try:
+            ip = ip_address(answer)
+        except ValueError as exc:
+            raise UnsafeURL(f"{what} host {target.host} resolved to something not an IP") from exc
+        reason = check_address(ip, policy)
+        if reason is not None:
+            raise UnsafeURL(
+                f"{what} host {target.host} resolves to {ip.compressed}, "
+                f"a forbidden address ({reason})"
+            )
+        if ip not in vetted:
+            vetted.append(ip)
+    if _aiohttp_treats_as_ip(target.url.raw_host):
+        # "127.1" or "2130706433": aiohttp would hand it to the OS to parse, bypassing the pin.
+        raise UnsafeURL(f"{what} host {target.host} is a non-canonical IP literal")
+    return MappingProxyType({target.host: tuple(vetted)})
+
+
+async def vet_url(
+    url: str | URL, policy: FetchPolicy, resolver: HostResolver
+) -> tuple[CheckedURL, Pins]:
+    """Every check a URL gets before anything connects to it: :func:`check_url`, then
+    :func:`resolve_checked`. The one judgement shared by result pointers, webhook deliveries and
+    the ``callback_url`` check at submit."""
+    target = check_url(url, policy)
+    return target, await resolve_checked(target, policy, resolver)
+
+
+_PINS: ContextVar[Pins] = ContextVar("result_fetch_pins", default=MappingProxyType({}))
 """Vetted addresses for the request in flight. A context variable, so concurrent fetches through
 one connector each see only their own pins (the connector resolves inside the caller's task or a
 task created from it, which inherits the context)."""
@@ -563,41 +631,13 @@ class ResultFetcher:
         self._check_response(response, target.host)
         return response, target.host
 
-    async def _vet(self, target: CheckedURL) -> Mapping[str, tuple[IPAddress, ...]]:
-        """Resolve and check a name; the result pins the connection to exactly these addresses."""
-        if target.ip is not None:
-            # check_url has checked the literal, and aiohttp connects to literals without resolving.
-            return MappingProxyType({})
-        port = target.url.port or (443 if target.url.scheme == "https" else 80)
-        try:
-            answers = await self._resolve(target.host, port)
-        except OSError as exc:
-            raise PointerFetchFailed(f"could not resolve the result host {target.host}") from exc
-        if not answers:
-            raise PointerFetchFailed(f"the result host {target.host} resolved to no address")
-        vetted: list[IPAddress] = []
-        for answer in answers:
-            try:
-                ip = ip_address(answer)
-            except ValueError as exc:
-                raise UnsafeURL(f"{target.host} resolved to something that is not an IP") from exc
-            reason = check_address(ip, self.policy)
-            if reason is not None:
-                raise UnsafeURL(
-                    f"result host {target.host} resolves to {ip.compressed}, "
-                    f"a forbidden address ({reason})"
-                )
-            if ip not in vetted:
-                vetted.append(ip)
-        if _aiohttp_treats_as_ip(target.url.raw_host):
-            # "127.1" or "2130706433": aiohttp would hand it to the OS to parse, bypassing the pin.
-            raise UnsafeURL(f"result host {target.host} is a non-canonical IP literal")
-        return MappingProxyType({target.host: tuple(vetted)})
+    async def _vet(self, target: CheckedURL) -> Pins:
+        return await resolve_checked(target, self.policy, self._resolve)
 
     async def _request(
         self,
         target: CheckedURL,
-        pins: Mapping[str, tuple[IPAddress, ...]],
+        pins: Pins,
         headers: Mapping[str, str],
         remaining: float,
     ) -> aiohttp.ClientResponse:

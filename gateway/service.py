@@ -124,6 +124,7 @@ class JobService:
         callback_secrets: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = utcnow,
         writer: JobWriter | None = None,
+        check_callback: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.writer = writer or JobWriter(store, hub)
@@ -137,6 +138,8 @@ class JobService:
         self.public_base_url = public_base_url
         self.callback_secrets = dict(callback_secrets or {})
         self.clock = clock
+        # Vets a client's callback_url at submit with the delivery rules (raises InvalidRequest).
+        self.check_callback = check_callback
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -182,6 +185,8 @@ class JobService:
                 f"{command.provider} jobs are created elsewhere; adopt one with upstream_id",
                 action="submit",
             )
+        if command.callback_url is not None and self.check_callback is not None:
+            await self.check_callback(command.callback_url)
         if idempotency_key is None:
             job = await self._create(command)
             return Answer(201, job.public())

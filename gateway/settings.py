@@ -16,7 +16,7 @@ import os
 import secrets
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -29,9 +29,13 @@ from pydantic_settings import (
 
 from adapters.http import Timeouts
 from gateway.policy import PollPolicy
+from gateway.results import STANDARD_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "sandbox.toml"
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class _Section(BaseModel):
@@ -70,6 +74,8 @@ class ProviderSettings(_Section):
     """Hosts that large-result pointers may name (the provider's own host is always allowed)."""
     result_networks: list[str] = Field(default_factory=list)
     """Address ranges that pointers may resolve to although private (the sandbox: 127.0.0.1/32)."""
+    result_ports: list[Port] = Field(default_factory=list)
+    """Ports pointers may name besides 80, 443 and the ``base_url``'s own (always allowed)."""
     callback_secret: SecretStr | None = None
     policy: PolicySettings = PolicySettings()
 
@@ -82,6 +88,12 @@ class ProviderSettings(_Section):
 
     def timeouts(self) -> Timeouts:
         return Timeouts(self.connect_timeout, self.read_timeout, self.total_timeout)
+
+    def pointer_ports(self) -> frozenset[int]:
+        """Every port a large-result pointer may name. The API's own port is in because a
+        provider serving results beside its API (the sandbox on 8700) is already trusted there."""
+        own = urlsplit(self.base_url).port
+        return frozenset({*STANDARD_PORTS, *self.result_ports, *([own] if own else [])})
 
     def key(self) -> str | None:
         if self.api_key is not None:
@@ -171,7 +183,9 @@ class WebhookEndpointSettings(_Section):
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        # ``.port`` raises for a port out of range: the endpoint's port joins the allowed ones, so
+        # a bad one is refused when the settings load, not when the webhooks start.
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0:
             raise ValueError("a webhook endpoint must be an absolute http or https URL")
         return value
 
@@ -202,6 +216,9 @@ class WebhookSettings(_Section):
     endpoints' own hosts are always allowed."""
     allowed_networks: list[str] = Field(default_factory=list)
     """Private ranges a webhook target may resolve to (tests: ``127.0.0.1/32``)."""
+    allowed_ports: list[Port] = Field(default_factory=list)
+    """Ports a webhook target (a ``callback_url`` too) may name besides 80 and 443; the configured
+    endpoints' own ports are always allowed."""
     retention_hours: float = Field(168.0, gt=0)
     """Finished deliveries are kept this long (pending ones until they finish)."""
 

@@ -10,7 +10,10 @@ Three parts:
   and moving the cursor are one transaction, so a crash anywhere loses no event and doubles none,
   and the state write itself never waits on webhooks;
 - :class:`WebhookSender` claims due deliveries under a lease, POSTs them through an SSRF-safe client
-  (the result fetcher's checks and pinned resolver), and records each attempt.
+  (the result fetcher's checks and pinned resolver), and records each attempt;
+- :class:`CallbackCheck` applies the same rules (:func:`webhook_policy`, :func:`vet_url`) to a
+  job's ``callback_url`` when it is submitted, so a client learns at once that its callback would
+  never come. Delivery checks again: a name can resolve elsewhere by then.
 
 Every retry of a delivery carries the same ``webhook-id``, so receivers can drop duplicates; the
 timestamp and signature are made afresh for each attempt. Logs name a target's host, never its
@@ -26,7 +29,7 @@ import hmac
 import ipaddress
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
@@ -34,18 +37,23 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 import structlog
+from aiohttp import web
 
 from adapters.http import utcnow
+from gateway.errors import CallbackURLRefused
 from gateway.events import EventHub, wait_set
 from gateway.leased import LeasedLoop, LeasedWork
 from gateway.results import (
     _PINS,  # the fetcher's per-request pins; a POST must be pinned exactly like a GET
+    STANDARD_PORTS,
     FetchPolicy,
     FetchTimeout,
+    HostResolver,
     PointerFetchFailed,
     ResultFetcher,
     UnsafeURL,
-    check_url,
+    system_resolver,
+    vet_url,
 )
 from gateway.settings import Settings
 from gateway.states import FINISHED
@@ -166,32 +174,51 @@ class WebhookConfig:
         return self.policy.timeout.total
 
 
-def webhook_config(settings: Settings) -> WebhookConfig | None:
-    """The webhook configuration, or ``None`` when nothing can be signed (no secret outside the
-    embedded sandbox). Raises ``ValueError`` for host patterns the SSRF policy cannot take."""
+def webhooks_enabled(settings: Settings) -> bool:
+    """Whether anything is sent at all: only what can be signed (a secret, or the embedded
+    sandbox's own)."""
+    return settings.webhooks.secret is not None or settings.sandbox.embedded
+
+
+def webhook_policy(settings: Settings) -> FetchPolicy:
+    """Where webhooks may go: the rules for every delivery and for a ``callback_url`` at submit.
+    Raises ``ValueError`` for host patterns the SSRF policy cannot take.
+
+    The configured endpoints' hosts and ports are allowed as they are: the operator wrote them.
+    """
     hooks = settings.webhooks
-    if hooks.secret is not None:
-        secret = hooks.secret.get_secret_value()
-    elif settings.sandbox.embedded:
-        secret = generate_secret()
-        # Only the fact: the secret itself never reaches a log line.
-        log.info("webhooks.secret_generated", lifetime="this process")
-    else:
-        return None
-    own_hosts = {urlsplit(endpoint.url).hostname or "" for endpoint in hooks.endpoints}
-    policy = FetchPolicy(
-        allowed_hosts=frozenset({*hooks.allowed_hosts, *own_hosts}),
+    own = [urlsplit(endpoint.url) for endpoint in hooks.endpoints]
+    return FetchPolicy(
+        allowed_hosts=frozenset({*hooks.allowed_hosts, *(parts.hostname or "" for parts in own)}),
         allowed_networks=tuple(
             ipaddress.ip_network(net, strict=False) for net in hooks.allowed_networks
         ),
+        allowed_ports=frozenset(
+            {*STANDARD_PORTS, *hooks.allowed_ports, *(p.port for p in own if p.port)}
+        ),
         max_redirects=0,
         timeout=FetchTimeout(connect=min(hooks.timeout, 10.0), total=hooks.timeout),
+        label="webhook URL",
     )
+
+
+def webhook_config(settings: Settings) -> WebhookConfig | None:
+    """The webhook configuration, or ``None`` when nothing can be signed (no secret outside the
+    embedded sandbox). Raises ``ValueError`` for host patterns the SSRF policy cannot take."""
+    if not webhooks_enabled(settings):
+        return None
+    hooks = settings.webhooks
+    if hooks.secret is not None:
+        secret = hooks.secret.get_secret_value()
+    else:
+        secret = generate_secret()
+        # Only the fact: the secret itself never reaches a log line.
+        log.info("webhooks.secret_generated", lifetime="this process")
     return WebhookConfig(
         key=parse_secret(secret),
         endpoints=tuple(Endpoint(e.url, frozenset(e.events)) for e in hooks.endpoints),
         schedule=tuple(hooks.schedule),
-        policy=policy,
+        policy=webhook_policy(settings),
         concurrency=hooks.concurrency,
         retention=timedelta(hours=hooks.retention_hours),
     )
@@ -209,8 +236,7 @@ class WebhookClient(ResultFetcher):
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
         """The answer's status. Raises :class:`UnsafeURL` for a target that may never be called,
         :class:`PointerFetchFailed` when no answer came (worth retrying)."""
-        target = check_url(url, self.policy)
-        pins = await self._vet(target)
+        target, pins = await vet_url(url, self.policy, self._resolve)
         timeout = aiohttp.ClientTimeout(
             total=self.policy.timeout.total, connect=self.policy.timeout.connect
         )
@@ -227,6 +253,46 @@ class WebhookClient(ResultFetcher):
             ) from exc
         finally:
             _PINS.reset(token)
+
+
+# --------------------------------------------------------------------------------------------------
+# The check at submit
+
+CALLBACK_RESOLVER_KEY: web.AppKey[HostResolver] = web.AppKey("jobgate_callback_resolver")
+"""Replaces the system resolver of the ``callback_url`` check (tests: a table, never DNS)."""
+
+
+class CallbackCheck:
+    """Refuses, at submit, a ``callback_url`` that delivery would refuse: the same policy and the
+    same checks, the resolution included. Raises :class:`CallbackURLRefused` naming the reason.
+
+    A name that cannot be resolved now is refused too: what cannot be checked is not accepted, and
+    the refusal is not stored under an Idempotency-Key, so a retry is judged afresh. ``policy`` is
+    ``None`` when this gateway sends no webhooks, and then every ``callback_url`` is refused.
+    """
+
+    def __init__(self, policy: FetchPolicy | None, resolver: HostResolver = system_resolver):
+        self.policy = None if policy is None else replace(policy, label="callback_url")
+        self.resolver = resolver
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, resolver: HostResolver | None = None
+    ) -> CallbackCheck:
+        policy = webhook_policy(settings) if webhooks_enabled(settings) else None
+        return cls(policy, resolver or system_resolver)
+
+    async def __call__(self, url: str) -> None:
+        if self.policy is None:
+            raise CallbackURLRefused(
+                "this gateway sends no webhooks (no webhooks.secret is configured), "
+                "so a callback_url would never be called"
+            )
+        try:
+            await vet_url(url, self.policy, self.resolver)
+        except (UnsafeURL, PointerFetchFailed) as exc:
+            # The messages name the host and the reason, never the path or query (a token).
+            raise CallbackURLRefused(exc.message) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from gateway.web.problems import MAX_BODY_KEY, problem_middleware
 from gateway.web.routes import ROUTES
 from gateway.web.sse import setup_sse
 from gateway.web.state import COMPONENTS_KEY, Components
-from gateway.webhooks import Webhooks
+from gateway.webhooks import CALLBACK_RESOLVER_KEY, CallbackCheck, Webhooks
 from gateway.writer import JobWriter
 
 log = structlog.get_logger("jobgate.app")
@@ -133,6 +133,7 @@ def _fetch_policy(settings: Settings, name: str) -> FetchPolicy:
         allowed_networks=tuple(
             ipaddress.ip_network(net, strict=False) for net in provider.result_networks
         ),
+        allowed_ports=provider.pointer_ports(),
     )
 
 
@@ -190,6 +191,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         public_base_url=settings.server.public_base_url,
         callback_secrets=callbacks.secrets,
         writer=writer,
+        check_callback=CallbackCheck.from_settings(settings, app.get(CALLBACK_RESOLVER_KEY)),
     )
     components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
     # Outbound webhooks tail the persisted event log, so they need no hook in the runner.

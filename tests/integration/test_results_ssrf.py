@@ -23,6 +23,7 @@ from yarl import URL
 
 from adapters.base import ResultExpired
 from gateway.results import (
+    STANDARD_PORTS,
     FetchPolicy,
     FetchTimeout,
     HostResolver,
@@ -32,7 +33,9 @@ from gateway.results import (
     UnsafeURL,
     system_resolver,
 )
+from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve
+from tests.integration.conftest import StackFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -108,7 +111,13 @@ MakeFetcher = Callable[..., tuple[ResultFetcher, Probe]]
 
 
 @pytest.fixture
-def start_upstream(serve: Serve) -> StartUpstream:
+def served_ports() -> list[int]:
+    """The ports of this test's upstreams: the fetchers allow them unless told otherwise."""
+    return []
+
+
+@pytest.fixture
+def start_upstream(serve: Serve, served_ports: list[int]) -> StartUpstream:
     async def start(routes: dict[str, Handler]) -> Upstream:
         upstream = Upstream()
 
@@ -121,25 +130,29 @@ def start_upstream(serve: Serve) -> StartUpstream:
         for path, handler in routes.items():
             app.router.add_get(path, handler)
         upstream.base = URL(await serve(app))
+        served_ports.append(upstream.port)
         return upstream
 
     return start
 
 
 @pytest.fixture
-async def make_fetcher() -> AsyncIterator[MakeFetcher]:
+async def make_fetcher(served_ports: list[int]) -> AsyncIterator[MakeFetcher]:
     fetchers: list[ResultFetcher] = []
 
     def make(
         hosts: Sequence[str] = ("127.0.0.1",),
         networks: tuple[IPv4Network | IPv6Network, ...] = LOOPBACK,
         resolver: HostResolver | None = None,
+        ports: Sequence[int] | None = None,
         **limits: int,
     ) -> tuple[ResultFetcher, Probe]:
+        """``ports`` besides 80 and 443: by default those of the upstreams started so far."""
         probe = Probe()
         policy = FetchPolicy(
             allowed_hosts=frozenset(hosts),
             allowed_networks=networks,
+            allowed_ports=STANDARD_PORTS | frozenset(served_ports if ports is None else ports),
             timeout=FetchTimeout(connect=5, total=20),
             **limits,
         )
@@ -303,7 +316,7 @@ async def test_a_rebinding_answer_is_never_used(
         ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
         ("http://[::ffff:169.254.169.254]/", "IPv4-mapped cloud metadata"),
         ("http://internal.test/admin", "private"),
-        ("http://loop.test:1/x", "loopback"),
+        ("http://loop.test/x", "loopback"),
     ],
 )
 async def test_a_redirect_to_a_forbidden_address_is_refused_before_connecting(
@@ -356,6 +369,57 @@ async def test_a_redirect_to_an_unsafe_form_is_refused(
     with pytest.raises(UnsafeURL):
         await drain(fetcher, upstream.base / "r")
     assert len(probe.requests) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Ports: an allowed host is not an allowed service
+
+
+async def test_an_allowed_host_on_a_port_off_the_list_is_refused_before_connecting(
+    make_fetcher: MakeFetcher, start_upstream: StartUpstream
+) -> None:
+    upstream = await start_upstream({"/blob": small})
+    dns = FakeDNS({"results.test": ["127.0.0.1"]})
+    fetcher, probe = make_fetcher(hosts=["127.0.0.1", "results.test"], resolver=dns, ports=[])
+    for url in (
+        "http://127.0.0.1:22/blob",
+        upstream.base / "blob",
+        f"http://results.test:{upstream.port}/blob",
+    ):
+        port = URL(url).port if isinstance(url, str) else url.port
+        with pytest.raises(UnsafeURL, match=f"result URL port {port} is not allowed"):
+            await drain(fetcher, url)
+    assert dns.asked == []
+    assert nothing_started(probe, upstream)
+
+    # The same server, once its port is listed.
+    allowed, _ = make_fetcher(hosts=["127.0.0.1", "results.test"], resolver=dns)
+    assert await drain(allowed, f"http://results.test:{upstream.port}/blob") == b"result"
+    assert await drain(allowed, upstream.base / "blob") == b"result"
+    assert upstream.paths == ["/blob", "/blob"]
+
+
+async def test_a_redirect_to_a_port_off_the_list_is_refused(
+    make_fetcher: MakeFetcher, start_upstream: StartUpstream
+) -> None:
+    upstream = await start_upstream({"/r": redirect_to("http://127.0.0.1:22/")})
+    fetcher, probe = make_fetcher()
+    with pytest.raises(UnsafeURL, match="port 22 is not allowed"):
+        await drain(fetcher, upstream.base / "r")
+    assert [url.port for url in probe.requests] == [upstream.port]
+
+
+async def test_the_gateway_allows_a_providers_own_port_and_its_listed_ones(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(provider_options={"result_ports": [9443]})
+    sandbox_port = URL(stack.sandbox_url).port
+    fetchers = stack.app[COMPONENTS_KEY].fetchers
+    assert fetchers
+    for fetcher in fetchers.values():
+        assert fetcher.policy.allowed_ports == {80, 443, 9443, sandbox_port}
+        with pytest.raises(UnsafeURL, match="port 22 is not allowed"):
+            await drain(fetcher, "http://127.0.0.1:22/large_results/x")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -614,7 +678,7 @@ async def test_a_refused_connection_fails(make_fetcher: MakeFetcher) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    fetcher, _ = make_fetcher()
+    fetcher, _ = make_fetcher(ports=[port])
     with pytest.raises(PointerFetchFailed, match=r"could not fetch the result from 127\.0\.0\.1"):
         await drain(fetcher, f"http://127.0.0.1:{port}/x")
 
@@ -631,4 +695,4 @@ async def test_a_closed_fetcher_refuses_to_open(make_fetcher: MakeFetcher) -> No
     async with fetcher:
         pass
     with pytest.raises(RuntimeError, match="closed"):
-        await drain(fetcher, "http://127.0.0.1:1/x")
+        await drain(fetcher, "http://127.0.0.1/x")

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from gateway.store.base import Delivery, JobStore
 from gateway.web.state import COMPONENTS_KEY
@@ -92,6 +93,8 @@ def hooks(
         "secret": SECRET,
         "allowed_hosts": ["127.0.0.1"],
         "allowed_networks": ["127.0.0.1/32"],
+        # The receiver's random port: callback_urls name it, and only 80 and 443 are standard.
+        "allowed_ports": [URL(receiver_url).port],
         "schedule": list(schedule),
         "timeout": 5,
         "endpoints": [{**e, "url": receiver_url + e["url"]} for e in endpoints],

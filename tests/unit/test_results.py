@@ -8,11 +8,13 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 import pytest
+from pydantic import ValidationError
 from yarl import URL
 
 from adapters.base import AdapterError, ResultExpired
 from gateway.results import (
     FETCH_ERRORS,
+    STANDARD_PORTS,
     CheckedURL,
     FetchPolicy,
     FetchTimeout,
@@ -23,14 +25,21 @@ from gateway.results import (
     check_url,
     key_goes_to,
 )
+from gateway.settings import ProviderSettings
 
 
-def policy(*hosts: str, networks: tuple[IPv4Network | IPv6Network, ...] = ()) -> FetchPolicy:
-    return FetchPolicy(allowed_hosts=frozenset(hosts), allowed_networks=networks)
+def policy(
+    *hosts: str,
+    networks: tuple[IPv4Network | IPv6Network, ...] = (),
+    ports: frozenset[int] = STANDARD_PORTS,
+) -> FetchPolicy:
+    return FetchPolicy(
+        allowed_hosts=frozenset(hosts), allowed_networks=networks, allowed_ports=ports
+    )
 
 
 OPEN = policy("example.com")
-SANDBOX = policy("127.0.0.1", networks=(IPv4Network("127.0.0.1/32"),))
+SANDBOX = policy("127.0.0.1", networks=(IPv4Network("127.0.0.1/32"),), ports=frozenset({8700}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,7 +208,7 @@ def test_malformed_hosts_are_refused(url: str) -> None:
         ("https://api.example.com/r/1", True),
         ("https://API.Example.COM/r/1", True),
         ("https://api.example.com./r/1", True),
-        ("https://api.example.com:8443/r/1", True),
+        ("https://api.example.com:443/r/1", True),
         ("https://example.com/", False),
         ("https://www.api.example.com/", False),
         ("https://api.example.com.evil.net/", False),
@@ -305,6 +314,60 @@ def test_the_loopback_allowance_admits_the_sandbox() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://example.com/x", True),
+        ("https://example.com/x", True),
+        ("http://example.com:443/x", True),
+        ("https://example.com:80/x", True),
+        ("http://example.com:22/x", False),
+        ("https://example.com:8443/x", False),
+        ("http://example.com:6379/x", False),
+        ("http://example.com:0/x", False),
+        ("http://93.184.216.34:25/x", False),
+    ],
+)
+def test_ports_are_80_and_443_on_an_allowed_host(url: str, allowed: bool) -> None:
+    standard = policy("example.com", "93.184.216.34")
+    if allowed:
+        check_url(url, standard)
+    else:
+        port = URL(url).port
+        with pytest.raises(UnsafeURL, match=rf"result URL port {port} is not allowed"):
+            check_url(url, standard)
+
+
+def test_listed_ports_are_allowed_besides_the_standard_ones() -> None:
+    extra = policy("example.com", ports=STANDARD_PORTS | {8443})
+    assert check_url("https://example.com:8443/x", extra).host == "example.com"
+    assert check_url("https://example.com/x", extra).host == "example.com"
+    with pytest.raises(UnsafeURL, match="port 22 is not allowed"):
+        check_url("http://example.com:22/x", extra)
+    # A listed port replaces the standard ones when they are not listed with it.
+    only = policy("example.com", ports=frozenset({8443}))
+    with pytest.raises(UnsafeURL, match="port 443 is not allowed"):
+        check_url("https://example.com/x", only)
+
+
+def test_a_forbidden_address_is_named_before_its_port() -> None:
+    with pytest.raises(UnsafeURL, match=r"forbidden address \(loopback\)"):
+        check_url("http://127.0.0.1:22/", policy("127.0.0.1"))
+
+
+def test_the_label_names_the_url_in_every_message() -> None:
+    hook = FetchPolicy(allowed_hosts=frozenset({"hooks.test"}), label="callback_url")
+    for url, message in [
+        ("gopher://hooks.test/", "callback_url scheme 'gopher' is not http or https"),
+        ("http://u:p@hooks.test/", "callback_url carries credentials"),
+        ("http://evil.test/", "callback_url host evil.test is not allowed"),
+        ("http://hooks.test:22/", "callback_url port 22 is not allowed"),
+    ]:
+        with pytest.raises(UnsafeURL) as caught:
+            check_url(url, hook)
+        assert caught.value.message.startswith(message), caught.value.message
+
+
 def test_messages_name_the_host_but_not_the_path_or_query() -> None:
     with pytest.raises(UnsafeURL) as caught:
         check_url("https://evil.example/x?X-Amz-Signature=s3cr3t", OPEN)
@@ -355,6 +418,14 @@ def test_policy_defaults() -> None:
     assert defaults.max_bytes == 256 * 1024 * 1024
     assert defaults.chunk_size == 64 * 1024
     assert defaults.timeout == FetchTimeout()
+    assert defaults.allowed_ports == {80, 443}
+    assert defaults.label == "result URL"
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, True, "80"])
+def test_policy_refuses_bad_ports(port: object) -> None:
+    with pytest.raises(ValueError, match="not a port number"):
+        FetchPolicy(allowed_hosts=frozenset({"example.com"}), allowed_ports=frozenset({port}))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -400,3 +471,28 @@ def test_timeouts_must_be_positive() -> None:
 def test_error_codes_are_stable(error: type[AdapterError], code: str) -> None:
     assert error.code == code
     assert error in FETCH_ERRORS
+
+
+# --------------------------------------------------------------------------------------------------
+# The ports a provider's pointers may name, from its settings
+
+
+@pytest.mark.parametrize(
+    ("base_url", "extra", "ports"),
+    [
+        ("https://api.runpulse.com", [], {80, 443}),
+        ("http://127.0.0.1:8700/pulse", [], {80, 443, 8700}),
+        ("https://api.example.com:8443/v1", [9000], {80, 443, 8443, 9000}),
+    ],
+)
+def test_a_provider_allows_the_standard_ports_its_own_and_its_listed_ones(
+    base_url: str, extra: list[int], ports: set[int]
+) -> None:
+    provider = ProviderSettings(base_url=base_url, result_ports=extra)
+    assert provider.pointer_ports() == ports
+
+
+@pytest.mark.parametrize("port", [0, 65536])
+def test_result_ports_must_be_ports(port: int) -> None:
+    with pytest.raises(ValidationError, match="result_ports"):
+        ProviderSettings(base_url="https://api.example.com", result_ports=[port])

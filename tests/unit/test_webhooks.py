@@ -19,9 +19,16 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from gateway.errors import CallbackURLRefused
 from gateway.events import EventHub, wait_set
 from gateway.jobs import Job
-from gateway.results import FetchPolicy, FetchTimeout, PointerFetchFailed, UnsafeURL
+from gateway.results import (
+    STANDARD_PORTS,
+    FetchPolicy,
+    FetchTimeout,
+    PointerFetchFailed,
+    UnsafeURL,
+)
 from gateway.settings import Settings, load_settings
 from gateway.states import JobState
 from gateway.store.base import Event, JobStore, NewEvent
@@ -29,6 +36,7 @@ from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore
 from gateway.webhooks import (
     CURSOR,
+    CallbackCheck,
     Endpoint,
     WebhookClient,
     WebhookConfig,
@@ -44,6 +52,7 @@ from gateway.webhooks import (
     signed_headers,
     targets,
     webhook_config,
+    webhook_policy,
 )
 from tests.support import bumped
 from tests.unit.store.factories import make_job, new_delivery
@@ -201,10 +210,11 @@ def test_the_payload_is_the_canonical_job_without_the_logs_extras() -> None:
 # -- SSRF ----------------------------------------------------------------------------------------
 
 
-def policy(*hosts: str, networks: Sequence[str] = ()) -> FetchPolicy:
+def policy(*hosts: str, networks: Sequence[str] = (), ports: Sequence[int] = ()) -> FetchPolicy:
     return FetchPolicy(
         allowed_hosts=frozenset(hosts),
         allowed_networks=tuple(ip_network(n) for n in networks),
+        allowed_ports=STANDARD_PORTS | frozenset(ports),
         max_redirects=0,
         timeout=FetchTimeout(connect=1, total=1),
     )
@@ -254,9 +264,17 @@ async def test_a_name_resolving_to_a_forbidden_address_is_refused() -> None:
 
 async def test_an_unreachable_target_is_a_retryable_failure() -> None:
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    async with WebhookClient(policy("127.0.0.1", networks=["127.0.0.1/32"])) as client:
+    allowed = policy("127.0.0.1", networks=["127.0.0.1/32"], ports=[9])
+    async with WebhookClient(allowed) as client:
         with pytest.raises(PointerFetchFailed, match=r"could not deliver to 127\.0\.0\.1"):
             await client.post("http://127.0.0.1:9/hook?token=s3cret", b"{}", {})
+
+
+@pytest.mark.parametrize("url", ["http://hooks.test:22/cb", "https://hooks.test:8443/cb"])
+async def test_a_port_off_the_list_is_refused_before_any_lookup(url: str) -> None:
+    async with WebhookClient(policy("hooks.test", ports=[8080]), resolver=no_dns) as client:
+        with pytest.raises(UnsafeURL, match=r"port \d+ is not allowed"):
+            await client.post(url, b"{}", {})
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -314,11 +332,126 @@ def test_endpoint_hosts_are_allowed_and_callback_hosts_must_be_listed(tmp_path: 
     )
     assert config is not None
     assert config.policy.allowed_hosts == {"hooks.example.com", "*.callbacks.test"}
+    assert config.policy.allowed_ports == {80, 443}
     assert config.policy.max_redirects == 0
     assert config.timeout == 3
     assert config.endpoints == (
         Endpoint("https://Hooks.Example.com/in", frozenset({"terminal", "progress"})),
     )
+
+
+def test_endpoint_ports_are_allowed_and_others_must_be_listed(tmp_path: Path) -> None:
+    hooks = settings(
+        tmp_path,
+        secret=SECRET,
+        endpoints=[{"url": "http://hooks.example.com:8080/in"}, {"url": "https://b.test/in"}],
+        allowed_ports=[9000],
+    )
+    assert webhook_policy(hooks).allowed_ports == {80, 443, 8080, 9000}
+    config = webhook_config(hooks)
+    assert config is not None
+    assert config.policy == webhook_policy(hooks)
+    with pytest.raises(ValidationError, match="allowed_ports"):
+        settings(tmp_path, secret=SECRET, allowed_ports=[0])
+    with pytest.raises(ValidationError, match="http or https"):
+        settings(tmp_path, secret=SECRET, endpoints=[{"url": "http://a.test:0/"}])
+    with pytest.raises(ValidationError, match="out of range"):
+        settings(tmp_path, secret=SECRET, endpoints=[{"url": "http://a.test:70000/"}])
+
+
+# -- the callback_url check at submit: the delivery rules, resolution included ------------------
+
+
+class TableDNS:
+    """Answers from a table and records every question; anything else fails like NXDOMAIN."""
+
+    def __init__(self, table: Mapping[str, list[str]]) -> None:
+        self.table = dict(table)
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        if host not in self.table:
+            raise OSError(f"{host}: not in the test table")
+        return self.table[host]
+
+
+def callback_check(tmp_path: Path, dns: TableDNS, **webhooks: Any) -> CallbackCheck:
+    hooks = {
+        "secret": SECRET,
+        "allowed_hosts": ["hooks.test", "internal.test", "localhost", "127.0.0.1", "10.0.0.5"],
+        **webhooks,
+    }
+    return CallbackCheck.from_settings(settings(tmp_path, **hooks), dns)
+
+
+DNS = {
+    "hooks.test": ["93.184.216.34"],
+    "internal.test": ["93.184.216.34", "10.0.0.7"],
+    "localhost": ["127.0.0.1", "::1"],
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://10.0.0.5/cb", "callback_url host 10.0.0.5 is a forbidden address (private)"),
+        ("http://127.0.0.1:22/", "callback_url host 127.0.0.1 is a forbidden address (loopback)"),
+        (
+            "http://internal.test/cb",
+            "callback_url host internal.test resolves to 10.0.0.7, a forbidden address (private)",
+        ),
+        (
+            "http://localhost/cb",
+            "callback_url host localhost resolves to 127.0.0.1, a forbidden address (loopback)",
+        ),
+        ("http://hooks.test:22/cb", "callback_url port 22 is not allowed"),
+        ("http://evil.test/cb?token=s3cret", "callback_url host evil.test is not allowed"),
+        ("http://user:pw@hooks.test/cb", "callback_url carries credentials (userinfo)"),
+        ("ftp://hooks.test/cb", "callback_url scheme 'ftp' is not http or https"),
+        ("http://missing.hooks.test/cb", "callback_url host missing.hooks.test is not allowed"),
+    ],
+)
+async def test_the_check_refuses_what_delivery_would_with_the_reason(
+    tmp_path: Path, url: str, reason: str
+) -> None:
+    check = callback_check(tmp_path, TableDNS(DNS))
+    with pytest.raises(CallbackURLRefused) as caught:
+        await check(url)
+    assert caught.value.message == reason
+    assert caught.value.status == 422
+    assert caught.value.code == "callback_url_refused"
+    assert "s3cret" not in caught.value.message
+
+
+async def test_the_check_passes_what_delivery_would_call(tmp_path: Path) -> None:
+    dns = TableDNS(DNS)
+    check = callback_check(tmp_path, dns, allowed_ports=[8443])
+    await check("https://hooks.test/cb?token=t")
+    await check("https://hooks.test:8443/cb")
+    assert dns.asked == ["hooks.test", "hooks.test"]
+
+
+async def test_a_name_that_does_not_resolve_is_refused(tmp_path: Path) -> None:
+    check = callback_check(tmp_path, TableDNS({}))
+    with pytest.raises(CallbackURLRefused, match="could not resolve the callback_url host"):
+        await check("https://hooks.test/cb")
+
+
+async def test_a_resolver_that_never_answers_is_cut_off(tmp_path: Path) -> None:
+    async def silent(host: str, port: int) -> list[str]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    hooks = settings(tmp_path, secret=SECRET, allowed_hosts=["hooks.test"], timeout=0.05)
+    with pytest.raises(CallbackURLRefused, match="could not resolve"):
+        await CallbackCheck.from_settings(hooks, silent)("https://hooks.test/cb")
+
+
+async def test_without_webhooks_every_callback_url_is_refused(tmp_path: Path) -> None:
+    check = CallbackCheck.from_settings(settings(tmp_path, allowed_hosts=["hooks.test"]))
+    with pytest.raises(CallbackURLRefused, match="sends no webhooks"):
+        await check("https://hooks.test/cb")
 
 
 # -- the delivery rows (their contract: tests/unit/store/test_deliveries_contract.py) ----------
