@@ -175,8 +175,17 @@ def require_str(body: Mapping[str, JSON], *keys: str, what: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # The outward boundary
 
-OUTWARD_METHODS: Final = ("submit", "fetch_status", "fetch_result", "cancel", "rerun", "continue_")
-"""The protocol methods the gateway calls: every provider answer leaves an adapter through one."""
+OUTWARD_METHODS: Final = (
+    "submit",
+    "fetch_status",
+    "fetch_result",
+    "cancel",
+    "rerun",
+    "continue_",
+    "find_submitted",
+)
+"""The protocol methods the gateway calls: every provider answer leaves an adapter through one
+(``tests/unit/test_redact.py`` checks this list against the ``Adapter`` protocol)."""
 
 _A = TypeVar("_A", bound="HttpAdapter")
 _P = ParamSpec("_P")
