@@ -179,6 +179,15 @@ ResultPayload = InlineResult | ResultPage | ResultPointer
 
 
 @dataclass(frozen=True, slots=True)
+class Candidates:
+    """One page of upstream jobs a lost submit may have created (see ``find_submitted``)."""
+
+    upstream_ids: tuple[str, ...]
+    next_page: int | None
+    """The page to ask for next, or ``None`` when older jobs cannot match."""
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     submit: bool
     cancel: bool = False
@@ -258,6 +267,11 @@ class UpstreamUnavailable(AdapterError):
     code = "upstream_unavailable"
 
 
+class NotSent(UpstreamUnavailable):
+    """No connection could be made, so the request never reached the provider: unlike a 5xx or a
+    read timeout, this proves the call had no effect upstream (a submit created nothing)."""
+
+
 class MalformedResponse(AdapterError):
     code = "upstream_malformed"
 
@@ -312,3 +326,11 @@ class Adapter(Protocol):
     async def rerun(self, upstream_id: str) -> Submission: ...
 
     async def continue_(self, upstream_id: str, params: Mapping[str, JSON]) -> Submission: ...
+
+    async def find_submitted(
+        self, request: Mapping[str, JSON], *, since: datetime, until: datetime, page: int = 1
+    ) -> Candidates:
+        """Upstream jobs created between ``since`` and ``until`` that match ``request``: how a
+        submit whose answer was lost in a crash is reconciled. Raises :class:`UnsupportedAction`
+        where the provider offers no way to tell."""
+        ...

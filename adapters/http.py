@@ -25,9 +25,11 @@ from adapters.base import (
     NO_HINTS,
     AdapterError,
     AuthRejected,
+    Candidates,
     Capabilities,
     MalformedResponse,
     NotFound,
+    NotSent,
     RateHints,
     RateLimited,
     RequestRejected,
@@ -339,6 +341,10 @@ class HttpAdapter:
                 hints = parse_rate_hints(response.headers, self.clock())
                 status = response.status
                 reply_headers = dict(response.headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise NotSent(
+                f"{self.name}: {method} {path} failed: could not connect ({type(exc).__name__})"
+            ) from exc
         except TimeoutError as exc:
             raise UpstreamUnavailable(f"{self.name}: {method} {path} timed out") from exc
         except aiohttp.ClientError as exc:
@@ -412,3 +418,8 @@ class HttpAdapter:
 
     async def continue_(self, upstream_id: str, params: Mapping[str, JSON]) -> Submission:
         raise self.unsupported("continue")
+
+    async def find_submitted(
+        self, request: Mapping[str, JSON], *, since: datetime, until: datetime, page: int = 1
+    ) -> Candidates:
+        raise self.unsupported("finding the jobs a submit created")

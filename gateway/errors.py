@@ -81,6 +81,22 @@ class IdempotencyKeyInFlight(ServiceError):
     title = "A request with this Idempotency-Key is still being processed"
 
 
+class IdempotencyOutcomeUnknown(ServiceError):
+    status = 409
+    code = "idempotency_outcome_unknown"
+    title = "The outcome of the first request with this Idempotency-Key is unknown"
+
+
+class ReplayedProblem(ServiceError):
+    """A failure stored under an Idempotency-Key, answered again as it was the first time."""
+
+    def __init__(self, status: int, code: str, title: str, message: str) -> None:
+        super().__init__(message, replayed=True)
+        self.status = status
+        self.code = code
+        self.title = title
+
+
 class UpstreamProblem(ServiceError):
     """An upstream call made on the client's behalf failed; ``code`` is the adapter's code."""
 

@@ -9,10 +9,11 @@ lives upstream.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import orjson
 import structlog
@@ -21,14 +22,17 @@ from adapters.base import (
     JSON,
     Adapter,
     AdapterError,
+    AuthRejected,
     InlineResult,
-    MalformedResponse,
+    NotSent,
+    RateLimited,
+    RequestRejected,
     ResultKind,
     ResultPage,
     ResultPointer,
     StatusReport,
     Submission,
-    UpstreamUnavailable,
+    UnsupportedAction,
 )
 from adapters.http import utcnow
 from gateway.callbacks import callback_url, with_callback
@@ -36,8 +40,10 @@ from gateway.errors import (
     ActionNotSupported,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
+    IdempotencyOutcomeUnknown,
     InvalidState,
     JobNotFound,
+    ReplayedProblem,
     ResultNotReady,
     UnknownProvider,
     UpstreamProblem,
@@ -50,6 +56,8 @@ from gateway.store.base import (
     ClaimedIdempotency,
     IdempotencyConflict,
     IdempotencyInFlight,
+    IdempotencyPhase,
+    IdempotencyRecord,
     JobFilter,
     JobStore,
     Page,
@@ -59,9 +67,13 @@ from gateway.writer import JobWriter, Update
 log = structlog.get_logger("jobgate.service")
 T = TypeVar("T")
 
-# Errors after which the upstream may or may not have created a job: the idempotent answer is kept
-# so that a retry with the same key replays it instead of risking a second upstream job.
-_AMBIGUOUS = (UpstreamUnavailable, MalformedResponse)
+# Failures that prove a submit created nothing upstream: the key is freed and a retry runs again.
+# Any other failure (a 5xx, a read timeout, an unreadable answer) may hide a created job.
+_NO_EFFECT = (NotSent, RateLimited, RequestRejected, AuthRejected, UnsupportedAction)
+# How far the provider's clock and ours may disagree when matching a lost submit by time.
+_CLOCK_SLACK = timedelta(minutes=2)
+# Pages of the provider's job list read to reconcile one key, at most.
+_RECONCILE_PAGES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +109,19 @@ ResultAnswer = JsonResult | RedirectResult | StreamResult
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a new job comes from: the upstream job, and what is known of it."""
+
+    upstream_id: str
+    state: JobState = JobState.QUEUED
+    native_status: str | None = None
+    report: StatusReport | None = None
+    """Adopt's first read, folded into the new job."""
+    unseen: bool = False
+    """True when no status was read with the upstream id (a recovery, a rerun): poll at once."""
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitCommand:
     provider: str
     request: Mapping[str, JSON] | None = None
@@ -125,6 +150,7 @@ class JobService:
         clock: Callable[[], datetime] = utcnow,
         writer: JobWriter | None = None,
         check_callback: Callable[[str], Awaitable[None]] | None = None,
+        idempotency_lease: float = 120.0,
     ) -> None:
         self.store = store
         self.writer = writer or JobWriter(store, hub)
@@ -140,6 +166,9 @@ class JobService:
         self.clock = clock
         # Vets a client's callback_url at submit with the delivery rules (raises InvalidRequest).
         self.check_callback = check_callback
+        # How long a keyed request holds its key before a retry may recover it: longer than any
+        # upstream call can take, so a live holder is never taken over.
+        self.idempotency_lease = idempotency_lease
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -188,7 +217,7 @@ class JobService:
         if command.callback_url is not None and self.check_callback is not None:
             await self.check_callback(command.callback_url)
         if idempotency_key is None:
-            job = await self._create(command)
+            job = await self._track(command, await self._origin(command), job_id=new_id())
             return Answer(201, job.public())
         body = {
             "provider": command.provider,
@@ -197,83 +226,243 @@ class JobService:
             "labels": dict(command.labels or {}),
             "callback_url": command.callback_url,
         }
-        key = f"default:{idempotency_key}"
+        claim = await self._claim(f"default:{idempotency_key}", fingerprint(body))
+        if isinstance(claim, IdempotencyRecord):
+            if claim.status >= 400:
+                raise ReplayedProblem(
+                    claim.status,
+                    str(claim.body.get("code", "error")),
+                    str(claim.body.get("title", "The first request with this key failed")),
+                    str(claim.body.get("detail", "")),
+                )
+            return Answer(claim.status, claim.body, replayed=True)
+        if claim.recovered:
+            recovered = await self._recover(claim, command)
+            if recovered is not None:
+                return recovered
+        return await self._first_call(claim, command)
+
+    # -- idempotency: recovery points ----------------------------------------------------------
+    #
+    # Every "call upstream, then write locally" step of a keyed submit records where it is, so a
+    # crash anywhere leaves a key that the next request with it can finish:
+    #   claimed  -> (crash) the call never started: the retry runs it;
+    #   calling  -> (crash) the provider may have a job: the retry asks it (catchall lists jobs by
+    #               query and time); if it cannot tell, the retry answers 409
+    #               idempotency_outcome_unknown, never a second upstream job;
+    #   answered -> (crash) the upstream id is recorded: the retry tracks that job (reading it
+    #               first if the crash came after the local write; the job id is chosen at claim);
+    #   done     -> the answer is replayed.
+    # Adopt calls nothing that creates, so it never enters ``calling``: a crash or a transient
+    # fault frees the key and the retry simply runs.
+
+    async def _claim(self, key: str, fingerprint: str) -> IdempotencyRecord | ClaimedIdempotency:
+        now = self.clock()
         try:
-            claim = await self.store.claim_idempotency(key, fingerprint(body), self.clock())
+            return await self.store.claim_idempotency(
+                key,
+                fingerprint,
+                now,
+                lease_until=now + timedelta(seconds=self.idempotency_lease),
+                job_id=new_id(),
+                token=secrets.token_hex(8),
+            )
         except IdempotencyConflict as exc:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was first used with a different request body"
             ) from exc
         except IdempotencyInFlight as exc:
+            extra: dict[str, float] = {}
+            if exc.lease_until is not None:
+                extra["retry_after"] = max(1.0, (exc.lease_until - now).total_seconds())
             raise IdempotencyKeyInFlight(
-                "a request with this Idempotency-Key is still in progress; retry shortly"
+                "a request with this Idempotency-Key is still in progress; retry after the "
+                "Retry-After seconds to read its outcome",
+                **extra,
             ) from exc
-        if not isinstance(claim, ClaimedIdempotency):
-            return Answer(claim.status, claim.body, replayed=True)
+
+    async def _first_call(self, claim: ClaimedIdempotency, command: SubmitCommand) -> Answer:
+        creates = command.request is not None
+        if creates and not await self.store.advance_idempotency(
+            claim, IdempotencyPhase.CALLING, now=self.clock()
+        ):
+            raise _taken_over()
         try:
-            job = await self._create(command)
+            origin = await self._origin(command)
         except UpstreamProblem as problem:
-            cause = problem.__cause__
-            if isinstance(cause, _AMBIGUOUS):
-                await self.store.finish_idempotency(
-                    key,
-                    status=problem.status,
-                    body={"code": problem.code, "detail": problem.message},
-                    job_id=None,
-                    now=self.clock(),
-                )
+            if not creates or isinstance(problem.__cause__, _NO_EFFECT):
+                # Nothing exists upstream because of this request: a fault is not an outcome.
+                await self.store.release_idempotency(claim)
             else:
-                await self.store.release_idempotency(key)
+                # The provider may have created the job: the next request with this key
+                # reconciles at once rather than repeating the call or waiting for the lease.
+                await self.store.advance_idempotency(
+                    claim, IdempotencyPhase.CALLING, now=self.clock(), lease_until=self.clock()
+                )
             raise
-        except BaseException:
-            await self.store.release_idempotency(key)
-            raise
+        return await self._answered(claim, command, origin)
+
+    async def _answered(
+        self, claim: ClaimedIdempotency, command: SubmitCommand, origin: Origin
+    ) -> Answer:
+        recorded = await self.store.advance_idempotency(
+            claim, IdempotencyPhase.ANSWERED, now=self.clock(), upstream_id=origin.upstream_id
+        )
+        if not recorded:
+            raise _taken_over()
+        job = await self._track(command, origin, job_id=claim.job_id)
         answer = Answer(201, job.public())
         await self.store.finish_idempotency(
-            key, status=answer.status, body=answer.body, job_id=job.id, now=self.clock()
+            claim, status=answer.status, body=answer.body, job_id=job.id, now=self.clock()
         )
         return answer
 
-    async def _create(self, command: SubmitCommand, *, rerun_of: str | None = None) -> Job:
+    async def _recover(self, claim: ClaimedIdempotency, command: SubmitCommand) -> Answer | None:
+        """Finish what a crashed holder of this key left, or ``None`` to run the call afresh."""
+        log.info(
+            "idempotency.recovering",
+            provider=command.provider,
+            phase=claim.phase.value,
+            job_id=claim.job_id,
+        )
+        existing = await self.store.get(claim.job_id)
+        if existing is not None:
+            answer = Answer(201, existing.public())
+            await self.store.finish_idempotency(
+                claim, status=201, body=answer.body, job_id=existing.id, now=self.clock()
+            )
+            return answer
+        if claim.phase is IdempotencyPhase.ANSWERED and claim.upstream_id is not None:
+            return await self._answered(claim, command, Origin(claim.upstream_id))
+        if claim.phase is IdempotencyPhase.CALLING and command.request is not None:
+            upstream_id = await self._reconcile(claim, command, command.request)
+            if upstream_id is not None:
+                return await self._answered(claim, command, Origin(upstream_id))
+        return None
+
+    async def _reconcile(
+        self, claim: ClaimedIdempotency, command: SubmitCommand, request: Mapping[str, JSON]
+    ) -> str | None:
+        """The upstream job a lost submit created, or ``None`` when the provider shows none."""
         adapter = self.adapter(command.provider)
-        policy = self.policies[command.provider]
         now = self.clock()
-        report: StatusReport | None = None
-        request: Mapping[str, JSON] | None = None
+        called = claim.called_at or now
+        since, until = called - _CLOCK_SLACK, now + _CLOCK_SLACK
+        found: list[str] = []
+        page: int | None = 1
+        try:
+            for _ in range(_RECONCILE_PAGES):
+                assert page is not None
+                candidates = await adapter.find_submitted(
+                    request, since=since, until=until, page=page
+                )
+                found.extend(candidates.upstream_ids)
+                page = candidates.next_page
+                if page is None:
+                    break
+        except UnsupportedAction:
+            await self._outcome_unknown(
+                claim, command, f"{command.provider} offers no way to list the jobs it created"
+            )
+        except AdapterError as error:
+            # Ask again at the next request: the key stays ``calling``, its lease over.
+            await self.store.advance_idempotency(
+                claim, IdempotencyPhase.CALLING, now=now, lease_until=self.clock()
+            )
+            raise UpstreamProblem(error) from error
+        if page is not None:
+            await self._outcome_unknown(claim, command, "too many jobs were created meanwhile")
+        untracked = [
+            upstream_id
+            for upstream_id in dict.fromkeys(found)
+            if await self.store.get_by_upstream(command.provider, upstream_id) is None
+        ]
+        if len(untracked) > 1:
+            await self._outcome_unknown(
+                claim, command, f"{len(untracked)} untracked jobs match the request"
+            )
+        log.info(
+            "idempotency.reconciled",
+            provider=command.provider,
+            job_id=claim.job_id,
+            found=len(untracked),
+        )
+        return untracked[0] if untracked else None
+
+    async def _outcome_unknown(
+        self, claim: ClaimedIdempotency, command: SubmitCommand, why: str
+    ) -> NoReturn:
+        called = claim.called_at.isoformat() if claim.called_at else "an unknown time"
+        problem = IdempotencyOutcomeUnknown(
+            f"the first request with this Idempotency-Key called {command.provider} at {called} "
+            "and the gateway stopped before recording its answer, so the provider may or may not "
+            f"have created a job ({why}). Look for a job created at about that time on the "
+            "provider and adopt it with upstream_id, or submit again with a new Idempotency-Key "
+            "(which may create a second upstream job)."
+        )
+        await self.store.finish_idempotency(
+            claim,
+            status=problem.status,
+            body={"code": problem.code, "title": problem.title, "detail": problem.message},
+            job_id=None,
+            now=self.clock(),
+        )
+        log.warning("idempotency.outcome_unknown", provider=command.provider, job_id=claim.job_id)
+        raise problem
+
+    # -- creating jobs -------------------------------------------------------------------------
+
+    async def _origin(self, command: SubmitCommand) -> Origin:
+        """The one upstream call that gives a new job its upstream id: submit, or adopt's read."""
+        adapter = self.adapter(command.provider)
         try:
             if command.request is not None:
                 request = self._with_callback(command.provider, command.request)
                 submission = await adapter.submit(request)
-                upstream_id = submission.upstream_id
-                state = submission.state or JobState.QUEUED
-                native = submission.native_status
-            else:
-                assert command.upstream_id is not None
-                report = await adapter.fetch_status(command.upstream_id)
-                # An adopted job starts in the state the upstream reports: its first state.
-                upstream_id, native = command.upstream_id, None
-                state = report.state or JobState.QUEUED
+                return Origin(
+                    submission.upstream_id,
+                    submission.state or JobState.QUEUED,
+                    submission.native_status,
+                )
+            assert command.upstream_id is not None
+            report = await adapter.fetch_status(command.upstream_id)
+            # An adopted job starts in the state the upstream reports: its first state.
+            return Origin(command.upstream_id, report.state or JobState.QUEUED, report=report)
         except AdapterError as error:
             log.warning("service.upstream_error", provider=command.provider, code=error.code)
             raise UpstreamProblem(error) from error
+
+    async def _track(
+        self,
+        command: SubmitCommand,
+        origin: Origin,
+        *,
+        job_id: str,
+        rerun_of: str | None = None,
+    ) -> Job:
+        """Write the local job for an upstream job that exists: from here on the runner polls it."""
+        policy = self.policies[command.provider]
+        now = self.clock()
+        # A job whose upstream answer was not seen (a recovery, a rerun) is read at once.
+        first_poll = now if origin.unseen else now + timedelta(seconds=policy.first_delay)
         job = Job(
-            id=new_id(),
+            id=job_id,
             provider=command.provider,
-            upstream_id=upstream_id,
-            state=state,
-            native_status=native,
+            upstream_id=origin.upstream_id,
+            state=origin.state,
+            native_status=origin.native_status,
             created_at=now,
             updated_at=now,
             deadline_at=now + timedelta(seconds=policy.deadline),
-            next_poll_at=now + timedelta(seconds=policy.first_delay),
+            next_poll_at=first_poll,
             labels=dict(command.labels or {}),
             # Kept only when jobgate submitted it, so that a rerun can resubmit it.
             request=dict(command.request) if command.request is not None else None,
             callback_url=command.callback_url,
             rerun_of=rerun_of,
         )
-        if report is not None:
-            job = _adopted(job, report, now)
+        if origin.report is not None:
+            job = _adopted(job, origin.report, now)
         await self.writer.create(job)
         self.wake()
         log.info(
@@ -281,7 +470,7 @@ class JobService:
             job_id=job.id,
             provider=job.provider,
             state=job.state.value,
-            adopted=report is not None,
+            adopted=origin.report is not None,
         )
         return job
 
@@ -338,24 +527,34 @@ class JobService:
                     state=job.state.value,
                 )
             submission: Submission = await self._upstream(adapter.rerun(job.upstream_id))
-            return await self._create(
+            # Tracked from the rerun's own answer, with no second call that could fail after the
+            # provider has made the new job (such a failure used to orphan it); the runner reads
+            # its status at once.
+            return await self._track(
                 SubmitCommand(
                     provider=job.provider,
                     upstream_id=submission.upstream_id,
                     labels=job.labels,
                     callback_url=job.callback_url,
                 ),
+                Origin(
+                    submission.upstream_id,
+                    submission.state or JobState.QUEUED,
+                    submission.native_status,
+                    unseen=True,
+                ),
+                job_id=new_id(),
                 rerun_of=job.id,
             )
         if job.request is not None and adapter.capabilities.submit:
-            return await self._create(
-                SubmitCommand(
-                    provider=job.provider,
-                    request=job.request,
-                    labels=job.labels,
-                    callback_url=job.callback_url,
-                ),
-                rerun_of=job.id,
+            command = SubmitCommand(
+                provider=job.provider,
+                request=job.request,
+                labels=job.labels,
+                callback_url=job.callback_url,
+            )
+            return await self._track(
+                command, await self._origin(command), job_id=new_id(), rerun_of=job.id
             )
         raise ActionNotSupported(
             f"{job.provider} has no rerun, and this job was not submitted through jobgate, so "
@@ -457,6 +656,13 @@ class JobService:
                 return saved
             job = await self.get(job.id)
         raise InvalidState("the job changed too often to update; retry", state=job.state.value)
+
+
+def _taken_over() -> IdempotencyKeyInFlight:
+    return IdempotencyKeyInFlight(
+        "another request took this Idempotency-Key over after its lease ran out; retry to read "
+        "its outcome"
+    )
 
 
 def _visible(job: Job) -> tuple[object, ...]:

@@ -13,11 +13,13 @@ nested ``{"detail": {"detail": "..."}}``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Final
 from urllib.parse import quote
 
 from adapters.base import (
     JSON,
+    Candidates,
     Capabilities,
     JobError,
     MalformedResponse,
@@ -143,6 +145,10 @@ def _times(body: Mapping[str, JSON]) -> Timestamps:
     )
 
 
+_LIST_PAGE_SIZE: Final = 100
+"""The most ``jobs/user`` gives in one page."""
+
+
 class CatchAllAdapter(HttpAdapter):
     """One call per method against the CatchAll API; ``x-api-key`` auth (the base class default)."""
 
@@ -244,6 +250,39 @@ class CatchAllAdapter(HttpAdapter):
             partial=not (isinstance(status, str) and status.strip().lower() == "completed"),
             meta={k: v for k, v in body.items() if k != "all_records"},
         )
+
+    async def find_submitted(
+        self, request: Mapping[str, JSON], *, since: datetime, until: datetime, page: int = 1
+    ) -> Candidates:
+        """Jobs of this key with the same query created in the window: ``jobs/user`` lists them
+        newest first, so paging stops at the first one older than ``since``."""
+        reply = await self.call(
+            "GET",
+            "catchAll/jobs/user",
+            operation="list",
+            params={"page": page, "page_size": _LIST_PAGE_SIZE},
+        )
+        body = require_mapping(reply.body, "catchall jobs/user")
+        jobs = body.get("jobs")
+        if not isinstance(jobs, list):
+            raise MalformedResponse("catchall jobs/user: no jobs list")
+        query = request.get("query")
+        found: list[str] = []
+        older = False
+        for item in jobs:
+            if not isinstance(item, Mapping):
+                continue
+            created = parse_time(item.get("created_at"))
+            job_id = item.get("job_id")
+            if created is None or not isinstance(job_id, str):
+                continue
+            if created < since:
+                older = True
+            elif created <= until and item.get("query") == query:
+                found.append(job_id)
+        total_pages = body.get("total_pages")
+        last = not isinstance(total_pages, int) or page >= total_pages or not jobs
+        return Candidates(tuple(found), None if older or last else page + 1)
 
     async def continue_(self, upstream_id: str, params: Mapping[str, JSON]) -> Submission:
         payload = {**params, "job_id": upstream_id}

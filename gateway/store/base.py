@@ -11,6 +11,7 @@ import binascii
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal, Protocol
 
 from adapters.base import JSON
@@ -47,6 +48,22 @@ class Page:
     next_cursor: str | None
 
 
+class IdempotencyPhase(StrEnum):
+    """How far an idempotent request got: its recovery point (Stripe's model).
+
+    A claim in any phase but ``done`` holds a lease. When the lease has run out (its owner died or
+    gave up), the next request with the key takes the claim over in the phase it reached and
+    resumes from there: a ``claimed`` request never called upstream and simply runs; an
+    ``answered`` one has its upstream id recorded and only needs its local job; a ``calling`` one
+    may or may not have created an upstream job and must be reconciled with the provider.
+    """
+
+    CLAIMED = "claimed"
+    CALLING = "calling"
+    ANSWERED = "answered"
+    DONE = "done"
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     """A finished idempotent request: replayed verbatim when the same key and body come again."""
@@ -61,9 +78,24 @@ class IdempotencyRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedIdempotency:
-    """The caller now owns the key and must ``finish_idempotency`` or ``release_idempotency``."""
+    """The caller now holds the key until ``lease_until`` and must advance, finish or release it.
+
+    ``token`` fences a claim that was taken over: the previous holder's writes then match nothing.
+    ``job_id`` is the id the job will get, chosen by the first claim and kept by every takeover,
+    so that a recovery finds the job a crashed holder may already have written.
+    """
 
     key: str
+    token: str
+    job_id: str
+    phase: IdempotencyPhase = IdempotencyPhase.CLAIMED
+    upstream_id: str | None = None
+    called_at: datetime | None = None
+
+    @property
+    def recovered(self) -> bool:
+        """Whether this claim was taken over from a holder whose lease ran out."""
+        return self.phase is not IdempotencyPhase.CLAIMED
 
 
 class IdempotencyConflict(Exception):
@@ -71,7 +103,11 @@ class IdempotencyConflict(Exception):
 
 
 class IdempotencyInFlight(Exception):
-    """Another request with the same key is still being processed (HTTP 409)."""
+    """Another request with the same key holds it until ``lease_until`` (HTTP 409)."""
+
+    def __init__(self, key: str, lease_until: datetime | None = None) -> None:
+        super().__init__(key)
+        self.lease_until = lease_until
 
 
 class StoreUnavailable(Exception):
@@ -236,27 +272,56 @@ class EventLog(Protocol):
 
 class IdempotencyKeys(Protocol):
     async def claim_idempotency(
-        self, key: str, fingerprint: str, now: datetime
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        *,
+        lease_until: datetime,
+        job_id: str,
+        token: str,
     ) -> IdempotencyRecord | ClaimedIdempotency:
         """The stored answer for a finished request with this key and fingerprint; or the claim.
 
+        A new key is claimed in phase ``claimed`` with ``job_id``. An unfinished key whose lease
+        ended before ``now`` is taken over: the claim comes back in the phase its holder reached,
+        with the ``job_id``, upstream id and call time it recorded, under ``token`` and a new lease.
+
         Raises :class:`IdempotencyConflict` for the same key with another fingerprint and
-        :class:`IdempotencyInFlight` while the first request with the key is still running.
+        :class:`IdempotencyInFlight` while another holder's lease runs.
         """
+        ...
+
+    async def advance_idempotency(
+        self,
+        claim: ClaimedIdempotency,
+        phase: IdempotencyPhase,
+        *,
+        now: datetime,
+        upstream_id: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> bool:
+        """Record a recovery point: ``calling`` stamps the first call's time (``now``),
+        ``answered`` the upstream id; ``lease_until`` moves the lease (to ``now``: the next
+        request may recover at once). False when the claim was taken over or purged meanwhile:
+        nothing is written."""
         ...
 
     async def finish_idempotency(
         self,
-        key: str,
+        claim: ClaimedIdempotency,
         *,
         status: int,
         body: Mapping[str, JSON],
         job_id: str | None,
         now: datetime,
-    ) -> None: ...
+    ) -> bool:
+        """Store the answer to replay. False (nothing kept) when the claim was taken over or
+        purged meanwhile."""
+        ...
 
-    async def release_idempotency(self, key: str) -> None:
-        """Forget an unfinished claim (the request failed before any upstream effect)."""
+    async def release_idempotency(self, claim: ClaimedIdempotency) -> None:
+        """Forget an unfinished claim (the request provably had no upstream effect)."""
         ...
 
     async def purge_idempotency(self, older_than: datetime) -> int: ...

@@ -16,7 +16,6 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
 
 import orjson
 
@@ -30,6 +29,7 @@ from gateway.store.base import (
     Event,
     IdempotencyConflict,
     IdempotencyInFlight,
+    IdempotencyPhase,
     IdempotencyRecord,
     JobFilter,
     NewDelivery,
@@ -44,11 +44,15 @@ from gateway.store.base import (
 @dataclass(slots=True)
 class _IdempotencyRow:
     fingerprint: str
-    state: Literal["pending", "done"]
+    phase: IdempotencyPhase
     created_at: datetime
+    token: str
+    lease_until: datetime
+    job_id: str | None
     status: int = 0
     body: Mapping[str, JSON] | None = None
-    job_id: str | None = None
+    upstream_id: str | None = None
+    called_at: datetime | None = None
 
 
 def _copy_job(job: Job) -> Job:
@@ -259,47 +263,88 @@ class MemoryStore:
     # -- idempotency keys ----------------------------------------------------------------------
 
     async def claim_idempotency(
-        self, key: str, fingerprint: str, now: datetime
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        *,
+        lease_until: datetime,
+        job_id: str,
+        token: str,
     ) -> IdempotencyRecord | ClaimedIdempotency:
         row = self._idempotency.get(key)
         if row is None:
-            self._idempotency[key] = _IdempotencyRow(fingerprint, "pending", now)
-            return ClaimedIdempotency(key)
+            row = _IdempotencyRow(
+                fingerprint, IdempotencyPhase.CLAIMED, now, token, lease_until, job_id
+            )
+            self._idempotency[key] = row
+            return ClaimedIdempotency(key, token, job_id)
         if row.fingerprint != fingerprint:
             raise IdempotencyConflict(key)
-        if row.state == "pending" or row.body is None:
-            raise IdempotencyInFlight(key)
-        return IdempotencyRecord(
-            key=key,
-            fingerprint=row.fingerprint,
-            status=row.status,
-            body=_copy_data(row.body),
-            job_id=row.job_id,
-            created_at=row.created_at,
-        )
+        if row.phase is IdempotencyPhase.DONE and row.body is not None:
+            return IdempotencyRecord(
+                key=key,
+                fingerprint=row.fingerprint,
+                status=row.status,
+                body=_copy_data(row.body),
+                job_id=row.job_id,
+                created_at=row.created_at,
+            )
+        if row.lease_until > now:
+            raise IdempotencyInFlight(key, row.lease_until)
+        row.token, row.lease_until = token, lease_until
+        row.job_id = row.job_id or job_id
+        return ClaimedIdempotency(key, token, row.job_id, row.phase, row.upstream_id, row.called_at)
+
+    def _held(self, claim: ClaimedIdempotency) -> _IdempotencyRow | None:
+        row = self._idempotency.get(claim.key)
+        if row is None or row.token != claim.token or row.phase is IdempotencyPhase.DONE:
+            return None
+        return row
+
+    async def advance_idempotency(
+        self,
+        claim: ClaimedIdempotency,
+        phase: IdempotencyPhase,
+        *,
+        now: datetime,
+        upstream_id: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> bool:
+        row = self._held(claim)
+        if row is None:
+            return False
+        row.phase = phase
+        if phase is IdempotencyPhase.CALLING:
+            row.called_at = row.called_at or now
+        if upstream_id is not None:
+            row.upstream_id = upstream_id
+        if lease_until is not None:
+            row.lease_until = lease_until
+        return True
 
     async def finish_idempotency(
         self,
-        key: str,
+        claim: ClaimedIdempotency,
         *,
         status: int,
         body: Mapping[str, JSON],
         job_id: str | None,
         now: datetime,
-    ) -> None:
-        row = self._idempotency.get(key)
+    ) -> bool:
+        row = self._held(claim)
         # A missing row was purged while the request ran; the answer is simply not kept.
         if row is None:
-            return
-        row.state = "done"
+            return False
+        row.phase = IdempotencyPhase.DONE
         row.status = status
         row.body = _copy_data(body)
         row.job_id = job_id
+        return True
 
-    async def release_idempotency(self, key: str) -> None:
-        row = self._idempotency.get(key)
-        if row is not None and row.state == "pending":
-            del self._idempotency[key]
+    async def release_idempotency(self, claim: ClaimedIdempotency) -> None:
+        if self._held(claim) is not None:
+            del self._idempotency[claim.key]
 
     async def purge_idempotency(self, older_than: datetime) -> int:
         old = [key for key, row in self._idempotency.items() if row.created_at < older_than]

@@ -39,6 +39,7 @@ from gateway.store.base import (
     Event,
     IdempotencyConflict,
     IdempotencyInFlight,
+    IdempotencyPhase,
     IdempotencyRecord,
     JobFilter,
     NewDelivery,
@@ -52,12 +53,14 @@ from gateway.store.base import (
 from gateway.store.migrations import pending
 from gateway.store.sqlite_sql import (
     ADD_JOB_COUNTS,
+    ADVANCE_IDEMPOTENCY,
     CLAIM_IDEMPOTENCY,
     COUNT_BY_STATE,
     DELETE_JOB,
     DELETE_LABELS,
     DISABLE_ENDPOINT,
     DISABLE_PENDING_DELIVERIES,
+    END_IDEMPOTENCY_LEASES,
     ENDPOINT_DISABLED,
     EVENTS_AFTER,
     EVENTS_AFTER_JOB,
@@ -90,6 +93,7 @@ from gateway.store.sqlite_sql import (
     SELECT_JOBS_BY_UPSTREAM,
     SELECT_NEXT_DUE,
     SET_CURSOR,
+    TAKE_OVER_IDEMPOTENCY,
     UPDATE_JOB,
     UPDATE_JOB_AND_STATE,
 )
@@ -270,24 +274,52 @@ class SqliteStore:
     # -- idempotency keys ----------------------------------------------------------------------
 
     async def claim_idempotency(
-        self, key: str, fingerprint: str, now: datetime
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        *,
+        lease_until: datetime,
+        job_id: str,
+        token: str,
     ) -> IdempotencyRecord | ClaimedIdempotency:
-        return await self._call(self._claim_idempotency_sync, key, fingerprint, now)
+        return await self._call(
+            self._claim_idempotency_sync, key, fingerprint, now, lease_until, job_id, token
+        )
+
+    async def advance_idempotency(
+        self,
+        claim: ClaimedIdempotency,
+        phase: IdempotencyPhase,
+        *,
+        now: datetime,
+        upstream_id: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> bool:
+        params = {
+            "phase": phase.value,
+            "now": _to_us(now),
+            "upstream_id": upstream_id,
+            "lease_until": None if lease_until is None else _to_us(lease_until),
+            "key": claim.key,
+            "token": claim.token,
+        }
+        return await self._call(self._write_one_sync, ADVANCE_IDEMPOTENCY, params) == 1
 
     async def finish_idempotency(
         self,
-        key: str,
+        claim: ClaimedIdempotency,
         *,
         status: int,
         body: Mapping[str, JSON],
         job_id: str | None,
         now: datetime,
-    ) -> None:
-        params = (status, _dumps(dict(body)), job_id, _to_us(now), key)
-        await self._call(self._write_one_sync, FINISH_IDEMPOTENCY, params)
+    ) -> bool:
+        params = (status, _dumps(dict(body)), job_id, _to_us(now), claim.key, claim.token)
+        return await self._call(self._write_one_sync, FINISH_IDEMPOTENCY, params) == 1
 
-    async def release_idempotency(self, key: str) -> None:
-        await self._call(self._write_one_sync, RELEASE_IDEMPOTENCY, (key,))
+    async def release_idempotency(self, claim: ClaimedIdempotency) -> None:
+        await self._call(self._write_one_sync, RELEASE_IDEMPOTENCY, (claim.key, claim.token))
 
     async def purge_idempotency(self, older_than: datetime) -> int:
         return await self._call(self._write_one_sync, PURGE_IDEMPOTENCY, (_to_us(older_than),))
@@ -400,6 +432,8 @@ class SqliteStore:
                 conn.execute(pragma)
             self._conn = conn
             self._migrate()
+            if self.exclusive:
+                self._write_one_sync(END_IDEMPOTENCY_LEASES, ())
             ready = True
         finally:
             if not ready:
@@ -581,28 +615,45 @@ class SqliteStore:
         return int(row[0]) if row else 0
 
     def _claim_idempotency_sync(
-        self, key: str, fingerprint: str, now: datetime
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        lease_until: datetime,
+        job_id: str,
+        token: str,
     ) -> IdempotencyRecord | ClaimedIdempotency:
+        lease_us = _to_us(lease_until)
         with self._transaction() as cursor:
-            if cursor.execute(CLAIM_IDEMPOTENCY, (key, fingerprint, _to_us(now))).rowcount == 1:
-                return ClaimedIdempotency(key)
-            stored, state, status, body, job_id, created_at = cursor.execute(
-                SELECT_IDEMPOTENCY, (key,)
-            ).fetchone()
-        if stored != fingerprint:
-            raise IdempotencyConflict(key)
-        if state != "done":
-            raise IdempotencyInFlight(key)
-        return IdempotencyRecord(
-            key=key,
-            fingerprint=stored,
-            status=status,
-            body=orjson.loads(body),
-            job_id=job_id,
-            created_at=_from_us(created_at),
+            claim = (key, fingerprint, _to_us(now), token, lease_us, job_id)
+            if cursor.execute(CLAIM_IDEMPOTENCY, claim).rowcount == 1:
+                return ClaimedIdempotency(key, token, job_id)
+            row = cursor.execute(SELECT_IDEMPOTENCY, (key,)).fetchone()
+            stored, state, status, body, held_job, created_at, held_until, upstream, called = row
+            if stored != fingerprint:
+                raise IdempotencyConflict(key)
+            if state == IdempotencyPhase.DONE:
+                return IdempotencyRecord(
+                    key=key,
+                    fingerprint=stored,
+                    status=status,
+                    body=orjson.loads(body),
+                    job_id=held_job,
+                    created_at=_from_us(created_at),
+                )
+            if held_until > _to_us(now):
+                raise IdempotencyInFlight(key, _from_us(held_until))
+            cursor.execute(TAKE_OVER_IDEMPOTENCY, (token, lease_us, job_id, key))
+        return ClaimedIdempotency(
+            key,
+            token,
+            held_job or job_id,
+            IdempotencyPhase(state),
+            upstream,
+            None if called is None else _from_us(called),
         )
 
-    def _write_one_sync(self, sql: str, params: Sequence[Any]) -> int:
+    def _write_one_sync(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> int:
         with self._transaction() as cursor:
             return cursor.execute(sql, params).rowcount
 

@@ -95,6 +95,34 @@ CREATE TABLE idempotency (
 CREATE_IDEMPOTENCY_AGE_INDEX: Final = """
 CREATE INDEX idempotency_age ON idempotency (created_at)
 """
+# Recovery points (migration 5). SQLite cannot change a CHECK constraint in place, so the table is
+# rebuilt. A key an older jobgate left pending may have reached the provider: it becomes
+# ``calling`` with its lease over, so its next request reconciles instead of repeating the call.
+CREATE_IDEMPOTENCY_V5: Final = """
+CREATE TABLE idempotency_v5 (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('claimed', 'calling', 'answered', 'done')),
+    status      INTEGER,
+    body        TEXT,
+    job_id      TEXT,
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    token       TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    upstream_id TEXT,
+    called_at   INTEGER
+)
+"""
+COPY_IDEMPOTENCY_V5: Final = """
+INSERT INTO idempotency_v5
+    (key, fingerprint, state, status, body, job_id, created_at, finished_at, lease_until, called_at)
+SELECT key, fingerprint, CASE state WHEN 'done' THEN 'done' ELSE 'calling' END, status, body,
+       job_id, created_at, finished_at, created_at, created_at
+FROM idempotency
+"""
+DROP_IDEMPOTENCY: Final = "DROP TABLE idempotency"
+RENAME_IDEMPOTENCY_V5: Final = "ALTER TABLE idempotency_v5 RENAME TO idempotency"
 # An inbound callback names only the upstream job. A column, not an index on the record's JSON:
 # the upstream id never changes, so no save rewrites this index (an expression over ``record``
 # would be recomputed on every save).
@@ -181,6 +209,17 @@ MIGRATIONS: Final = (
         ),
     ),
     Migration(4, "due jobs by provider (capped claims)", (CREATE_JOBS_DUE_BY_PROVIDER_INDEX,)),
+    Migration(
+        5,
+        "idempotency recovery points",
+        (
+            CREATE_IDEMPOTENCY_V5,
+            COPY_IDEMPOTENCY_V5,
+            DROP_IDEMPOTENCY,
+            RENAME_IDEMPOTENCY_V5,
+            CREATE_IDEMPOTENCY_AGE_INDEX,
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -294,17 +333,34 @@ LIMIT :limit
 """
 
 CLAIM_IDEMPOTENCY: Final = """
-INSERT OR IGNORE INTO idempotency (key, fingerprint, state, created_at)
-VALUES (?, ?, 'pending', ?)
+INSERT OR IGNORE INTO idempotency (key, fingerprint, state, created_at, token, lease_until, job_id)
+VALUES (?, ?, 'claimed', ?, ?, ?, ?)
 """
 SELECT_IDEMPOTENCY: Final = """
-SELECT fingerprint, state, status, body, job_id, created_at FROM idempotency WHERE key = ?
+SELECT fingerprint, state, status, body, job_id, created_at, lease_until, upstream_id, called_at
+FROM idempotency WHERE key = ?
+"""
+TAKE_OVER_IDEMPOTENCY: Final = """
+UPDATE idempotency SET token = ?, lease_until = ?, job_id = coalesce(job_id, ?) WHERE key = ?
+"""
+ADVANCE_IDEMPOTENCY: Final = """
+UPDATE idempotency
+SET state = :phase,
+    called_at = CASE WHEN :phase = 'calling' THEN coalesce(called_at, :now) ELSE called_at END,
+    upstream_id = coalesce(:upstream_id, upstream_id),
+    lease_until = coalesce(:lease_until, lease_until)
+WHERE key = :key AND token = :token AND state <> 'done'
 """
 FINISH_IDEMPOTENCY: Final = """
 UPDATE idempotency SET state = 'done', status = ?, body = ?, job_id = ?, finished_at = ?
-WHERE key = ?
+WHERE key = ? AND token = ? AND state <> 'done'
 """
-RELEASE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE key = ? AND state = 'pending'"
+RELEASE_IDEMPOTENCY: Final = (
+    "DELETE FROM idempotency WHERE key = ? AND token = ? AND state <> 'done'"
+)
+# With the file locked to one process, a claim found unfinished at open belongs to a process that
+# has died: its lease is over now, whatever the clock says, so a retry need not wait it out.
+END_IDEMPOTENCY_LEASES: Final = "UPDATE idempotency SET lease_until = 0 WHERE state <> 'done'"
 PURGE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE created_at < ?"
 
 GET_CURSOR: Final = "SELECT value FROM cursors WHERE name = ?"

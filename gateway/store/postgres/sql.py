@@ -108,6 +108,27 @@ CREATE TABLE idempotency (
 )
 """
 CREATE_IDEMPOTENCY_AGE_INDEX: Final = "CREATE INDEX idempotency_age ON idempotency (created_at)"
+# Recovery points (migration 5). A key an older jobgate left pending may have reached the provider:
+# it becomes ``calling`` with its lease over, so its next request reconciles instead of repeating
+# the call.
+DROP_IDEMPOTENCY_STATE_CHECK: Final = (
+    "ALTER TABLE idempotency DROP CONSTRAINT idempotency_state_check"
+)
+ADD_IDEMPOTENCY_RECOVERY: Final = """
+ALTER TABLE idempotency
+    ADD COLUMN token text,
+    ADD COLUMN lease_until timestamptz NOT NULL DEFAULT '-infinity',
+    ADD COLUMN upstream_id text,
+    ADD COLUMN called_at timestamptz
+"""
+MARK_PENDING_IDEMPOTENCY_CALLING: Final = """
+UPDATE idempotency SET state = 'calling', lease_until = created_at, called_at = created_at
+WHERE state = 'pending'
+"""
+ADD_IDEMPOTENCY_STATE_CHECK: Final = """
+ALTER TABLE idempotency ADD CONSTRAINT idempotency_state_check
+    CHECK (state IN ('claimed', 'calling', 'answered', 'done'))
+"""
 
 # Outbound webhooks. No foreign key to the job: the event a delivery reports has happened, and
 # stopping tracking the job must not take back the notice of it. Pending rows are exactly those
@@ -189,6 +210,16 @@ MIGRATIONS: Final = (
         ),
     ),
     Migration(4, "shared provider quota", (CREATE_PROVIDER_QUOTA,)),
+    Migration(
+        5,
+        "idempotency recovery points",
+        (
+            DROP_IDEMPOTENCY_STATE_CHECK,
+            ADD_IDEMPOTENCY_RECOVERY,
+            MARK_PENDING_IDEMPOTENCY_CALLING,
+            ADD_IDEMPOTENCY_STATE_CHECK,
+        ),
+    ),
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -410,20 +441,37 @@ LIMIT $5
 # Idempotency keys
 
 # The unique key decides between two requests on two replicas: the loser's insert does nothing
-# (after waiting for the winner's transaction, if it is still open).
+# (after waiting for the winner's transaction, if it is still open). The same statement takes over
+# an unfinished claim whose lease is over; the row lock makes one of two racing takeovers win.
 CLAIM_IDEMPOTENCY: Final = """
-INSERT INTO idempotency (key, fingerprint, state, created_at) VALUES ($1, $2, 'pending', $3)
-ON CONFLICT (key) DO NOTHING
-RETURNING key
+INSERT INTO idempotency AS i (key, fingerprint, state, created_at, token, lease_until, job_id)
+VALUES ($1, $2, 'claimed', $3, $4, $5, $6)
+ON CONFLICT (key) DO UPDATE
+SET token = excluded.token,
+    lease_until = excluded.lease_until,
+    job_id = coalesce(i.job_id, excluded.job_id)
+WHERE i.state <> 'done' AND i.fingerprint = excluded.fingerprint AND i.lease_until <= $3
+RETURNING state, job_id, upstream_id, called_at
 """
 SELECT_IDEMPOTENCY: Final = """
-SELECT fingerprint, state, status, body, job_id, created_at FROM idempotency WHERE key = $1
+SELECT fingerprint, state, status, body, job_id, created_at, lease_until
+FROM idempotency WHERE key = $1
+"""
+ADVANCE_IDEMPOTENCY: Final = """
+UPDATE idempotency
+SET state = $3,
+    called_at = CASE WHEN $3 = 'calling' THEN coalesce(called_at, $4) ELSE called_at END,
+    upstream_id = coalesce($5, upstream_id),
+    lease_until = coalesce($6, lease_until)
+WHERE key = $1 AND token = $2 AND state <> 'done'
 """
 FINISH_IDEMPOTENCY: Final = """
-UPDATE idempotency SET state = 'done', status = $2, body = $3::json, job_id = $4, finished_at = $5
-WHERE key = $1
+UPDATE idempotency SET state = 'done', status = $3, body = $4::json, job_id = $5, finished_at = $6
+WHERE key = $1 AND token = $2 AND state <> 'done'
 """
-RELEASE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE key = $1 AND state = 'pending'"
+RELEASE_IDEMPOTENCY: Final = (
+    "DELETE FROM idempotency WHERE key = $1 AND token = $2 AND state <> 'done'"
+)
 PURGE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE created_at < $1"
 
 # --------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from gateway.store.base import (
     Event,
     IdempotencyConflict,
     IdempotencyInFlight,
+    IdempotencyPhase,
     IdempotencyRecord,
     JobFilter,
     NewDelivery,
@@ -288,50 +289,97 @@ class PostgresStore:
     # -- idempotency keys ----------------------------------------------------------------------
 
     async def claim_idempotency(
-        self, key: str, fingerprint: str, now: datetime
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        *,
+        lease_until: datetime,
+        job_id: str,
+        token: str,
     ) -> IdempotencyRecord | ClaimedIdempotency:
         async with self._db.acquire() as conn:
             for _ in range(_CLAIM_RETRIES):
-                if await conn.fetchval(q.CLAIM_IDEMPOTENCY, key, fingerprint, now) is not None:
-                    return ClaimedIdempotency(key)
+                claimed = await conn.fetchrow(
+                    q.CLAIM_IDEMPOTENCY, key, fingerprint, now, token, lease_until, job_id
+                )
+                if claimed is not None:
+                    state, held_job, upstream_id, called_at = (claimed[i] for i in range(4))
+                    return ClaimedIdempotency(
+                        key,
+                        token,
+                        str(held_job),
+                        IdempotencyPhase(state),
+                        None if upstream_id is None else str(upstream_id),
+                        called_at,
+                    )
                 # A statement of its own, so its snapshot sees the row that beat our insert.
                 row = await conn.fetchrow(q.SELECT_IDEMPOTENCY, key)
                 if row is not None:
                     break
             else:
                 raise IdempotencyInFlight(key)  # claimed and released over and over meanwhile
-        stored, state, status, body, job_id, created_at = (row[i] for i in range(6))
+        stored, state, status, body, held_job, created_at, held_until = (row[i] for i in range(7))
         if stored != fingerprint:
             raise IdempotencyConflict(key)
-        if state != "done" or body is None:
-            raise IdempotencyInFlight(key)
+        if state != IdempotencyPhase.DONE or body is None:
+            # Not done and not taken over: its lease runs (or ran out just after our insert).
+            raise IdempotencyInFlight(key, held_until)
         return IdempotencyRecord(
             key=key,
             fingerprint=str(stored),
             status=int(status),
             body=rows.loads_object(body),
-            job_id=None if job_id is None else str(job_id),
+            job_id=None if held_job is None else str(held_job),
             created_at=created_at,
         )
 
+    async def advance_idempotency(
+        self,
+        claim: ClaimedIdempotency,
+        phase: IdempotencyPhase,
+        *,
+        now: datetime,
+        upstream_id: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> bool:
+        async with self._db.acquire() as conn:
+            status = await conn.execute(
+                q.ADVANCE_IDEMPOTENCY,
+                claim.key,
+                claim.token,
+                phase.value,
+                now,
+                upstream_id,
+                lease_until,
+            )
+        return rows.command_count(status) == 1
+
     async def finish_idempotency(
         self,
-        key: str,
+        claim: ClaimedIdempotency,
         *,
         status: int,
         body: Mapping[str, JSON],
         job_id: str | None,
         now: datetime,
-    ) -> None:
-        # A key purged while its request ran matches no row: the answer is simply not kept.
+    ) -> bool:
+        # A key purged or taken over while its request ran matches no row: nothing is kept.
         async with self._db.acquire() as conn:
-            await conn.execute(
-                q.FINISH_IDEMPOTENCY, key, status, rows.dumps(dict(body)), job_id, now
+            done = await conn.execute(
+                q.FINISH_IDEMPOTENCY,
+                claim.key,
+                claim.token,
+                status,
+                rows.dumps(dict(body)),
+                job_id,
+                now,
             )
+        return rows.command_count(done) == 1
 
-    async def release_idempotency(self, key: str) -> None:
+    async def release_idempotency(self, claim: ClaimedIdempotency) -> None:
         async with self._db.acquire() as conn:
-            await conn.execute(q.RELEASE_IDEMPOTENCY, key)
+            await conn.execute(q.RELEASE_IDEMPOTENCY, claim.key, claim.token)
 
     async def purge_idempotency(self, older_than: datetime) -> int:
         async with self._db.acquire() as conn:

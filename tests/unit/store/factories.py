@@ -9,7 +9,13 @@ from typing import Any
 from adapters.base import JobError, Progress, ResultKind, ResultLocator
 from gateway.jobs import Job, new_id
 from gateway.states import Action, JobState
-from gateway.store.base import JobStore, NewDelivery, NewEvent
+from gateway.store.base import (
+    ClaimedIdempotency,
+    IdempotencyRecord,
+    JobStore,
+    NewDelivery,
+    NewEvent,
+)
 
 # An odd microsecond, so a store that rounds times (to milliseconds, or through a float) fails.
 T0 = datetime(2026, 11, 22, 10, 0, 0, 123457, tzinfo=UTC)
@@ -88,3 +94,23 @@ def new_delivery(event_id: int, url: str = "http://a.test/hook", **changes: Any)
     }
     fields.update(changes)
     return NewDelivery(**fields)
+
+
+async def claim_key(
+    store: JobStore,
+    key: str,
+    fingerprint: str = "fp",
+    now: datetime = T0,
+    *,
+    lease: timedelta = LEASE,
+    token: str | None = None,
+) -> IdempotencyRecord | ClaimedIdempotency:
+    """Claim ``key`` as the service does: a fresh token and job id, a lease from ``now``."""
+    return await store.claim_idempotency(
+        key,
+        fingerprint,
+        now,
+        lease_until=now + lease,
+        job_id=f"job_for_{key}",
+        token=token or new_id("tok_"),
+    )

@@ -27,7 +27,15 @@ from gateway.store.postgres.store import append_events
 from tests.conftest import fresh_schema
 from tests.support import bumped
 from tests.unit.store.conftest import PgStores
-from tests.unit.store.factories import LEASE, T0, create_all, full_job, make_job, new_delivery
+from tests.unit.store.factories import (
+    LEASE,
+    T0,
+    claim_key,
+    create_all,
+    full_job,
+    make_job,
+    new_delivery,
+)
 
 ALL_MIGRATIONS = [m.number for m in MIGRATIONS]
 SKEW = timedelta(seconds=5)
@@ -86,13 +94,13 @@ async def test_reopening_migrates_nothing_and_keeps_the_data(pg_stores: PgStores
     first = await pg_stores()
     job = full_job()
     await first.create(job, [NewEvent("created", {"by": "test"})])
-    await first.claim_idempotency("k", "fp", T0)
+    await claim_key(first, "k")
     await first.close()
     second = await pg_stores()
     assert await second.get(job.id, "acme") == job
     assert [e.data for e in await second.events_after(0, tenant="acme")] == [{"by": "test"}]
     with pytest.raises(IdempotencyInFlight):
-        await second.claim_idempotency("k", "fp", T0)
+        await claim_key(second, "k")
 
 
 async def test_a_schema_migrated_by_newer_code_is_refused(
@@ -194,14 +202,29 @@ async def test_an_idempotency_key_claimed_by_one_replica_is_in_flight_for_anothe
 ) -> None:
     a, b = await pg_stores(), await pg_stores()
     results = await asyncio.gather(
-        *(s.claim_idempotency("key", "fp", T0) for s in (a, b, a, b)), return_exceptions=True
+        *(claim_key(s, "key") for s in (a, b, a, b)), return_exceptions=True
     )
-    assert results.count(ClaimedIdempotency("key")) == 1
+    [won] = [r for r in results if isinstance(r, ClaimedIdempotency)]
     assert sum(isinstance(r, IdempotencyInFlight) for r in results) == 3
-    await a.finish_idempotency("key", status=201, body={"id": "job_1"}, job_id="job_1", now=T0)
-    replay = await b.claim_idempotency("key", "fp", T0)
+    await a.finish_idempotency(won, status=201, body={"id": "job_1"}, job_id="job_1", now=T0)
+    replay = await claim_key(b, "key")
     assert isinstance(replay, IdempotencyRecord)
     assert (replay.status, replay.body) == (201, {"id": "job_1"})
+
+
+async def test_an_expired_claim_is_taken_over_by_exactly_one_replica(pg_stores: PgStores) -> None:
+    a, b = await pg_stores(), await pg_stores()
+    first = await claim_key(a, "key")
+    assert isinstance(first, ClaimedIdempotency)
+    later = T0 + LEASE
+    results = await asyncio.gather(
+        *(claim_key(s, "key", now=later) for s in (a, b, a, b)), return_exceptions=True
+    )
+    [taken] = [r for r in results if isinstance(r, ClaimedIdempotency)]
+    assert sum(isinstance(r, IdempotencyInFlight) for r in results) == 3
+    assert taken.job_id == first.job_id
+    assert taken.token != first.token
+    assert not await a.finish_idempotency(first, status=201, body={}, job_id="j", now=later)
 
 
 # -- the event log: ids become visible in order ------------------------------------------------

@@ -20,6 +20,7 @@ from gateway.states import JobState
 from gateway.store.base import (
     ClaimedIdempotency,
     IdempotencyInFlight,
+    IdempotencyPhase,
     IdempotencyRecord,
     JobFilter,
     NewEvent,
@@ -29,7 +30,7 @@ from gateway.store.migrations import SchemaTooNew
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_sql import MIGRATIONS, SCHEMA_VERSION
 from tests.support import bumped
-from tests.unit.store.factories import LEASE, T0, full_job, make_job
+from tests.unit.store.factories import LEASE, T0, claim_key, full_job, make_job
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -57,9 +58,10 @@ async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
     await first.create(job, [NewEvent("created", {"by": "test"})])
     await first.create(other, [NewEvent("created", {})])
     [(saved, _)] = [r for r in await first.save_many([(bumped(job, T0, polls=8), [])]) if r]
-    await first.claim_idempotency("done", "fp", T0)
-    await first.finish_idempotency("done", status=201, body={"id": job.id}, job_id=job.id, now=T0)
-    await first.claim_idempotency("pending", "fp", T0)
+    done = await claim_key(first, "done")
+    assert isinstance(done, ClaimedIdempotency)
+    await first.finish_idempotency(done, status=201, body={"id": job.id}, job_id=job.id, now=T0)
+    await claim_key(first, "pending")
     events = await first.events_after(0, tenant="acme")
     # The newest event goes with its job: a reopened store must still not reuse its id.
     [newest] = await first.save_many([(bumped(other, T0), [NewEvent("progress", {})])])
@@ -76,11 +78,11 @@ async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
         assert await second.events_after(0, tenant="acme") == events
         assert await second.events_after(0) == []  # the deleted job's events went with it
         assert await second.last_event_id() == last_id
-        replay = await second.claim_idempotency("done", "fp", T0)
+        replay = await claim_key(second, "done")
         assert isinstance(replay, IdempotencyRecord)
         assert (replay.status, replay.body, replay.job_id) == (201, {"id": job.id}, job.id)
         with pytest.raises(IdempotencyInFlight):
-            await second.claim_idempotency("pending", "fp", T0)
+            await claim_key(second, "pending")
         [created] = await second.create(make_job(), [NewEvent("created", {})])
         assert created.id > last_id
     finally:
@@ -215,8 +217,65 @@ async def test_labels_follow_saves_and_deletes(store: SqliteStore, tmp_path: Pat
 
 
 async def test_idempotency_keys_are_plain_rows(store: SqliteStore, tmp_path: Path) -> None:
-    assert await store.claim_idempotency("k", "fp", T0) == ClaimedIdempotency("k")
-    assert query(tmp_path / "jobs.db", "SELECT key, state FROM idempotency") == [("k", "pending")]
+    claim = await claim_key(store, "k")
+    assert isinstance(claim, ClaimedIdempotency)
+    assert query(tmp_path / "jobs.db", "SELECT key, state, job_id FROM idempotency") == [
+        ("k", "claimed", "job_for_k")
+    ]
+
+
+async def test_opening_the_file_exclusively_ends_the_dead_holders_leases(tmp_path: Path) -> None:
+    """Only one process holds an exclusive file: a claim found unfinished at open belongs to a
+    process that died, so a retry recovers it at once instead of waiting out its lease."""
+    path = tmp_path / "jobs.db"
+    first = SqliteStore(path, exclusive=True)
+    await first.open()
+    claim = await claim_key(first, "k")
+    assert isinstance(claim, ClaimedIdempotency)
+    await first.advance_idempotency(claim, IdempotencyPhase.CALLING, now=T0)
+    with pytest.raises(IdempotencyInFlight):
+        await claim_key(first, "k", now=T0 + timedelta(seconds=1))
+    await first.close()
+    second = SqliteStore(path, exclusive=True)
+    await second.open()
+    try:
+        taken = await claim_key(second, "k", now=T0 + timedelta(seconds=1))
+        assert isinstance(taken, ClaimedIdempotency)
+        assert (taken.phase, taken.job_id) == (IdempotencyPhase.CALLING, "job_for_k")
+    finally:
+        await second.close()
+
+
+async def test_keys_left_pending_by_an_older_version_become_calling(tmp_path: Path) -> None:
+    """Migration 5: an old pending key may have reached the provider, so it must be reconciled,
+    not rerun; and its lease is over."""
+    path = tmp_path / "jobs.db"
+    conn = sqlite3.connect(path)
+    for migration in MIGRATIONS[:4]:
+        for statement in migration.statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute(
+        "INSERT INTO idempotency (key, fingerprint, state, created_at) "
+        "VALUES ('old', 'fp', 'pending', 5)"
+    )
+    conn.execute(
+        "INSERT INTO idempotency (key, fingerprint, state, status, body, job_id, created_at) "
+        "VALUES ('done', 'fp', 'done', 201, '{}', 'job_1', 5)"
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        old = await claim_key(store, "old")
+        assert isinstance(old, ClaimedIdempotency)
+        assert (old.phase, old.job_id) == (IdempotencyPhase.CALLING, "job_for_old")
+        done = await claim_key(store, "done")
+        assert isinstance(done, IdempotencyRecord)
+        assert done.job_id == "job_1"
+    finally:
+        await store.close()
 
 
 # -- a process killed mid-write ----------------------------------------------------------------
