@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from gateway.store.base import (
     ClaimedIdempotency,
     IdempotencyInFlight,
+    IdempotencyPhase,
     IdempotencyRecord,
     NewEvent,
     StoreUnavailable,
@@ -112,6 +113,23 @@ async def test_a_schema_migrated_by_newer_code_is_refused(
     with pytest.raises(SchemaTooNew, match="99"):
         await store.open()
     assert await store.ping() is False
+
+
+async def test_keys_left_pending_by_an_older_version_become_calling(
+    pg_stores: PgStores, raw: asyncpg.Connection
+) -> None:
+    """Migration 5: an old pending key may have reached the provider, so it is reconciled, not
+    rerun; its lease is over at once."""
+    assert await migrate(raw, MIGRATIONS[:4]) == [1, 2, 3, 4]
+    await raw.execute(
+        "INSERT INTO idempotency (key, fingerprint, state, created_at) VALUES ('old', 'fp', "
+        "'pending', $1)",
+        T0,
+    )
+    store = await pg_stores()
+    old = await claim_key(store, "old", now=T0 + timedelta(seconds=1))
+    assert isinstance(old, ClaimedIdempotency)
+    assert (old.phase, old.called_at, old.job_id) == (IdempotencyPhase.CALLING, T0, "job_for_old")
 
 
 async def test_each_migration_is_its_own_transaction(raw: asyncpg.Connection) -> None:
