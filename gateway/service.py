@@ -45,6 +45,7 @@ from gateway.errors import (
     JobNotFound,
     ReplayedProblem,
     ResultNotReady,
+    ServiceError,
     UnknownProvider,
     UpstreamProblem,
 )
@@ -226,7 +227,7 @@ class JobService:
             "labels": dict(command.labels or {}),
             "callback_url": command.callback_url,
         }
-        claim = await self._claim(f"default:{idempotency_key}", fingerprint(body))
+        claim = await self._claim(f"default:{idempotency_key}", fingerprint(body), body)
         if isinstance(claim, IdempotencyRecord):
             if claim.status >= 400:
                 raise ReplayedProblem(
@@ -256,7 +257,9 @@ class JobService:
     # Adopt calls nothing that creates, so it never enters ``calling``: a crash or a transient
     # fault frees the key and the retry simply runs.
 
-    async def _claim(self, key: str, fingerprint: str) -> IdempotencyRecord | ClaimedIdempotency:
+    async def _claim(
+        self, key: str, fingerprint: str, command: Mapping[str, JSON]
+    ) -> IdempotencyRecord | ClaimedIdempotency:
         now = self.clock()
         try:
             return await self.store.claim_idempotency(
@@ -266,6 +269,7 @@ class JobService:
                 lease_until=now + timedelta(seconds=self.idempotency_lease),
                 job_id=new_id(),
                 token=secrets.token_hex(8),
+                command=command,
             )
         except IdempotencyConflict as exc:
             raise IdempotencyKeyReused(
@@ -280,6 +284,35 @@ class JobService:
                 "Retry-After seconds to read its outcome",
                 **extra,
             ) from exc
+
+    async def recover_abandoned(self, limit: int = 100) -> int:
+        """Finish keys whose holder died after calling upstream, without waiting for a client
+        to retry: the upstream job such a key may stand for is tracked (or reconciled) now, so
+        it is not orphaned when its client gives up. Returns how many keys were settled."""
+        settled = 0
+        for abandoned in await self.store.abandoned_idempotency(self.clock(), limit):
+            command = _command(abandoned.command)
+            if command is None or command.provider not in self.adapters:
+                continue
+            try:
+                claim = await self._claim(abandoned.key, abandoned.fingerprint, abandoned.command)
+            except (IdempotencyKeyInFlight, IdempotencyKeyReused):
+                continue  # a client's retry (or another replica) got there first
+            if not isinstance(claim, ClaimedIdempotency):
+                continue
+            try:
+                answer = await self._recover(claim, command)
+            except IdempotencyOutcomeUnknown:
+                settled += 1  # decided and stored: the client will read it
+                continue
+            except ServiceError as error:
+                log.info("idempotency.sweep_deferred", code=error.code)
+                continue
+            if answer is None:
+                # The provider shows no job: nothing to track. The client's retry runs afresh.
+                await self.store.release_idempotency(claim)
+            settled += 1
+        return settled
 
     async def _first_call(self, claim: ClaimedIdempotency, command: SubmitCommand) -> Answer:
         creates = command.request is not None
@@ -656,6 +689,24 @@ class JobService:
                 return saved
             job = await self.get(job.id)
         raise InvalidState("the job changed too often to update; retry", state=job.state.value)
+
+
+def _command(stored: Mapping[str, JSON]) -> SubmitCommand | None:
+    """The submit a key stands for, from the body its fingerprint hashes (``None`` if odd)."""
+    provider, request = stored.get("provider"), stored.get("request")
+    upstream_id, labels = stored.get("upstream_id"), stored.get("labels")
+    callback = stored.get("callback_url")
+    if not isinstance(provider, str) or not isinstance(labels, Mapping):
+        return None
+    if request is not None and not isinstance(request, Mapping):
+        return None
+    return SubmitCommand(
+        provider=provider,
+        request=request,
+        upstream_id=upstream_id if isinstance(upstream_id, str) else None,
+        labels={str(k): str(v) for k, v in labels.items()},
+        callback_url=callback if isinstance(callback, str) else None,
+    )
 
 
 def _taken_over() -> IdempotencyKeyInFlight:

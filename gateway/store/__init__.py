@@ -1,6 +1,7 @@
 """Persistence: the :class:`JobStore` protocol and its implementations."""
 
 from gateway.store.base import (
+    AbandonedKey,
     ClaimedIdempotency,
     Event,
     IdempotencyConflict,
@@ -15,6 +16,7 @@ from gateway.store.base import (
 )
 
 __all__ = [
+    "AbandonedKey",
     "ClaimedIdempotency",
     "Event",
     "IdempotencyConflict",

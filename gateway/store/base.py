@@ -98,6 +98,16 @@ class ClaimedIdempotency:
         return self.phase is not IdempotencyPhase.CLAIMED
 
 
+@dataclass(frozen=True, slots=True)
+class AbandonedKey:
+    """An unfinished key whose holder's lease ran out after the upstream call started: the
+    request it stands for, so that it can be finished without waiting for the client."""
+
+    key: str
+    fingerprint: str
+    command: Mapping[str, JSON]
+
+
 class IdempotencyConflict(Exception):
     """The key was used with a different request body (HTTP 422)."""
 
@@ -280,8 +290,12 @@ class IdempotencyKeys(Protocol):
         lease_until: datetime,
         job_id: str,
         token: str,
+        command: Mapping[str, JSON] | None = None,
     ) -> IdempotencyRecord | ClaimedIdempotency:
         """The stored answer for a finished request with this key and fingerprint; or the claim.
+
+        ``command`` is the request itself (what the fingerprint hashes), kept so that an
+        abandoned key can be finished without its client.
 
         A new key is claimed in phase ``claimed`` with ``job_id``. An unfinished key whose lease
         ended before ``now`` is taken over: the claim comes back in the phase its holder reached,
@@ -322,6 +336,11 @@ class IdempotencyKeys(Protocol):
 
     async def release_idempotency(self, claim: ClaimedIdempotency) -> None:
         """Forget an unfinished claim (the request provably had no upstream effect)."""
+        ...
+
+    async def abandoned_idempotency(self, now: datetime, limit: int) -> list[AbandonedKey]:
+        """Unfinished keys past their lease that reached ``calling`` or ``answered`` and kept
+        their command, oldest first: the upstream may hold a job nobody tracks yet."""
         ...
 
     async def purge_idempotency(self, older_than: datetime) -> int: ...

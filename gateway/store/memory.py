@@ -23,6 +23,7 @@ from adapters.base import JSON
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
+    AbandonedKey,
     ClaimedIdempotency,
     Delivery,
     DeliveryOutcome,
@@ -53,6 +54,7 @@ class _IdempotencyRow:
     body: Mapping[str, JSON] | None = None
     upstream_id: str | None = None
     called_at: datetime | None = None
+    command: Mapping[str, JSON] | None = None
 
 
 def _copy_job(job: Job) -> Job:
@@ -271,12 +273,14 @@ class MemoryStore:
         lease_until: datetime,
         job_id: str,
         token: str,
+        command: Mapping[str, JSON] | None = None,
     ) -> IdempotencyRecord | ClaimedIdempotency:
         row = self._idempotency.get(key)
         if row is None:
             row = _IdempotencyRow(
                 fingerprint, IdempotencyPhase.CLAIMED, now, token, lease_until, job_id
             )
+            row.command = None if command is None else _copy_data(command)
             self._idempotency[key] = row
             return ClaimedIdempotency(key, token, job_id)
         if row.fingerprint != fingerprint:
@@ -345,6 +349,19 @@ class MemoryStore:
     async def release_idempotency(self, claim: ClaimedIdempotency) -> None:
         if self._held(claim) is not None:
             del self._idempotency[claim.key]
+
+    async def abandoned_idempotency(self, now: datetime, limit: int) -> list[AbandonedKey]:
+        started = (IdempotencyPhase.CALLING, IdempotencyPhase.ANSWERED)
+        found = [
+            (row.created_at, key, row)
+            for key, row in self._idempotency.items()
+            if row.phase in started and row.lease_until <= now and row.command is not None
+        ]
+        found.sort(key=lambda item: (item[0], item[1]))
+        return [
+            AbandonedKey(key, row.fingerprint, _copy_data(row.command or {}))
+            for _, key, row in found[:limit]
+        ]
 
     async def purge_idempotency(self, older_than: datetime) -> int:
         old = [key for key, row in self._idempotency.items() if row.created_at < older_than]

@@ -33,6 +33,7 @@ from adapters.base import JSON
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
+    AbandonedKey,
     ClaimedIdempotency,
     Delivery,
     DeliveryOutcome,
@@ -52,6 +53,7 @@ from gateway.store.base import (
 )
 from gateway.store.migrations import pending
 from gateway.store.sqlite_sql import (
+    ABANDONED_IDEMPOTENCY,
     ADD_JOB_COUNTS,
     ADVANCE_IDEMPOTENCY,
     CLAIM_IDEMPOTENCY,
@@ -282,10 +284,15 @@ class SqliteStore:
         lease_until: datetime,
         job_id: str,
         token: str,
+        command: Mapping[str, JSON] | None = None,
     ) -> IdempotencyRecord | ClaimedIdempotency:
+        stored = None if command is None else _dumps(dict(command))
         return await self._call(
-            self._claim_idempotency_sync, key, fingerprint, now, lease_until, job_id, token
+            self._claim_idempotency_sync, key, fingerprint, now, lease_until, job_id, token, stored
         )
+
+    async def abandoned_idempotency(self, now: datetime, limit: int) -> list[AbandonedKey]:
+        return await self._call(self._abandoned_idempotency_sync, now, limit)
 
     async def advance_idempotency(
         self,
@@ -622,10 +629,11 @@ class SqliteStore:
         lease_until: datetime,
         job_id: str,
         token: str,
+        command: str | None,
     ) -> IdempotencyRecord | ClaimedIdempotency:
         lease_us = _to_us(lease_until)
         with self._transaction() as cursor:
-            claim = (key, fingerprint, _to_us(now), token, lease_us, job_id)
+            claim = (key, fingerprint, _to_us(now), token, lease_us, job_id, command)
             if cursor.execute(CLAIM_IDEMPOTENCY, claim).rowcount == 1:
                 return ClaimedIdempotency(key, token, job_id)
             row = cursor.execute(SELECT_IDEMPOTENCY, (key,)).fetchone()
@@ -652,6 +660,10 @@ class SqliteStore:
             upstream,
             None if called is None else _from_us(called),
         )
+
+    def _abandoned_idempotency_sync(self, now: datetime, limit: int) -> list[AbandonedKey]:
+        rows = self._db.execute(ABANDONED_IDEMPOTENCY, (_to_us(now), limit)).fetchall()
+        return [AbandonedKey(key, stored, orjson.loads(command)) for key, stored, command in rows]
 
     def _write_one_sync(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> int:
         with self._transaction() as cursor:

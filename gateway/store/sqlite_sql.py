@@ -111,7 +111,8 @@ CREATE TABLE idempotency_v5 (
     token       TEXT,
     lease_until INTEGER NOT NULL DEFAULT 0,
     upstream_id TEXT,
-    called_at   INTEGER
+    called_at   INTEGER,
+    command     TEXT
 )
 """
 COPY_IDEMPOTENCY_V5: Final = """
@@ -333,8 +334,9 @@ LIMIT :limit
 """
 
 CLAIM_IDEMPOTENCY: Final = """
-INSERT OR IGNORE INTO idempotency (key, fingerprint, state, created_at, token, lease_until, job_id)
-VALUES (?, ?, 'claimed', ?, ?, ?, ?)
+INSERT OR IGNORE INTO idempotency
+    (key, fingerprint, state, created_at, token, lease_until, job_id, command)
+VALUES (?, ?, 'claimed', ?, ?, ?, ?, ?)
 """
 SELECT_IDEMPOTENCY: Final = """
 SELECT fingerprint, state, status, body, job_id, created_at, lease_until, upstream_id, called_at
@@ -358,6 +360,12 @@ WHERE key = ? AND token = ? AND state <> 'done'
 RELEASE_IDEMPOTENCY: Final = (
     "DELETE FROM idempotency WHERE key = ? AND token = ? AND state <> 'done'"
 )
+ABANDONED_IDEMPOTENCY: Final = """
+SELECT key, fingerprint, command FROM idempotency
+WHERE state IN ('calling', 'answered') AND lease_until <= ? AND command IS NOT NULL
+ORDER BY created_at, key
+LIMIT ?
+"""
 # With the file locked to one process, a claim found unfinished at open belongs to a process that
 # has died: its lease is over now, whatever the clock says, so a retry need not wait it out.
 END_IDEMPOTENCY_LEASES: Final = "UPDATE idempotency SET lease_until = 0 WHERE state <> 'done'"

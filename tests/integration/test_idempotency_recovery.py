@@ -115,6 +115,7 @@ async def left_by_a_crash(
         lease_until=now - timedelta(minutes=4),
         job_id="job_crashed_" + key,
         token="dead",
+        command=full,
     )
     assert isinstance(claim, ClaimedIdempotency)
     if phase is not IdempotencyPhase.CLAIMED:
@@ -269,6 +270,46 @@ async def test_a_live_key_is_in_flight_with_retry_after(
     status, problem, headers = await post(stack, body, "k-live")
     assert (status, problem["code"]) == (409, "idempotency_key_in_flight")
     assert 60 <= int(headers["Retry-After"]) <= 90
+
+
+# -- without a client: the sweep ---------------------------------------------------------------
+
+
+async def test_abandoned_keys_are_settled_without_their_clients(
+    make_stack: StackFactory, serve: Serve
+) -> None:
+    """A client that never retries must not leave an untracked upstream job behind."""
+    stack, gate = await gated_stack(make_stack, serve)
+    service = stack.app[COMPONENTS_KEY].service
+    assert service is not None
+    answered = await direct_catchall_submit(stack, "answered query")
+    lost = await direct_catchall_submit(stack, QUERY)
+    crashes = {
+        "s-answered": (submit_body("catchall", {"query": "answered query"}), "answered"),
+        "s-calling": (submit_body("catchall", {"query": QUERY}), "calling"),
+        "s-nothing": (submit_body("catchall", {"query": "never made"}), "calling"),
+        "s-pulse": (submit_body("pulse", {"fileUrl": "https://example.com/a.pdf"}), "calling"),
+    }
+    for key, (body, phase) in crashes.items():
+        upstream = answered if phase == "answered" else None
+        await left_by_a_crash(stack, key, body, IdempotencyPhase(phase), upstream_id=upstream)
+    # answered: tracked; calling: found and tracked; nothing: freed; pulse: decided unknown
+    assert await service.recover_abandoned() == 4
+    tracked = {
+        j.upstream_id: j.id
+        for j in (await store_of(stack).list_jobs(JobFilter(), limit=10, cursor=None)).jobs
+    }
+    assert tracked == {answered: "job_crashed_s-answered", lost: "job_crashed_s-calling"}
+    assert gate.count("POST", "/catchall/catchAll/submit") == 2  # the direct ones only
+    # The clients that come back later read what was settled for them.
+    status, job, _ = await post(stack, crashes["s-calling"][0], "s-calling")
+    assert (status, job["upstream_id"]) == (201, lost)
+    status, problem, _ = await post(stack, crashes["s-pulse"][0], "s-pulse")
+    assert (status, problem["code"]) == (409, "idempotency_outcome_unknown")
+    status, job, _ = await post(stack, crashes["s-nothing"][0], "s-nothing")
+    assert status == 201  # nothing had been made, the key was freed: this submit runs
+    assert gate.count("POST", "/catchall/catchAll/submit") == 3
+    assert await service.recover_abandoned() == 0
 
 
 # -- only outcomes are replayed --------------------------------------------------------------------

@@ -119,7 +119,8 @@ ALTER TABLE idempotency
     ADD COLUMN token text,
     ADD COLUMN lease_until timestamptz NOT NULL DEFAULT '-infinity',
     ADD COLUMN upstream_id text,
-    ADD COLUMN called_at timestamptz
+    ADD COLUMN called_at timestamptz,
+    ADD COLUMN command json
 """
 MARK_PENDING_IDEMPOTENCY_CALLING: Final = """
 UPDATE idempotency SET state = 'calling', lease_until = created_at, called_at = created_at
@@ -444,8 +445,9 @@ LIMIT $5
 # (after waiting for the winner's transaction, if it is still open). The same statement takes over
 # an unfinished claim whose lease is over; the row lock makes one of two racing takeovers win.
 CLAIM_IDEMPOTENCY: Final = """
-INSERT INTO idempotency AS i (key, fingerprint, state, created_at, token, lease_until, job_id)
-VALUES ($1, $2, 'claimed', $3, $4, $5, $6)
+INSERT INTO idempotency AS i
+    (key, fingerprint, state, created_at, token, lease_until, job_id, command)
+VALUES ($1, $2, 'claimed', $3, $4, $5, $6, $7::json)
 ON CONFLICT (key) DO UPDATE
 SET token = excluded.token,
     lease_until = excluded.lease_until,
@@ -456,6 +458,12 @@ RETURNING state, job_id, upstream_id, called_at
 SELECT_IDEMPOTENCY: Final = """
 SELECT fingerprint, state, status, body, job_id, created_at, lease_until
 FROM idempotency WHERE key = $1
+"""
+ABANDONED_IDEMPOTENCY: Final = """
+SELECT key, fingerprint, command FROM idempotency
+WHERE state IN ('calling', 'answered') AND lease_until <= $1 AND command IS NOT NULL
+ORDER BY created_at, key
+LIMIT $2
 """
 ADVANCE_IDEMPOTENCY: Final = """
 UPDATE idempotency

@@ -27,6 +27,7 @@ from adapters.base import JSON
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
+    AbandonedKey,
     ClaimedIdempotency,
     Delivery,
     DeliveryOutcome,
@@ -297,11 +298,13 @@ class PostgresStore:
         lease_until: datetime,
         job_id: str,
         token: str,
+        command: Mapping[str, JSON] | None = None,
     ) -> IdempotencyRecord | ClaimedIdempotency:
+        stored = None if command is None else rows.dumps(dict(command))
         async with self._db.acquire() as conn:
             for _ in range(_CLAIM_RETRIES):
                 claimed = await conn.fetchrow(
-                    q.CLAIM_IDEMPOTENCY, key, fingerprint, now, token, lease_until, job_id
+                    q.CLAIM_IDEMPOTENCY, key, fingerprint, now, token, lease_until, job_id, stored
                 )
                 if claimed is not None:
                     state, held_job, upstream_id, called_at = (claimed[i] for i in range(4))
@@ -333,6 +336,11 @@ class PostgresStore:
             job_id=None if held_job is None else str(held_job),
             created_at=created_at,
         )
+
+    async def abandoned_idempotency(self, now: datetime, limit: int) -> list[AbandonedKey]:
+        async with self._db.acquire() as conn:
+            found = await conn.fetch(q.ABANDONED_IDEMPOTENCY, now, limit)
+        return [AbandonedKey(str(row[0]), str(row[1]), rows.loads_object(row[2])) for row in found]
 
     async def advance_idempotency(
         self,

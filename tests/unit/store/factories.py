@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.base import JobError, Progress, ResultKind, ResultLocator
+from adapters.base import JSON, JobError, Progress, ResultKind, ResultLocator
 from gateway.jobs import Job, new_id
 from gateway.states import Action, JobState
 from gateway.store.base import (
@@ -104,6 +104,7 @@ async def claim_key(
     *,
     lease: timedelta = LEASE,
     token: str | None = None,
+    command: Mapping[str, JSON] | None = None,
 ) -> IdempotencyRecord | ClaimedIdempotency:
     """Claim ``key`` as the service does: a fresh token and job id, a lease from ``now``."""
     return await store.claim_idempotency(
@@ -113,4 +114,5 @@ async def claim_key(
         lease_until=now + lease,
         job_id=f"job_for_{key}",
         token=token or new_id("tok_"),
+        command=command,
     )

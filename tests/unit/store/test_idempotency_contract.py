@@ -146,3 +146,28 @@ async def test_a_finished_key_cannot_be_advanced_or_released(store: JobStore) ->
     replay = await claim_key(store, "k")
     assert isinstance(replay, IdempotencyRecord)
     assert replay.body == {"a": 1}
+
+
+async def test_abandoned_keys_are_those_past_their_lease_that_called_upstream(
+    store: JobStore,
+) -> None:
+    command = {"provider": "catchall", "request": {"query": "q", "deep": [1, {"x": None}]}}
+    for key in ("claimed", "calling", "answered", "live", "done", "no-command"):
+        await claim_key(store, key, command=None if key == "no-command" else command)
+    claims = {}
+    for key in ("calling", "answered", "live", "done", "no-command"):
+        claim = await claimed(store, key, now=T0 + LEASE, token=f"tok_{key}")
+        claims[key] = claim
+        assert await store.advance_idempotency(claim, Phase.CALLING, now=T0)
+    await store.advance_idempotency(claims["answered"], Phase.ANSWERED, now=T0, upstream_id="u")
+    await store.finish_idempotency(claims["done"], status=201, body={}, job_id="j", now=T0)
+    # Every lease but one's ends at T0 + LEASE; "live" was taken over later, so it runs on.
+    await claimed(store, "live", now=T0 + 3 * LEASE, token="tok_live2")
+    later = T0 + 3 * LEASE
+    found = await store.abandoned_idempotency(later, limit=10)
+    assert [(a.key, a.fingerprint, a.command) for a in found] == [
+        ("answered", "fp", command),
+        ("calling", "fp", command),
+    ]
+    assert [a.key for a in await store.abandoned_idempotency(later, limit=1)] == ["answered"]
+    assert await store.abandoned_idempotency(T0, limit=10) == []
