@@ -17,6 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.settings import load_settings
     from gateway.store.base import StoreUnavailable
     from gateway.web.app import create_app
+    from gateway.web.server import serve
 
     try:
         settings = load_settings(args.config)
@@ -36,14 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.server.port
     ready = f"jobgate: serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)"
     try:
-        # run_app prints once the sites listen, so the line never precedes a failed start.
-        web.run_app(
-            create_app(settings),
-            host=host,
-            port=port,
-            print=lambda _: print(ready, flush=True),
-            access_log=None,
-        )
+        # The line is printed once the site listens, so it never precedes a failed start.
+        serve(create_app(settings), host, port, on_ready=lambda: print(ready, flush=True))
     except StoreUnavailable as exc:
         # An operator's problem (a wrong DSN, a server down, a file in use), not a bug: one line.
         print(f"jobgate: cannot open the store: {exc}", file=sys.stderr)

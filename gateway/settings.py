@@ -114,6 +114,15 @@ class ServerSettings(_Section):
     max_wait_seconds: float = Field(60.0, gt=0)
     sse_heartbeat_seconds: float = Field(15.0, gt=0)
     """An idle SSE stream gets a ``: keep-alive`` comment this often (proxies drop silent ones)."""
+    max_json_depth: int = Field(64, ge=2, le=200)
+    """How deeply a request body may nest (the body itself is level 1). Capped at 200: the JSON
+    encoder that forwards ``request`` upstream and stores it stops at about 250 levels."""
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    """A new connection that has not sent a complete request head by then is closed (slow-loris)."""
+    keepalive_timeout_seconds: float = Field(75.0, gt=0)
+    """An idle connection between requests is closed after this, and so is one whose next request
+    head is still incomplete. Above the 60 s idle timeout of common load balancers, so that they
+    close first and never send on a connection the gateway is closing."""
 
 
 class StoreSettings(_Section):

@@ -34,6 +34,7 @@ from gateway.store.base import JobStore
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
+from gateway.web.bodies import close_after_a_broken_body
 from gateway.web.cors import setup_cors
 from gateway.web.observability import (
     echo_request_id,
@@ -56,8 +57,12 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[request_id_middleware, metrics_middleware, problem_middleware],
+        # Carried by the app, so every runner (jobgate serve, the tests' servers) applies it; the
+        # timeout before a first request is GatewayRunner's (gateway/web/server.py).
+        handler_args={"keepalive_timeout": settings.server.keepalive_timeout_seconds},
     )
     app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(close_after_a_broken_body)
     app[COMPONENTS_KEY] = Components(settings=settings, metrics=Metrics())
     app[MAX_BODY_KEY] = settings.server.max_body_bytes
     setup_cors(app, settings.server.cors_origins)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from gateway.service import JobService, JsonResult, RedirectResult, SubmitCommand
 from gateway.states import JobState
 from gateway.store.base import JobFilter
+from gateway.web.bodies import read_body
 from gateway.web.models import ContinueBody, SubmitBody
 from gateway.web.problems import BadInput
 from gateway.web.state import COMPONENTS_KEY
@@ -42,13 +43,7 @@ async def read_json(request: web.Request) -> Any:
             f"expected Content-Type application/json, got {request.content_type}",
             status=415,
         )
-    raw = await request.read()
-    if not raw.strip():
-        raise BadInput("invalid_json", "the request body is empty; expected a JSON object")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput("invalid_json", f"the request body is not valid JSON: {exc}") from exc
+    return await read_body(request, request.app[COMPONENTS_KEY].settings.server.max_json_depth)
 
 
 def parse(model: type[M], data: Any) -> M:

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_LABELS = 32
 
 
+State = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -92,7 +95,7 @@ class JobOut(BaseModel):
     id: str
     provider: str
     upstream_id: str
-    state: Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+    state: State
     native_status: str | None
     progress: Progress
     eta: str | None
@@ -107,6 +110,41 @@ class JobOut(BaseModel):
     rerun_of: str | None
     labels: dict[str, str]
     version: int
+
+
+class JobEventData(JobOut):
+    """``created`` and ``progress`` events: the job as the change left it."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str
+
+
+class StateEventData(JobEventData):
+    """``state`` events: the job after a change of state, and the state it left."""
+
+    from_: State = Field(alias="from")
+
+
+class RecordsEventData(_Strict):
+    """``records`` events: catchall records that arrived while the job was ``enriching``, at most
+    100 per event, from ``offset`` on; the finished result is read from ``/result``."""
+
+    offset: int = Field(ge=0)
+    count: int = Field(ge=1, le=100)
+    total_records: int | None
+    partial: bool
+    records: list[Any]
+    job_id: str
+    provider: str
+    state: State
+
+
+class EndEventData(_Strict):
+    """``end``: the job's stream is over (the job finished, or was deleted); no ``id``."""
+
+    job_id: str
+    state: State | None
+    reason: Literal["finished", "deleted"]
 
 
 class JobList(BaseModel):

@@ -1,7 +1,14 @@
-"""OpenAPI 3.1, generated from the route table and the same pydantic models the handlers use."""
+"""OpenAPI 3.2, generated from the route table and the same pydantic models the handlers use.
+
+3.2 because it is the first version that can describe Server-Sent Events: a ``text/event-stream``
+answer's ``itemSchema`` is one event (``event``, ``data``, ``id``), and each event's ``data`` is
+JSON whose ``contentSchema`` is the model of that event. Every status an operation answers is
+listed; there is no ``default``, so a status missing from the document is a bug of the document.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -9,9 +16,10 @@ from pydantic import BaseModel
 
 import gateway
 from gateway.web.models import Problem
-from gateway.web.routes import ROUTES
+from gateway.web.routes import ROUTES, Answer, EventStream, OrStreamed
 
 REF = "#/components/schemas/{model}"
+JSON_DATA = {"contentMediaType": "application/json"}
 
 
 def build_spec() -> dict[str, Any]:
@@ -23,7 +31,26 @@ def build_spec() -> dict[str, Any]:
         schemas[model.__name__] = schema
         return {"$ref": REF.format(model=model.__name__)}
 
-    problem_ref = ref(Problem)
+    def response(status: int, answer: Answer) -> dict[str, Any]:
+        if isinstance(answer, EventStream):
+            return {
+                "description": answer.description,
+                "content": {"text/event-stream": {"itemSchema": event_schema(answer, ref)}},
+            }
+        if isinstance(answer, OrStreamed):
+            either = {"anyOf": [ref(answer.model), {"description": "the provider's document"}]}
+            content = {"application/json": {"schema": either}}
+            return {"description": answer.description, "content": content}
+        if isinstance(answer, str):
+            if status < 400:
+                return {"description": answer}
+            problem = {"application/problem+json": {"schema": ref(Problem)}}
+            return {"description": answer, "content": problem}
+        return {
+            "description": _first_line(answer),
+            "content": {"application/json": {"schema": ref(answer)}},
+        }
+
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         operation: dict[str, Any] = {
@@ -40,41 +67,19 @@ def build_spec() -> dict[str, Any]:
                 }
                 for p in route.params
             ],
-            "responses": {},
+            "responses": {
+                str(status): response(status, answer)
+                for status, answer in sorted(route.responses.items())
+            },
         }
         if route.body is not None:
             operation["requestBody"] = {
                 "required": route.method == "POST" and route.body.__name__ == "SubmitBody",
                 "content": {"application/json": {"schema": ref(route.body)}},
             }
-        for status, answer in route.responses.items():
-            if isinstance(answer, str):
-                content = (
-                    {"application/problem+json": {"schema": problem_ref}} if status >= 400 else None
-                )
-                if 200 <= status < 300 and route.media != "application/json":
-                    content = {route.media: {"schema": {"type": "string"}}}
-                entry: dict[str, Any] = {"description": answer}
-                if content:
-                    entry["content"] = content
-            else:
-                entry = {
-                    "description": answer.__doc__.strip().splitlines()[0]
-                    if answer.__doc__
-                    else answer.__name__,
-                    "content": {"application/json": {"schema": ref(answer)}},
-                }
-            operation["responses"][str(status)] = entry
-        operation["responses"].setdefault(
-            "default",
-            {
-                "description": "A problem (RFC 9457)",
-                "content": {"application/problem+json": {"schema": problem_ref}},
-            },
-        )
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
-        "openapi": "3.1.0",
+        "openapi": "3.2.0",
         "info": {
             "title": "jobgate",
             "version": gateway.__version__,
@@ -83,6 +88,37 @@ def build_spec() -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas},
     }
+
+
+def event_schema(
+    stream: EventStream, ref: Callable[[type[BaseModel]], dict[str, str]]
+) -> dict[str, Any]:
+    """One Server-Sent Event as OpenAPI 3.2 reads it (``event``, ``data``, ``id``), with the JSON
+    schema of ``data`` chosen by ``event``."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"enum": [name for name, _ in stream.events]},
+            "data": {"type": "string", **JSON_DATA},
+            "id": {
+                "type": "string",
+                "pattern": "^[0-9]+$",
+                "description": "The event's id in the store: reconnect with Last-Event-ID",
+            },
+        },
+        "allOf": [
+            {
+                "if": {"properties": {"event": {"const": name}}},
+                "then": {"properties": {"data": {**JSON_DATA, "contentSchema": ref(model)}}},
+            }
+            for name, model in stream.events
+        ],
+    }
+
+
+def _first_line(model: type[BaseModel]) -> str:
+    return model.__doc__.strip().splitlines()[0] if model.__doc__ else model.__name__
 
 
 async def openapi_json(request: web.Request) -> web.Response:

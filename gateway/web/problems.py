@@ -45,6 +45,8 @@ _TITLES = {
     "method_not_allowed": "Method not allowed",
     "unsupported_media_type": "Unsupported media type",
     "invalid_header": "A request header is not valid",
+    "invalid_body": "The request body could not be read",
+    "request_too_deep": "The request body nests too deeply",
 }
 
 

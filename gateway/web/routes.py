@@ -14,11 +14,15 @@ from gateway.web import handlers as h
 from gateway.web import sse
 from gateway.web.models import (
     ContinueBody,
+    EndEventData,
     Health,
+    JobEventData,
     JobList,
     JobOut,
     ProviderList,
+    RecordsEventData,
     ResultOut,
+    StateEventData,
     SubmitBody,
 )
 
@@ -35,17 +39,36 @@ class Param:
 
 
 @dataclass(frozen=True, slots=True)
+class EventStream:
+    """A ``text/event-stream`` answer: each event's name and the schema of its JSON ``data``."""
+
+    description: str
+    events: tuple[tuple[str, type[BaseModel]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OrStreamed:
+    """A JSON answer that is ``model``, or a provider's own document streamed through as it is."""
+
+    model: type[BaseModel]
+    description: str
+
+
+Answer = type[BaseModel] | str | EventStream | OrStreamed
+"""A model (JSON), a description (a problem for 4xx/5xx, no body otherwise), or one of the above."""
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     method: str
     path: str
     handler: Handler
     summary: str
     body: type[BaseModel] | None = None
-    responses: dict[int, type[BaseModel] | str] = field(default_factory=dict)
+    responses: dict[int, Answer] = field(default_factory=dict)
+    """Every status the operation answers; ``/openapi.json`` documents no catch-all besides."""
     params: tuple[Param, ...] = ()
     tag: str = "jobs"
-    media: str = "application/json"
-    """The media type of the success answer (``text/event-stream`` for SSE)."""
 
 
 JOB_ID = Param("job_id", "path", {"type": "string"}, "The jobgate job id", required=True)
@@ -70,6 +93,31 @@ WAIT = Param(
     "Long-poll: wait up to this many seconds for the job to change",
 )
 
+# -- the statuses routes share ---------------------------------------------------------------------
+
+BAD_QUERY = "invalid_query or invalid_header: a parameter cannot be read (the detail names it)"
+NO_JOB = "job_not_found: no such job"
+BODY: dict[int, Answer] = {
+    400: "invalid_json, invalid_body, or request_too_deep (nested past server.max_json_depth, "
+    "which the detail names)",
+    413: "body_too_large: over server.max_body_bytes",
+    415: "unsupported_media_type: the body is not JSON",
+    422: "validation_error: unknown, missing or mistyped fields, each named in errors[]",
+}
+UPSTREAM: dict[int, Answer] = {
+    429: "upstream_rate_limited: the provider is rate limiting (Retry-After says when to retry)",
+    502: "upstream_malformed, upstream_auth_rejected or upstream_error: the provider's answer "
+    "was unusable",
+    503: "upstream_unavailable: the provider is down or did not answer in time",
+}
+UPSTREAM_REFUSED = "upstream_rejected or upstream_not_found: the provider refused the call"
+JOB_EVENTS: tuple[tuple[str, type[BaseModel]], ...] = (
+    ("created", JobEventData),
+    ("state", StateEventData),
+    ("progress", JobEventData),
+    ("records", RecordsEventData),
+)
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
@@ -87,10 +135,16 @@ ROUTES: tuple[Route, ...] = (
         body=SubmitBody,
         responses={
             201: JobOut,
-            409: "Idempotency key in flight, or action not supported",
-            422: "Invalid body, unknown provider, or key reused with another body",
-            429: "The provider is rate limiting",
-            503: "The provider is unavailable",
+            **BODY,
+            400: f"{BODY[400]}; invalid_header: a bad Idempotency-Key",
+            409: "idempotency_key_in_flight (a request with this key is still running), "
+            "idempotency_outcome_unknown (an earlier request with this key may or may not have "
+            "created an upstream job), or action_not_supported (submit to a provider whose jobs "
+            "are created elsewhere)",
+            422: "validation_error (each field named in errors[]), unknown_provider, "
+            "idempotency_key_reused (another body under this key), callback_url_refused, "
+            "upstream_rejected or upstream_not_found",
+            **UPSTREAM,
         },
         params=(
             Param(
@@ -106,7 +160,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/jobs",
         h.list_jobs,
         "List jobs, newest first",
-        responses={200: JobList},
+        responses={200: JobList, 400: BAD_QUERY},
         params=(
             Param("provider", "query", {"type": "string"}, "Only this provider"),
             Param("state", "query", {"type": "string"}, "Only this canonical state"),
@@ -125,7 +179,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/jobs/{job_id}",
         h.get_job,
         "The canonical job; ?wait=N long-polls",
-        responses={200: JobOut, 404: "No such job"},
+        responses={200: JobOut, 400: BAD_QUERY, 404: NO_JOB},
         params=(JOB_ID, WAIT),
     ),
     Route(
@@ -133,7 +187,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/jobs/{job_id}",
         h.delete_job,
         "Stop tracking the job",
-        responses={204: "Deleted", 404: "No such job"},
+        responses={204: "Deleted", 404: NO_JOB},
         params=(JOB_ID,),
     ),
     Route(
@@ -143,10 +197,21 @@ ROUTES: tuple[Route, ...] = (
         "The result: inline, a page of records, or a large result streamed (or 307 with "
         "?redirect=true)",
         responses={
-            200: ResultOut,
+            200: OrStreamed(
+                ResultOut,
+                "An inline result or a page of records; a large result (is_url) is the "
+                "provider's own document, streamed through with its Content-Type",
+            ),
             307: "Redirect to a presigned large-result URL",
-            409: "No result yet",
-            410: "The result expired upstream",
+            400: BAD_QUERY,
+            404: NO_JOB,
+            409: "result_not_ready: no result yet, or the job ended without one",
+            410: "result_expired: the provider's large result expired",
+            422: UPSTREAM_REFUSED,
+            429: UPSTREAM[429],
+            502: "unsafe_result_url, result_too_large or result_fetch_failed (the pointer was "
+            "refused or could not be fetched), or the provider's answer was unusable",
+            503: UPSTREAM[503],
         },
         params=(
             JOB_ID,
@@ -171,7 +236,14 @@ ROUTES: tuple[Route, ...] = (
         "/v1/jobs/{job_id}/cancel",
         h.cancel_job,
         "Cancel upstream (pulse)",
-        responses={202: JobOut, 409: "Not supported by the provider, or already finished"},
+        responses={
+            202: JobOut,
+            404: NO_JOB,
+            409: "action_not_supported (the provider cannot cancel), or invalid_state (the job "
+            "is already finished)",
+            422: UPSTREAM_REFUSED,
+            **UPSTREAM,
+        },
         params=(JOB_ID,),
     ),
     Route(
@@ -179,7 +251,14 @@ ROUTES: tuple[Route, ...] = (
         "/v1/jobs/{job_id}/rerun",
         h.rerun_job,
         "Rerun: native (platform) or a resubmission of the stored request",
-        responses={201: JobOut, 409: "Not supported"},
+        responses={
+            201: JobOut,
+            404: NO_JOB,
+            409: "action_not_supported (no native rerun and no stored request), or "
+            "invalid_state (a native rerun needs a finished job)",
+            422: UPSTREAM_REFUSED,
+            **UPSTREAM,
+        },
         params=(JOB_ID,),
     ),
     Route(
@@ -188,7 +267,15 @@ ROUTES: tuple[Route, ...] = (
         h.continue_job,
         "Continue a finished job with a higher limit (catchall)",
         body=ContinueBody,
-        responses={202: JobOut, 409: "Not supported"},
+        responses={
+            202: JobOut,
+            **BODY,
+            404: NO_JOB,
+            409: "action_not_supported (the provider cannot continue), or invalid_state",
+            422: "validation_error (each field named in errors[]), upstream_rejected or "
+            "upstream_not_found",
+            **UPSTREAM,
+        },
         params=(JOB_ID,),
     ),
     Route(
@@ -197,16 +284,25 @@ ROUTES: tuple[Route, ...] = (
         sse.job_events,
         "Server-Sent Events for one job: its whole history first (unless Last-Event-ID), then "
         "live; ends with event 'end' once the job is finished",
-        responses={200: "An SSE stream (id, event, data per event)", 404: "No such job"},
+        responses={
+            200: EventStream(
+                "The job's events (id, event, data); 'end' (no id) closes a finished job's stream",
+                (*JOB_EVENTS, ("end", EndEventData)),
+            ),
+            400: BAD_QUERY,
+            404: NO_JOB,
+        },
         params=(JOB_ID, *LAST_EVENT_ID),
-        media="text/event-stream",
     ),
     Route(
         "GET",
         "/v1/events",
         sse.all_events,
         "Server-Sent Events for all jobs, from now (or after Last-Event-ID)",
-        responses={200: "An SSE stream (id, event, data per event)"},
+        responses={
+            200: EventStream("Every job's events (id, event, data), from now", JOB_EVENTS),
+            400: BAD_QUERY,
+        },
         params=(
             Param(
                 "provider",
@@ -222,7 +318,6 @@ ROUTES: tuple[Route, ...] = (
             ),
             *LAST_EVENT_ID,
         ),
-        media="text/event-stream",
     ),
     Route(
         "POST",
@@ -232,9 +327,10 @@ ROUTES: tuple[Route, ...] = (
         "polls the job it names now; the body is the provider's own",
         responses={
             202: cb.CallbackAck,
-            401: "The callback token is missing or wrong",
-            404: "The provider does not push, or has no callback_secret",
-            422: "The body names no upstream job",
+            **BODY,
+            401: "callback_unauthorized: the callback token is missing or wrong",
+            404: "callbacks_not_enabled: the provider does not push, or has no callback_secret",
+            422: "invalid_callback: the body names no upstream job",
         },
         params=(
             Param("provider", "path", {"type": "string"}, "A provider that pushes", required=True),
@@ -254,7 +350,7 @@ ROUTES: tuple[Route, ...] = (
         "/readyz",
         h.readyz,
         "Readiness: the store answers",
-        responses={200: Health, 503: "The store does not answer"},
+        responses={200: Health, 503: Health},
         tag="service",
     ),
 )

@@ -17,6 +17,7 @@ from adapters.sandboxes import SUBAPPS_KEY, create_sandbox_app
 from adapters.simulator import SandboxSettings
 from gateway.settings import Settings, load_settings
 from gateway.web.app import create_app
+from gateway.web.server import GatewayRunner
 from tests.conftest import Serve
 
 FAST_POLICY: dict[str, Any] = {
@@ -108,6 +109,13 @@ class Stack:
 StackFactory = Callable[..., Awaitable[Stack]]
 
 
+class GatewayTestServer(TestServer):
+    """A test server with the runner ``jobgate serve`` uses (its connection timeouts too)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_stack(
     serve: Serve, tmp_path: Path, http_session: aiohttp.ClientSession
@@ -131,7 +139,7 @@ async def make_stack(
             sandbox_app, sandbox_url = sandbox
         settings = gateway_settings(sandbox_url, db or tmp_path / "jobs.db", **settings_kwargs)
         app = create_app(settings)
-        server = TestServer(app, host="127.0.0.1")
+        server = GatewayTestServer(app, host="127.0.0.1")
         await server.start_server()
         gateways.append(server)
         url = str(server.make_url("")).rstrip("/")

@@ -1,11 +1,13 @@
-"""``/openapi.json`` against the running app: OpenAPI 3.1, every served route listed, every ``$ref``
-resolvable, and the documented schemas the ones the handlers enforce and the API returns.
+"""``/openapi.json`` against the running app: OpenAPI 3.2, every served route listed, every ``$ref``
+resolvable, and the documented schemas the ones the handlers enforce and the API returns (the SSE
+streams' events included).
 
 No JSON Schema library is a dependency, so a small validator below checks the subset of JSON Schema
 that pydantic emits; it refuses any keyword it does not know rather than ignore a constraint."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -28,7 +30,17 @@ REF_PREFIX = "#/components/schemas/"
 
 # -- a small JSON Schema (2020-12 subset) validator ----------------------------------------------
 
-ANNOTATIONS = {"title", "description", "default", "examples", "deprecated", "format"}
+# contentMediaType and contentSchema are annotations in JSON Schema 2020-12: check_event below
+# applies an SSE event's contentSchema to its parsed data itself.
+ANNOTATIONS = {
+    "title",
+    "description",
+    "default",
+    "examples",
+    "deprecated",
+    "format",
+    "contentMediaType",
+}
 TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -207,10 +219,11 @@ def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]
 # -- the document --------------------------------------------------------------------------------
 
 
-async def test_openapi_is_3_1_and_lists_every_served_route(make_stack: StackFactory) -> None:
+async def test_openapi_is_3_2_and_lists_every_served_route(make_stack: StackFactory) -> None:
+    """3.2: the first version that can describe an event stream's events (``itemSchema``)."""
     stack = await make_stack()
     spec = await fetch_spec(stack)
-    assert spec["openapi"].startswith("3.1")
+    assert spec["openapi"].startswith("3.2")
     assert spec["info"]["title"]
     assert spec["info"]["version"]
 
@@ -243,16 +256,22 @@ async def test_operations_are_complete(make_stack: StackFactory) -> None:
             assert parameter["in"] in ("query", "path", "header"), where
             if parameter["in"] == "path":
                 assert parameter["required"] is True, where
+        # Every status is listed: a catch-all would hide the ones the document misses.
+        assert "default" not in operation["responses"], where
         for status, response in operation["responses"].items():
             assert response["description"], (where, status)
-            if status != "default" and 200 <= int(status) < 300 and status != "204":
-                content = response.get("content", {})
+            content = response.get("content", {})
+            if 200 <= int(status) < 300 and status != "204":
                 assert "application/json" in content or "text/event-stream" in content, (
                     where,
                     status,
                 )
-            if status == "default" or int(status) >= 400:
-                assert "application/problem+json" in response["content"], (where, status)
+            if int(status) >= 400:
+                # A problem, except /readyz's 503, which is its own JSON document.
+                assert {"application/problem+json", "application/json"} & set(content), (
+                    where,
+                    status,
+                )
 
 
 async def test_every_ref_resolves(make_stack: StackFactory) -> None:
@@ -458,3 +477,81 @@ async def test_jobs_validate_against_the_documented_schemas(make_stack: StackFac
         problem = await response.json()
     Problem.model_validate(problem)
     assert validate(problem, resolve(spec, REF_PREFIX + "Problem"), spec) == []
+
+
+# -- documented events are the streamed ones -------------------------------------------------------
+
+
+def parse_events(raw: bytes) -> list[dict[str, str]]:
+    """Server-Sent Events as an EventSource reads them (comments skipped)."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = fields[name] + "\n" + value if name in fields else value
+        if "data" in fields:
+            events.append(fields)
+    return events
+
+
+def check_event(event: dict[str, str], item: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """Every way ``event`` breaks the stream's ``itemSchema``, its JSON ``data`` included."""
+    where = f"event {event.get('event')} {event.get('id')}"
+    errors = validate(event, {k: v for k, v in item.items() if k != "allOf"}, spec, where)
+    branches = [
+        branch["then"]["properties"]["data"]
+        for branch in item["allOf"]
+        if branch["if"]["properties"]["event"]["const"] == event["event"]
+    ]
+    assert len(branches) == 1, (where, branches)
+    assert branches[0]["contentMediaType"] == "application/json"
+    return errors + validate(json.loads(event["data"]), branches[0]["contentSchema"], spec, where)
+
+
+async def test_sse_events_validate_against_the_documented_schemas(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack()
+    spec = await fetch_spec(stack)
+
+    def item_schema(path: str) -> dict[str, Any]:
+        content = spec["paths"][path]["get"]["responses"]["200"]["content"]
+        assert list(content) == ["text/event-stream"], path
+        schema: dict[str, Any] = content["text/event-stream"]["itemSchema"]
+        return schema
+
+    # A catchall job sends every kind: created, state, progress, records while enriching, end.
+    job = await stack.submit("catchall", {"query": "Series B rounds in logistics", "limit": 30})
+    await stack.until_finished(job["id"])
+    async with stack.client.get(f"{stack.url}/v1/jobs/{job['id']}/events") as response:
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        async with asyncio.timeout(30):
+            job_stream = parse_events(await response.read())
+    kinds = {event["event"] for event in job_stream}
+    assert kinds == {"created", "state", "progress", "records", "end"}, kinds
+    assert job_stream[-1]["event"] == "end"
+    item = item_schema("/v1/jobs/{job_id}/events")
+    for event in job_stream:
+        assert check_event(event, item, spec) == [], event
+
+    # The tenant stream from its start: the same events (no end), read as far as they go.
+    logged = [event for event in job_stream if "id" in event]
+    async with stack.client.get(f"{stack.url}/v1/events?last_event_id=0") as response:
+        assert response.status == 200
+        tenant_stream: list[dict[str, str]] = []
+        async with asyncio.timeout(30):
+            while len(tenant_stream) < len(logged):
+                tenant_stream += parse_events(await response.content.readuntil(b"\n\n"))
+    assert [event["id"] for event in tenant_stream] == [event["id"] for event in logged]
+    item = item_schema("/v1/events")
+    assert "end" not in item["properties"]["event"]["enum"]
+    for event in tenant_stream:
+        assert check_event(event, item, spec) == [], event
+
+    # A stream whose data no longer matches its schema is caught.
+    broken = {**logged[0], "data": json.dumps({**json.loads(logged[0]["data"]), "extra": 1})}
+    assert check_event(broken, item, spec)
