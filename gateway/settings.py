@@ -138,6 +138,9 @@ class StoreSettings(_Section):
     """The PostgreSQL schema jobgate's tables live in."""
     pool_size: int = Field(10, ge=1, le=200)
     idempotency_ttl_hours: float = Field(24.0, ge=24.0)
+    idempotency_lease_seconds: float = Field(120.0, gt=0)
+    """How long a request holds its Idempotency-Key before a retry may take it over and recover
+    what the request left (a crashed process's keys): longer than any provider call can take."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -307,6 +310,18 @@ class Settings(BaseSettings):
             if provider.total_timeout >= self.runner.lease_seconds:
                 raise ValueError(
                     f"runner.lease_seconds ({self.runner.lease_seconds:g}) must exceed "
+                    f"providers.{name}.total_timeout ({provider.total_timeout:g})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _key_lease_outlasts_a_call(self) -> Self:
+        # A live holder must never be taken over: its call and a retry's could both create a job.
+        lease = self.store.idempotency_lease_seconds
+        for name, provider in self.providers.items():
+            if provider.total_timeout >= lease:
+                raise ValueError(
+                    f"store.idempotency_lease_seconds ({lease:g}) must exceed "
                     f"providers.{name}.total_timeout ({provider.total_timeout:g})"
                 )
         return self

@@ -23,6 +23,7 @@ from adapters.simulator import SandboxSettings
 from gateway.callbacks import CallbackConfig, CallbackInbox, callback_secrets
 from gateway.events import EventHub
 from gateway.feed import RemoteFeed
+from gateway.logs import secrets_of
 from gateway.metrics import Metrics
 from gateway.policy import PollPolicy
 from gateway.quota import SharedQuota
@@ -152,21 +153,25 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     policies: dict[str, PollPolicy] = {}
     key_headers: dict[str, tuple[str, str]] = {}
     provider_hosts: dict[str, str] = {}
-    for name, provider in settings.providers.items():
-        if not provider.enabled:
-            continue
+    enabled = [name for name, provider in settings.providers.items() if provider.enabled]
+    pushing = [name for name in enabled if PROVIDERS[name].adapter.capabilities.push]
+    callbacks = CallbackConfig(settings.server.public_base_url, callback_secrets(settings, pushing))
+    # Every adapter masks every secret, not only its own key: a provider may echo anything it was
+    # sent, and the callback URL it was given carries a token.
+    masked = [*secrets_of(settings), *callbacks.secrets.values()]
+    for name in enabled:
+        provider = settings.providers[name]
         adapter = PROVIDERS[name].adapter(
             session,
             Connection(provider.base_url, settings.provider_key(name), provider.timeouts()),
             observer=components.metrics.upstream_call,
+            secrets=masked,
         )
         adapters[name] = adapter
         policies[name] = provider.policy.to_policy()
         key_headers[name] = next(iter(adapter.auth_headers().items()))
         provider_hosts[name] = api_host(provider.base_url)
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
-    pushing = [name for name, adapter in adapters.items() if adapter.capabilities.push]
-    callbacks = CallbackConfig(settings.server.public_base_url, callback_secrets(settings, pushing))
     writer = JobWriter(store, hub, observer=components.metrics)
     # Replicas spend one quota kept in the store; one process keeps its buckets in memory.
     quota = SharedQuota(store.quota, policies) if isinstance(store, PostgresStore) else None
@@ -197,12 +202,18 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         callback_secrets=callbacks.secrets,
         writer=writer,
         check_callback=CallbackCheck.from_settings(settings, app.get(CALLBACK_RESOLVER_KEY)),
+        idempotency_lease=settings.store.idempotency_lease_seconds,
     )
     components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
     # Outbound webhooks tail the persisted event log, so they need no hook in the runner.
     webhooks = Webhooks.from_settings(settings, store, hub)
     tasks = await webhooks.start() if webhooks is not None else []
     tasks.append(asyncio.create_task(_purge_keys(store, settings), name="jobgate-key-purge"))
+    tasks.append(
+        asyncio.create_task(
+            _recover_keys(components.service, settings), name="jobgate-key-recovery"
+        )
+    )
     if settings.store.kind == "postgres":
         # Other replicas' changes reach this one's waiters, streams and runner.
         feed = RemoteFeed(store, hub, on_due=runner.wake)
@@ -227,6 +238,21 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         components.service = None
         components.runner = None
         components.callbacks = None
+
+
+async def _recover_keys(service: JobService, settings: Settings) -> None:
+    """Settle keys whose holder died mid-call, at start-up and then a few times per lease, so an
+    upstream job made just before a crash is tracked even if its client never retries."""
+    interval = settings.store.idempotency_lease_seconds / 4
+    while True:
+        try:
+            settled = await service.recover_abandoned()
+        except Exception:  # a store or provider outage: the next round tries again
+            log.exception("idempotency.recovery_failed")
+        else:
+            if settled:
+                log.info("idempotency.recovered", keys=settled)
+        await asyncio.sleep(interval)
 
 
 async def _purge_keys(store: JobStore, settings: Settings) -> None:
