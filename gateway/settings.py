@@ -119,6 +119,9 @@ class ServerSettings(_Section):
     encoder that forwards ``request`` upstream and stores it stops at about 250 levels."""
     header_timeout_seconds: float = Field(10.0, gt=0)
     """A new connection that has not sent a complete request head by then is closed (slow-loris)."""
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    """A request body that has not arrived whole by then is refused (408) and its connection
+    closed: the head deadline alone would let a client hold a request by dribbling its body."""
     keepalive_timeout_seconds: float = Field(75.0, gt=0)
     """An idle connection between requests is closed after this, and so is one whose next request
     head is still incomplete. Above the 60 s idle timeout of common load balancers, so that they

@@ -9,6 +9,7 @@ the value; orjson itself refuses 1024 levels and more, which is reported the sam
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -57,11 +58,21 @@ def load_json(raw: bytes, max_depth: int) -> Any:
     return value
 
 
-async def read_body(request: web.Request, max_depth: int) -> Any:
+async def read_body(request: web.Request, max_depth: int, within: float) -> Any:
     """The body of ``request`` as JSON. A body that cannot be received whole (a bad chunked
-    encoding, a Content-Encoding that does not decode) is the client's fault: 400, not 500."""
+    encoding, a Content-Encoding that does not decode) is the client's fault: 400, not 500; one
+    that does not arrive ``within`` seconds (a slow-loris after the head) is 408, and its
+    connection is closed."""
     try:
-        raw = await request.read()
+        async with asyncio.timeout(within):
+            raw = await request.read()
+    except TimeoutError as exc:
+        request.content.set_exception(exc)  # the stream is mid-body: close after answering
+        raise BadInput(
+            "body_timeout",
+            f"the request body did not arrive within {within:g} s (server.body_timeout_seconds)",
+            status=408,
+        ) from exc
     except web.RequestPayloadError as exc:
         raise BadInput(
             "invalid_body",

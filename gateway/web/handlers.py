@@ -43,7 +43,8 @@ async def read_json(request: web.Request) -> Any:
             f"expected Content-Type application/json, got {request.content_type}",
             status=415,
         )
-    return await read_body(request, request.app[COMPONENTS_KEY].settings.server.max_json_depth)
+    server = request.app[COMPONENTS_KEY].settings.server
+    return await read_body(request, server.max_json_depth, server.body_timeout_seconds)
 
 
 def parse(model: type[M], data: Any) -> M:

@@ -47,6 +47,7 @@ _TITLES = {
     "invalid_header": "A request header is not valid",
     "invalid_body": "The request body could not be read",
     "request_too_deep": "The request body nests too deeply",
+    "body_timeout": "The request body did not arrive in time",
 }
 
 
@@ -128,6 +129,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         retry_after = error.extra.get("retry_after")
         if isinstance(retry_after, int | float):
             headers = {"Retry-After": str(max(1, round(retry_after)))}
+        if error.extra.get("replayed") is True:
+            headers = {**(headers or {}), "Idempotent-Replayed": "true"}
         return problem(
             request,
             status=error.status,

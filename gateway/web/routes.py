@@ -100,6 +100,7 @@ NO_JOB = "job_not_found: no such job"
 BODY: dict[int, Answer] = {
     400: "invalid_json, invalid_body, or request_too_deep (nested past server.max_json_depth, "
     "which the detail names)",
+    408: "body_timeout: the body did not arrive within server.body_timeout_seconds",
     413: "body_too_large: over server.max_body_bytes",
     415: "unsupported_media_type: the body is not JSON",
     422: "validation_error: unknown, missing or mistyped fields, each named in errors[]",

@@ -206,11 +206,14 @@ async def test_a_provider_that_cannot_tell_answers_outcome_unknown_not_in_flight
     stack, gate = await gated_stack(make_stack, serve)
     body = submit_body("pulse", {"fileUrl": "https://example.com/a.pdf"})
     await left_by_a_crash(stack, "k-pulse", body, IdempotencyPhase.CALLING)
+    replayed = []
     for _ in range(2):  # decided once, then replayed
-        status, problem, _ = await post(stack, body, "k-pulse")
+        status, problem, headers = await post(stack, body, "k-pulse")
         assert status == 409
         assert problem["code"] == "idempotency_outcome_unknown"
         assert "adopt it with upstream_id" in problem["detail"]
+        replayed.append(headers.get("Idempotent-Replayed"))
+    assert replayed == [None, "true"]
     assert pulse_ids(stack) == set()
     assert not [c for c in gate.seen if c[0] == "POST" and c[1].startswith("/pulse/")]
 

@@ -144,3 +144,25 @@ async def test_jobgate_serve_closes_an_idle_connection_and_stops_cleanly(tmp_pat
             output, _ = await process.communicate()
     assert process.returncode == 0, output.decode()
     assert b"Traceback" not in output
+
+
+async def test_a_body_that_dribbles_is_refused_and_its_connection_closed(
+    make_stack: StackFactory,
+) -> None:
+    """A whole head and then a body that never completes: 408 naming the setting, then EOF."""
+    stack = await make_stack(server={"body_timeout_seconds": SHORT})
+    reader, writer = await connect(stack)
+    writer.write(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"provider": '
+    )
+    await writer.drain()
+    try:
+        answer = await closed_by_server(reader)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert b"body_timeout" in body
+    assert b"server.body_timeout_seconds" in body
+    assert stack.upstream_jobs("catchall") == 0
