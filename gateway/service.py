@@ -44,6 +44,7 @@ from gateway.errors import (
     InvalidState,
     JobNotFound,
     ReplayedProblem,
+    ResultExpiredError,
     ResultNotReady,
     ServiceError,
     UnknownProvider,
@@ -612,7 +613,13 @@ class JobService:
         job = await self.get(job_id)
         locator = job.result
         if locator is None:
-            if job.state in (JobState.FAILED, JobState.CANCELED, JobState.EXPIRED):
+            if job.state is JobState.EXPIRED:
+                # The provider's retention ended before jobgate saw a result: it is gone.
+                raise ResultExpiredError(
+                    "the job expired upstream before its result was fetched; the provider no "
+                    "longer has it"
+                )
+            if job.state in (JobState.FAILED, JobState.CANCELED):
                 raise ResultNotReady(
                     f"the job ended {job.state.value} without a result", state=job.state.value
                 )

@@ -207,7 +207,8 @@ ROUTES: tuple[Route, ...] = (
             400: BAD_QUERY,
             404: NO_JOB,
             409: "result_not_ready: no result yet, or the job ended without one",
-            410: "result_expired: the provider's large result expired",
+            410: "result_expired: the provider's result expired (a large result's pointer, or the "
+            "job expired upstream before its result was fetched)",
             422: UPSTREAM_REFUSED,
             429: UPSTREAM[429],
             502: "unsafe_result_url, result_too_large or result_fetch_failed (the pointer was "

@@ -85,3 +85,7 @@ async def test_a_missed_completion_ends_expired_at_the_first_poll_after_a_restar
         "kind": None,
         "total_records": None,
     }
+    # Its result is gone for good: 410, not "not ready" (which would invite a wait).
+    async with second.client.get(f"{second.url}/v1/jobs/{job_id}/result") as response:
+        assert response.status == 410
+        assert (await response.json())["code"] == "result_expired"
