@@ -111,13 +111,14 @@ class Job:
         """Poll as soon as possible: a callback's hint, a handed-back lease."""
         return replace(self, next_poll_at=now, updated_at=now, version=self.version + 1)
 
-    def continuing(self, now: datetime) -> Job:
-        """A ``continue`` was accepted upstream: open the succeeded -> running exit for the next
-        report, and poll at once to see it."""
+    def continuing(self, now: datetime, poll_at: datetime | None = None) -> Job:
+        """A ``continue`` was accepted upstream (or is about to be asked for): open the
+        succeeded -> running exit for the next report, and poll at ``poll_at`` (at once by
+        default) to see it."""
         return replace(
             self,
             action=Action.CONTINUE,
-            next_poll_at=now,
+            next_poll_at=now if poll_at is None else poll_at,
             updated_at=now,
             version=self.version + 1,
         )

@@ -538,6 +538,16 @@ class JobService:
                 f"only a running or succeeded job can be continued; this one is {job.state.value}",
                 state=job.state.value,
             )
+        # Write-ahead: should the process die after the provider accepts the continue and before
+        # the write below (or the answer be lost to a 5xx), the job is still polled once the call
+        # has had its time, with the succeeded -> running exit open for that poll.
+        check_at = self.clock() + timedelta(seconds=self.idempotency_lease)
+
+        def ahead(current: Job) -> Job:
+            due = current.next_poll_at
+            return current.continuing(self.clock(), check_at if due is None else min(due, check_at))
+
+        job = await self._write(job, ahead)
         submission = await self._upstream(adapter.continue_(job.upstream_id, params))
 
         def continued(current: Job) -> Job:

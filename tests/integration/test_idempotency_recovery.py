@@ -7,6 +7,7 @@ the provider holds its answer) is ``test_idempotency_kill.py``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -434,3 +435,46 @@ async def test_platform_reruns_under_faults_orphan_nothing(
             tracked.add(item["upstream_id"])
     assert made, answers
     assert made <= tracked, f"orphaned reruns: {made - tracked}"
+
+
+# -- continue: the intent is written before the call -------------------------------------------
+
+
+async def test_a_continue_whose_answer_was_lost_is_still_seen(
+    make_stack: StackFactory, serve: Serve
+) -> None:
+    """The provider accepted the continue and its answer was lost (a 5xx after the work, or a
+    crash before the local write): the job, written ahead as continuing, is polled once the
+    call's time is up and follows the provider back to running, then to its larger result. The
+    lease (the call's time) is shortened explicitly; the test waits on long polls."""
+    gate = Gate()
+    app = create_sandbox_app(SandboxSettings(speed=400.0, seed=3))
+    app.middlewares.append(gate.middleware)
+    url = await serve(app)
+    timeouts = {"connect_timeout": 0.5, "read_timeout": 1.0, "total_timeout": 1.0}
+    stack = await make_stack(
+        sandbox=(app, url),
+        provider_options=timeouts,
+        store={"idempotency_lease_seconds": 1.5},
+        runner={"lease_seconds": 5},
+    )
+    job = await stack.submit("catchall", {"query": QUERY, "limit": 10})
+    finished = await stack.until_finished(job["id"])
+    assert finished["state"] == "succeeded"
+    gate.after[("POST", "/catchall/catchAll/continue")] = 1
+    async with stack.client.post(
+        f"{stack.url}/v1/jobs/{job['id']}/continue", json={"new_limit": 30}
+    ) as response:
+        assert response.status == 503
+    # Polling had stopped (the job reads succeeded), so a long poll would answer at once: look
+    # every 0.1 s for at most 10 s (the check comes after the 1.5 s lease set above).
+    status_path = f"/catchall/catchAll/status/{job['upstream_id']}"
+    polled_before = gate.count("GET", status_path)
+    for _ in range(100):
+        if gate.count("GET", status_path) > polled_before:
+            break
+        await asyncio.sleep(0.1)
+    current = await stack.until_finished(job["id"])
+    assert gate.count("GET", status_path) > polled_before, "the continued job was never polled"
+    assert current["polls"] > finished["polls"]
+    assert current["state"] == "succeeded"
