@@ -241,10 +241,13 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _recover_keys(service: JobService, settings: Settings) -> None:
-    """Settle keys whose holder died mid-call, at start-up and then a few times per lease, so an
-    upstream job made just before a crash is tracked even if its client never retries."""
+    """Settle keys whose holder died mid-call, a few times per lease, so an upstream job made
+    just before a crash is tracked even if its client never retries. The first round waits too:
+    a client retrying at start-up recovers its own key at once, and start-up makes no upstream
+    call that a provider outage could hold up."""
     interval = settings.store.idempotency_lease_seconds / 4
     while True:
+        await asyncio.sleep(interval)
         try:
             settled = await service.recover_abandoned()
         except Exception:  # a store or provider outage: the next round tries again
@@ -252,7 +255,6 @@ async def _recover_keys(service: JobService, settings: Settings) -> None:
         else:
             if settled:
                 log.info("idempotency.recovered", keys=settled)
-        await asyncio.sleep(interval)
 
 
 async def _purge_keys(store: JobStore, settings: Settings) -> None:

@@ -8,7 +8,7 @@ the provider holds its answer) is ``test_idempotency_kill.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from adapters.simulator import SandboxSettings
 from gateway.service import fingerprint
 from gateway.store.base import ClaimedIdempotency, IdempotencyPhase, JobFilter, JobStore
 from gateway.web.state import COMPONENTS_KEY
-from tests.conftest import Serve
+from tests.conftest import Serve, fresh_schema
 from tests.integration.conftest import Stack, StackFactory
 from tests.integration.replica_harness import free_port
 
@@ -60,12 +60,25 @@ class Gate:
         return self.seen.count((method, path))
 
 
-async def gated_stack(make_stack: StackFactory, serve: Serve) -> tuple[Stack, Gate]:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_options(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The recovery logic is the service's; each store keeps its recovery points its own way."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    dsn = request.getfixturevalue("postgres_dsn")
+    async with fresh_schema(dsn) as schema:
+        yield {"store": {"kind": "postgres", "dsn": dsn, "schema": schema}}
+
+
+async def gated_stack(
+    make_stack: StackFactory, serve: Serve, store_options: dict[str, Any]
+) -> tuple[Stack, Gate]:
     gate = Gate()
     app = create_sandbox_app(SandboxSettings(speed=400.0, seed=3))
     app.middlewares.append(gate.middleware)
     url = await serve(app)
-    return await make_stack(sandbox=(app, url)), gate
+    return await make_stack(sandbox=(app, url), **store_options), gate
 
 
 def store_of(stack: Stack) -> JobStore:
@@ -145,9 +158,9 @@ async def direct_catchall_submit(stack: Stack, query: str) -> str:
 
 
 async def test_a_key_that_never_called_upstream_runs_on_retry(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     body = submit_body("catchall", {"query": QUERY})
     await left_by_a_crash(stack, "k-claimed", body, IdempotencyPhase.CLAIMED)
     status, job, _ = await post(stack, body, "k-claimed")
@@ -157,9 +170,9 @@ async def test_a_key_that_never_called_upstream_runs_on_retry(
 
 
 async def test_a_lost_catchall_answer_is_reconciled_not_resubmitted(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     body = submit_body("catchall", {"query": QUERY})
     await left_by_a_crash(stack, "k-calling", body, IdempotencyPhase.CALLING)
     upstream = await direct_catchall_submit(stack, QUERY)  # what the dead process's call made
@@ -177,9 +190,9 @@ async def test_a_lost_catchall_answer_is_reconciled_not_resubmitted(
 
 
 async def test_a_calling_key_whose_provider_shows_no_job_submits_once(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     body = submit_body("catchall", {"query": QUERY})
     await left_by_a_crash(stack, "k-none", body, IdempotencyPhase.CALLING)
     status, job, _ = await post(stack, body, "k-none")
@@ -189,9 +202,9 @@ async def test_a_calling_key_whose_provider_shows_no_job_submits_once(
 
 
 async def test_an_already_tracked_upstream_job_is_not_taken_for_the_lost_one(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, _ = await gated_stack(make_stack, serve)
+    stack, _ = await gated_stack(make_stack, serve, store_options)
     body = submit_body("catchall", {"query": QUERY})
     tracked = await stack.submit("catchall", {"query": QUERY})  # another request, same query
     await left_by_a_crash(stack, "k-tracked", body, IdempotencyPhase.CALLING)
@@ -202,9 +215,9 @@ async def test_an_already_tracked_upstream_job_is_not_taken_for_the_lost_one(
 
 
 async def test_a_provider_that_cannot_tell_answers_outcome_unknown_not_in_flight(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     body = submit_body("pulse", {"fileUrl": "https://example.com/a.pdf"})
     await left_by_a_crash(stack, "k-pulse", body, IdempotencyPhase.CALLING)
     replayed = []
@@ -220,9 +233,9 @@ async def test_a_provider_that_cannot_tell_answers_outcome_unknown_not_in_flight
 
 
 async def test_an_answered_key_tracks_the_recorded_upstream_job(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     upstream = await direct_catchall_submit(stack, QUERY)
     body = submit_body("catchall", {"query": QUERY})
     await left_by_a_crash(stack, "k-ans", body, IdempotencyPhase.ANSWERED, upstream_id=upstream)
@@ -234,9 +247,9 @@ async def test_an_answered_key_tracks_the_recorded_upstream_job(
 
 
 async def test_a_crash_after_the_local_write_answers_the_written_job(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, _ = await gated_stack(make_stack, serve)
+    stack, _ = await gated_stack(make_stack, serve, store_options)
     body = submit_body("catchall", {"query": QUERY})
     first = await stack.submit("catchall", {"query": QUERY})
     # The dead process wrote its job (the id it chose at claim) but not the key's answer.
@@ -256,9 +269,9 @@ async def test_a_crash_after_the_local_write_answers_the_written_job(
 
 
 async def test_a_live_key_is_in_flight_with_retry_after(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, _ = await gated_stack(make_stack, serve)
+    stack, _ = await gated_stack(make_stack, serve, store_options)
     body = submit_body("catchall", {"query": QUERY})
     store = store_of(stack)
     now = datetime.now(UTC)
@@ -280,10 +293,10 @@ async def test_a_live_key_is_in_flight_with_retry_after(
 
 
 async def test_abandoned_keys_are_settled_without_their_clients(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
     """A client that never retries must not leave an untracked upstream job behind."""
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     service = stack.app[COMPONENTS_KEY].service
     assert service is not None
     answered = await direct_catchall_submit(stack, "answered query")
@@ -320,9 +333,9 @@ async def test_abandoned_keys_are_settled_without_their_clients(
 
 
 async def test_an_adopt_that_meets_a_5xx_is_not_replayed(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     upstream = await direct_catchall_submit(stack, QUERY)
     path = f"/catchall/catchAll/status/{upstream}"
     gate.before[("GET", path)] = 1
@@ -360,11 +373,11 @@ async def test_a_submit_that_never_reached_the_provider_runs_again(
 
 
 async def test_a_lost_submit_answer_is_recovered_on_retry(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
     """The provider made the job and its answer was lost (a 5xx after the work): the client's
     503 is not replayed; the retry finds the job instead of submitting a second one."""
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     gate.after[("POST", "/catchall/catchAll/submit")] = 1
     body = submit_body("catchall", {"query": QUERY})
     status, problem, _ = await post(stack, body, "k-lost")
@@ -377,9 +390,9 @@ async def test_a_lost_submit_answer_is_recovered_on_retry(
 
 
 async def test_a_5xx_before_the_provider_acted_resubmits_on_retry(
-    make_stack: StackFactory, serve: Serve
+    store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
-    stack, gate = await gated_stack(make_stack, serve)
+    stack, gate = await gated_stack(make_stack, serve, store_options)
     gate.before[("POST", "/catchall/catchAll/submit")] = 1
     body = submit_body("catchall", {"query": QUERY})
     status, _, _ = await post(stack, body, "k-5xx")
