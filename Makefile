@@ -31,12 +31,13 @@ sandbox: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jobgate demo
 
-# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~5 minutes.
+# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~6 minutes.
 bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_scale.py
 	$(BIN)/python bench/bench_replicas.py
+	$(BIN)/python bench/bench_kill.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

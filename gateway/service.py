@@ -74,6 +74,8 @@ T = TypeVar("T")
 _NO_EFFECT = (NotSent, RateLimited, RequestRejected, AuthRejected, UnsupportedAction)
 # How far the provider's clock and ours may disagree when matching a lost submit by time.
 _CLOCK_SLACK = timedelta(minutes=2)
+# The longest Retry-After given to a request that finds its key held by another.
+_IN_FLIGHT_RETRY_AFTER = 2.0
 # Pages of the provider's job list read to reconcile one key, at most.
 _RECONCILE_PAGES = 10
 
@@ -279,7 +281,11 @@ class JobService:
         except IdempotencyInFlight as exc:
             extra: dict[str, float] = {}
             if exc.lease_until is not None:
-                extra["retry_after"] = max(1.0, (exc.lease_until - now).total_seconds())
+                # The lease is the worst case (a holder stuck for its whole upstream timeout); a
+                # holder usually answers within a second, so invite the retry soon and say the
+                # same again if it is still early.
+                left = (exc.lease_until - now).total_seconds()
+                extra["retry_after"] = max(1.0, min(left, _IN_FLIGHT_RETRY_AFTER))
             raise IdempotencyKeyInFlight(
                 "a request with this Idempotency-Key is still in progress; retry after the "
                 "Retry-After seconds to read its outcome",
@@ -367,11 +373,11 @@ class JobService:
             )
             return answer
         if claim.phase is IdempotencyPhase.ANSWERED and claim.upstream_id is not None:
-            return await self._answered(claim, command, Origin(claim.upstream_id))
+            return await self._answered(claim, command, Origin(claim.upstream_id, unseen=True))
         if claim.phase is IdempotencyPhase.CALLING and command.request is not None:
             upstream_id = await self._reconcile(claim, command, command.request)
             if upstream_id is not None:
-                return await self._answered(claim, command, Origin(upstream_id))
+                return await self._answered(claim, command, Origin(upstream_id, unseen=True))
         return None
 
     async def _reconcile(

@@ -414,12 +414,6 @@ async def test_a_lost_catchall_answer_is_tracked_by_the_sweep_without_a_retry(
     assert world.upstream_ids("catchall") == made
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sweep holds a key it reconciles for a whole lease, so a retry meanwhile is told "
-    "409 idempotency_key_in_flight with Retry-After = the lease (120 s by default), though the "
-    "sweep's one provider call is bounded by total_timeout",
-)
 async def test_a_retry_during_the_sweep_is_not_sent_away_for_a_lease(
     make_world: WorldFactory,
 ) -> None:

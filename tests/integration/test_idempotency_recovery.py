@@ -242,6 +242,8 @@ async def test_an_answered_key_tracks_the_recorded_upstream_job(
     status, job, _ = await post(stack, body, "k-ans")
     assert status == 201, job
     assert (job["id"], job["upstream_id"]) == ("job_crashed_k-ans", upstream)
+    # Nothing was read of it yet: it is due at once, not after the provider's first delay.
+    assert job["next_poll_at"] == job["created_at"]
     assert gate.count("POST", "/catchall/catchAll/submit") == 1  # the direct one only
     assert (await stack.until_finished(job["id"]))["state"] == "succeeded"
 
@@ -268,7 +270,7 @@ async def test_a_crash_after_the_local_write_answers_the_written_job(
     assert [j.id for j in page.jobs] == ["job_crashed_k-written"]
 
 
-async def test_a_live_key_is_in_flight_with_retry_after(
+async def test_a_live_key_is_in_flight_with_a_short_retry_after(
     store_options: dict[str, Any], make_stack: StackFactory, serve: Serve
 ) -> None:
     stack, _ = await gated_stack(make_stack, serve, store_options)
@@ -286,7 +288,7 @@ async def test_a_live_key_is_in_flight_with_retry_after(
     )
     status, problem, headers = await post(stack, body, "k-live")
     assert (status, problem["code"]) == (409, "idempotency_key_in_flight")
-    assert 60 <= int(headers["Retry-After"]) <= 90
+    assert 1 <= int(headers["Retry-After"]) <= 2  # soon, not after the whole 90 s lease
 
 
 # -- without a client: the sweep ---------------------------------------------------------------
