@@ -123,6 +123,14 @@ class Job:
             version=self.version + 1,
         )
 
+    def continue_withdrawn(self, now: datetime) -> Job:
+        """The provider refused a ``continue`` written ahead: close the exit again, and drop the
+        check poll of a job that was not being polled."""
+        poll_at = None if self.state is JobState.SUCCEEDED else self.next_poll_at
+        return replace(
+            self, action=None, next_poll_at=poll_at, updated_at=now, version=self.version + 1
+        )
+
     def stopped(self, now: datetime) -> Job:
         """Stop polling without a change of state (a succeeded job polled once more)."""
         return replace(

@@ -554,7 +554,13 @@ class JobService:
             return current.continuing(self.clock(), check_at if due is None else min(due, check_at))
 
         job = await self._write(job, ahead)
-        submission = await self._upstream(adapter.continue_(job.upstream_id, params))
+        try:
+            submission = await self._upstream(adapter.continue_(job.upstream_id, params))
+        except UpstreamProblem as problem:
+            if isinstance(problem.__cause__, _NO_EFFECT):
+                # Refused, so nothing changed upstream: nothing is left pending here either.
+                await self._write(job, lambda current: current.continue_withdrawn(self.clock()))
+            raise
 
         def continued(current: Job) -> Job:
             now = self.clock()
