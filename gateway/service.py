@@ -133,6 +133,34 @@ class SubmitCommand:
     labels: Mapping[str, str] | None = None
     callback_url: str | None = None
 
+    def as_body(self) -> dict[str, JSON]:
+        """What an Idempotency-Key's fingerprint covers, and what its row keeps for recovery."""
+        return {
+            "provider": self.provider,
+            "request": None if self.request is None else dict(self.request),
+            "upstream_id": self.upstream_id,
+            "labels": dict(self.labels or {}),
+            "callback_url": self.callback_url,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, JSON]) -> SubmitCommand | None:
+        """The command :meth:`as_body` described (``None`` for a body it could not have made)."""
+        provider, request = body.get("provider"), body.get("request")
+        upstream_id, labels = body.get("upstream_id"), body.get("labels")
+        callback = body.get("callback_url")
+        if not isinstance(provider, str) or not isinstance(labels, Mapping):
+            return None
+        if request is not None and not isinstance(request, Mapping):
+            return None
+        return cls(
+            provider=provider,
+            request=request,
+            upstream_id=upstream_id if isinstance(upstream_id, str) else None,
+            labels={str(k): str(v) for k, v in labels.items()},
+            callback_url=callback if isinstance(callback, str) else None,
+        )
+
 
 def fingerprint(body: Mapping[str, JSON]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -223,13 +251,7 @@ class JobService:
         if idempotency_key is None:
             job = await self._track(command, await self._origin(command), job_id=new_id())
             return Answer(201, job.public())
-        body = {
-            "provider": command.provider,
-            "request": command.request,
-            "upstream_id": command.upstream_id,
-            "labels": dict(command.labels or {}),
-            "callback_url": command.callback_url,
-        }
+        body = command.as_body()
         claim = await self._claim(f"default:{idempotency_key}", fingerprint(body), body)
         if isinstance(claim, IdempotencyRecord):
             if claim.status >= 400:
@@ -298,7 +320,7 @@ class JobService:
         it is not orphaned when its client gives up. Returns how many keys were settled."""
         settled = 0
         for abandoned in await self.store.abandoned_idempotency(self.clock(), limit):
-            command = _command(abandoned.command)
+            command = SubmitCommand.from_body(abandoned.command)
             if command is None or command.provider not in self.adapters:
                 continue
             try:
@@ -392,14 +414,13 @@ class JobService:
         page: int | None = 1
         try:
             for _ in range(_RECONCILE_PAGES):
-                assert page is not None
+                if page is None:
+                    break
                 candidates = await adapter.find_submitted(
                     request, since=since, until=until, page=page
                 )
                 found.extend(candidates.upstream_ids)
                 page = candidates.next_page
-                if page is None:
-                    break
         except UnsupportedAction:
             await self._outcome_unknown(
                 claim, command, f"{command.provider} offers no way to list the jobs it created"
@@ -718,24 +739,6 @@ class JobService:
                 return saved
             job = await self.get(job.id)
         raise InvalidState("the job changed too often to update; retry", state=job.state.value)
-
-
-def _command(stored: Mapping[str, JSON]) -> SubmitCommand | None:
-    """The submit a key stands for, from the body its fingerprint hashes (``None`` if odd)."""
-    provider, request = stored.get("provider"), stored.get("request")
-    upstream_id, labels = stored.get("upstream_id"), stored.get("labels")
-    callback = stored.get("callback_url")
-    if not isinstance(provider, str) or not isinstance(labels, Mapping):
-        return None
-    if request is not None and not isinstance(request, Mapping):
-        return None
-    return SubmitCommand(
-        provider=provider,
-        request=request,
-        upstream_id=upstream_id if isinstance(upstream_id, str) else None,
-        labels={str(k): str(v) for k, v in labels.items()},
-        callback_url=callback if isinstance(callback, str) else None,
-    )
 
 
 def _taken_over() -> IdempotencyKeyInFlight:

@@ -123,6 +123,11 @@ SELECT key, fingerprint, CASE state WHEN 'done' THEN 'done' ELSE 'calling' END, 
 FROM idempotency
 """
 DROP_IDEMPOTENCY: Final = "DROP TABLE idempotency"
+# The sweep reads only unfinished keys past their lease: a few rows among a day of finished ones.
+CREATE_IDEMPOTENCY_ABANDONED_INDEX: Final = """
+CREATE INDEX idempotency_abandoned ON idempotency (lease_until)
+WHERE state IN ('calling', 'answered')
+"""
 RENAME_IDEMPOTENCY_V5: Final = "ALTER TABLE idempotency_v5 RENAME TO idempotency"
 # An inbound callback names only the upstream job. A column, not an index on the record's JSON:
 # the upstream id never changes, so no save rewrites this index (an expression over ``record``
@@ -219,6 +224,7 @@ MIGRATIONS: Final = (
             DROP_IDEMPOTENCY,
             RENAME_IDEMPOTENCY_V5,
             CREATE_IDEMPOTENCY_AGE_INDEX,
+            CREATE_IDEMPOTENCY_ABANDONED_INDEX,
         ),
     ),
 )

@@ -126,6 +126,11 @@ MARK_PENDING_IDEMPOTENCY_CALLING: Final = """
 UPDATE idempotency SET state = 'calling', lease_until = created_at, called_at = created_at
 WHERE state = 'pending'
 """
+# The sweep reads only unfinished keys past their lease: a few rows among a day of finished ones.
+CREATE_IDEMPOTENCY_ABANDONED_INDEX: Final = """
+CREATE INDEX idempotency_abandoned ON idempotency (lease_until)
+WHERE state IN ('calling', 'answered')
+"""
 ADD_IDEMPOTENCY_STATE_CHECK: Final = """
 ALTER TABLE idempotency ADD CONSTRAINT idempotency_state_check
     CHECK (state IN ('claimed', 'calling', 'answered', 'done'))
@@ -219,6 +224,7 @@ MIGRATIONS: Final = (
             ADD_IDEMPOTENCY_RECOVERY,
             MARK_PENDING_IDEMPOTENCY_CALLING,
             ADD_IDEMPOTENCY_STATE_CHECK,
+            CREATE_IDEMPOTENCY_ABANDONED_INDEX,
         ),
     ),
 )
