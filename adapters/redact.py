@@ -11,7 +11,8 @@ Three things are masked:
 - credential pairs in free text: ``Authorization: ...``, ``x-api-key: ...``, ``api_key=...``,
   ``token=...`` and ``Bearer``/``Basic`` credentials;
 - a long key-like token (16+ characters with a digit) right after a key word: ``Invalid API key
-  provided: sk_live_...``, the shape providers use when they name the key they refused.
+  provided: sk_live_...``, the shape providers use when they name the key they refused;
+- jobgate's own client keys (all but their public prefix) and stream tokens, wherever they are.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ _KEYLIKE_AFTER_KEY_WORD: Final = re.compile(
 )
 
 
+# jobgate's own credentials: a client key keeps its public prefix (``jg_`` + 8), which is what
+# operators match against ``jobgate keys list``; a stream token is masked whole.
+_CLIENT_KEY: Final = re.compile(r"(?<![A-Za-z0-9_])(jg_[A-Za-z0-9_-]{8})[A-Za-z0-9_-]{35}")
+_STREAM_TOKEN: Final = re.compile(r"(?<![A-Za-z0-9_])jgs_[A-Za-z0-9_\-.]{16,}")
+
+
 def sensitive(key: object) -> bool:
     """Whether a mapping key names a credential, so that its value is masked whatever it is."""
     return isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
@@ -81,6 +88,9 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, MASK)
     text = _CREDENTIAL_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    if "jg" in text:
+        text = _CLIENT_KEY.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        text = _STREAM_TOKEN.sub(MASK, text)
     return _KEYLIKE_AFTER_KEY_WORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
 
 

@@ -241,7 +241,7 @@ class Deduper:
 
 class UpstreamLookup(Protocol):
     async def get_by_upstream(
-        self, provider: str, upstream_id: str, tenant: str = "default"
+        self, provider: str, upstream_id: str, tenant: str | None = "default"
     ) -> Job | None: ...
 
 
@@ -278,7 +278,7 @@ class CallbackInbox:
         self,
         config: CallbackConfig,
         store: UpstreamLookup,
-        refresh: Callable[[str], Awaitable[object]],
+        refresh: Callable[[str, str], Awaitable[object]],
         *,
         deduper: Deduper | None = None,
     ) -> None:
@@ -308,9 +308,10 @@ class CallbackInbox:
         first = self.deduper.first(notice.key)
         handled = False
         try:
-            job = await self.store.get_by_upstream(provider, notice.upstream_id)
+            # Any tenant's: the provider knows nothing of tenants.
+            job = await self.store.get_by_upstream(provider, notice.upstream_id, None)
             if job is not None and first:
-                await self.refresh(job.id)
+                await self.refresh(job.id, job.tenant)
                 self.refreshes += 1
             handled = True
         except JobNotFound:

@@ -1,4 +1,4 @@
-"""The ``jobgate`` command: ``serve``, ``sandbox`` and ``demo``."""
+"""The ``jobgate`` command: ``serve``, ``sandbox``, ``demo`` and ``keys``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from aiohttp import web
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from gateway.access import AuthNotConfigured
     from gateway.logs import configure_logging, secrets_of
     from gateway.settings import load_settings
     from gateway.store.base import StoreUnavailable
@@ -35,10 +36,23 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log.format, settings.log.level, secrets=secrets_of(settings))
     host = args.host or settings.server.host
     port = args.port or settings.server.port
+    from gateway.settings import is_loopback
+
+    if not settings.auth_required() and not is_loopback(host):
+        print(
+            f"jobgate: refusing to serve on {host} with auth off: anyone who can reach it could "
+            "read and cancel every job; set JOBGATE_AUTH__REQUIRED=true and create keys with "
+            "`jobgate keys create`",
+            file=sys.stderr,
+        )
+        return 2
     ready = f"jobgate: serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)"
     try:
         # The line is printed once the site listens, so it never precedes a failed start.
         serve(create_app(settings), host, port, on_ready=lambda: print(ready, flush=True))
+    except AuthNotConfigured as exc:
+        print(f"jobgate: {exc}", file=sys.stderr)
+        return 2
     except StoreUnavailable as exc:
         # An operator's problem (a wrong DSN, a server down, a file in use), not a bug: one line.
         print(f"jobgate: cannot open the store: {exc}", file=sys.stderr)
@@ -98,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     demo.add_argument("--timeout", type=float, default=180.0, help="give up after this long")
     demo.set_defaults(func=_demo)
+
+    from gateway.keys_cli import add_parser
+
+    add_parser(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "faults", 0.0) and not 0.0 <= args.faults <= 1.0:

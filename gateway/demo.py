@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import sys
 from collections.abc import Mapping
@@ -107,7 +108,10 @@ async def run_demo(url: str, *, timeout: float, out: TextIO = sys.stdout) -> int
         total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
     )
     try:
-        async with aiohttp.ClientSession(timeout=limits) as session:
+        # Under auth, the key comes from the environment, as for every jobgate client.
+        key = os.environ.get("JOBGATE_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        async with aiohttp.ClientSession(timeout=limits, headers=headers) as session:
             return await _Demo(session, base, out, timeout).run()
     except Unreachable as exc:
         print(f"jobgate demo: cannot reach the gateway at {base} ({exc}); {HINT}", file=out)

@@ -18,6 +18,56 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.extra = extra
+        self.headers: dict[str, str] = {}
+        """Response headers the problem must carry (``WWW-Authenticate``)."""
+
+
+class Unauthorized(ServiceError):
+    """No usable credential (RFC 6750: ``WWW-Authenticate: Bearer``). ``code`` says which:
+    ``auth_required``, ``invalid_key``, ``key_expired``, ``key_revoked`` or
+    ``invalid_stream_token``."""
+
+    status = 401
+    title = "Authentication required"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        challenge = 'Bearer realm="jobgate"'
+        if code != "auth_required":
+            challenge += ', error="invalid_token"'
+        self.headers["WWW-Authenticate"] = challenge
+
+
+class Forbidden(ServiceError):
+    """A valid credential without the scope the route needs."""
+
+    status = 403
+    code = "insufficient_scope"
+    title = "The key lacks the scope this operation needs"
+
+    def __init__(self, message: str, scope: str) -> None:
+        super().__init__(message, required_scope=scope)
+        self.headers["WWW-Authenticate"] = (
+            f'Bearer realm="jobgate", error="insufficient_scope", scope="{scope}"'
+        )
+
+
+class TenantLimited(ServiceError):
+    """The tenant is over one of its limits (``limits`` in the settings)."""
+
+    status = 429
+    title = "The tenant is over its limit"
+
+    def __init__(self, code: str, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.code = code
+
+
+class KeyNotFound(ServiceError):
+    status = 404
+    code = "key_not_found"
+    title = "No such key"
 
 
 class InvalidRequest(ServiceError):

@@ -43,7 +43,7 @@ class RemoteFeed:
         """The store's callback: events to read, or a job due now (the runner's to claim)."""
         if kind == "events":
             self._wake.set()
-        else:
+        elif kind == "due":
             self.on_due()
 
     async def start(self) -> None:
@@ -54,7 +54,7 @@ class RemoteFeed:
         """Publish every event after the cursor; the number published."""
         published = 0
         while True:
-            events = await self.store.events_after(self.cursor, limit=self.batch)
+            events = await self.store.events_after(self.cursor, tenant=None, limit=self.batch)
             if not events:
                 return published
             self.cursor = events[-1].id

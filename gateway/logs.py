@@ -51,7 +51,7 @@ def redactor(secrets: Iterable[str] = ()) -> Processor:
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret the settings hold: provider keys, callback secrets, the webhook signing
-    secret and the store's DSN and password."""
+    secret, the auth secret and the store's DSN and password."""
     found: list[str] = []
     for name, provider in settings.providers.items():
         try:
@@ -65,6 +65,12 @@ def secrets_of(settings: Settings) -> list[str]:
             found.append(provider.callback_secret.get_secret_value())
     if settings.webhooks.secret is not None:
         found.append(settings.webhooks.secret.get_secret_value())
+    try:
+        auth_secret = settings.auth.secret_value()
+    except OSError:
+        auth_secret = None  # an unreadable secret_file stops start-up with its own message
+    if auth_secret:
+        found.append(auth_secret)
     if settings.store.kind == "postgres":
         try:
             dsn = settings.store.postgres_dsn()

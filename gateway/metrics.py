@@ -160,7 +160,37 @@ class Metrics:
             registry=registry,
         )
 
+        self.auth_rejections = Counter(
+            "jobgate_auth_rejections",
+            "Requests refused for their credential, by reason (auth_required, invalid_key, "
+            "key_expired, key_revoked, invalid_stream_token)",
+            ["reason"],
+            registry=registry,
+        )
+        self.tenant_limited = Counter(
+            "jobgate_tenant_limited",
+            "Job creations refused for a tenant limit. The tenant label holds configured tenants "
+            "only (limits.tenants, auth.keys, default); any other is counted as 'other'",
+            ["tenant", "limit"],
+            registry=registry,
+        )
+        self._tenants: frozenset[str] = frozenset()
+
     # -- set-up and scrape ---------------------------------------------------------------------
+
+    def add_tenants(self, names: Iterable[str]) -> None:
+        """The tenants a label may name: configured ones, so the series stay bounded."""
+        self._tenants = frozenset(names)
+        for name in self._tenants:
+            for limit in ("tenant_rate_limited", "tenant_active_limit"):
+                self.tenant_limited.labels(name, limit)
+
+    def limited(self, tenant: str, limit: str) -> None:
+        label = tenant if tenant in self._tenants else "other"
+        self.tenant_limited.labels(label, limit).inc()
+
+    def auth_rejected(self, reason: str) -> None:
+        self.auth_rejections.labels(reason).inc()
 
     def add_providers(self, names: Iterable[str]) -> None:
         """Create each provider's series at zero, so rates and dashboards see them before any

@@ -35,6 +35,7 @@ from adapters.base import (
     UnsupportedAction,
 )
 from adapters.http import utcnow
+from gateway.auth import DEFAULT_TENANT
 from gateway.callbacks import callback_url, with_callback
 from gateway.errors import (
     ActionNotSupported,
@@ -47,11 +48,13 @@ from gateway.errors import (
     ResultExpiredError,
     ResultNotReady,
     ServiceError,
+    TenantLimited,
     UnknownProvider,
     UpstreamProblem,
 )
 from gateway.events import EventHub, wait_set
 from gateway.jobs import Job, apply_report, new_id, transition
+from gateway.limits import WINDOW, TenantLimits, breach
 from gateway.policy import PollPolicy
 from gateway.states import Action, IllegalTransition, JobState, is_allowed
 from gateway.store.base import (
@@ -132,6 +135,9 @@ class SubmitCommand:
     upstream_id: str | None = None
     labels: Mapping[str, str] | None = None
     callback_url: str | None = None
+    tenant: str = DEFAULT_TENANT
+    """Whose job it will be. Not in :meth:`as_body`: the Idempotency-Key is stored under the
+    tenant's name, which scopes it and brings the tenant back for a recovery."""
 
     def as_body(self) -> dict[str, JSON]:
         """What an Idempotency-Key's fingerprint covers, and what its row keeps for recovery."""
@@ -144,7 +150,9 @@ class SubmitCommand:
         }
 
     @classmethod
-    def from_body(cls, body: Mapping[str, JSON]) -> SubmitCommand | None:
+    def from_body(
+        cls, body: Mapping[str, JSON], tenant: str = DEFAULT_TENANT
+    ) -> SubmitCommand | None:
         """The command :meth:`as_body` described (``None`` for a body it could not have made)."""
         provider, request = body.get("provider"), body.get("request")
         upstream_id, labels = body.get("upstream_id"), body.get("labels")
@@ -159,7 +167,18 @@ class SubmitCommand:
             upstream_id=upstream_id if isinstance(upstream_id, str) else None,
             labels={str(k): str(v) for k, v in labels.items()},
             callback_url=callback if isinstance(callback, str) else None,
+            tenant=tenant,
         )
+
+
+def stored_key(tenant: str, idempotency_key: str) -> str:
+    """The Idempotency-Key as stored: under its tenant, so two tenants may use the same one."""
+    return f"{tenant}:{idempotency_key}"
+
+
+def key_tenant(stored: str) -> str:
+    """The tenant a stored key belongs to (tenant names hold no ``:``)."""
+    return stored.partition(":")[0]
 
 
 def fingerprint(body: Mapping[str, JSON]) -> str:
@@ -183,6 +202,8 @@ class JobService:
         writer: JobWriter | None = None,
         check_callback: Callable[[str], Awaitable[None]] | None = None,
         idempotency_lease: float = 120.0,
+        limits: Callable[[str], TenantLimits] = lambda tenant: TenantLimits(),
+        on_limited: Callable[[str, str], None] = lambda tenant, limit: None,
     ) -> None:
         self.store = store
         self.writer = writer or JobWriter(store, hub)
@@ -201,6 +222,8 @@ class JobService:
         # How long a keyed request holds its key before a retry may recover it: longer than any
         # upstream call can take, so a live holder is never taken over.
         self.idempotency_lease = idempotency_lease
+        self.limits = limits
+        self.on_limited = on_limited
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -211,8 +234,9 @@ class JobService:
             raise UnknownProvider(f"unknown provider {provider!r}; known providers: {known}")
         return adapter
 
-    async def get(self, job_id: str) -> Job:
-        job = await self.store.get(job_id)
+    async def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
+        # Another tenant's job is "not found", word for word: no oracle for ids that exist.
+        job = await self.store.get(job_id, tenant)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
@@ -220,10 +244,10 @@ class JobService:
     async def list(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
         return await self.store.list_jobs(where, limit=limit, cursor=cursor)
 
-    async def wait(self, job_id: str, seconds: float) -> Job:
+    async def wait(self, job_id: str, seconds: float, tenant: str = DEFAULT_TENANT) -> Job:
         """The job as soon as it visibly changes, or as it is after ``seconds``."""
         with self.hub.listen(job_id) as changed:
-            job = await self.get(job_id)
+            job = await self.get(job_id, tenant)
             if seconds <= 0 or job.finished:
                 return job
             seen = _visible(job)
@@ -233,7 +257,7 @@ class JobService:
                 if left <= 0:
                     return job
                 await wait_set(changed, left)
-                job = await self.get(job_id)
+                job = await self.get(job_id, tenant)
                 if _visible(job) != seen:
                     return job
 
@@ -249,10 +273,12 @@ class JobService:
         if command.callback_url is not None and self.check_callback is not None:
             await self.check_callback(command.callback_url)
         if idempotency_key is None:
+            await self._within_limits(command.tenant)
             job = await self._track(command, await self._origin(command), job_id=new_id())
             return Answer(201, job.public())
         body = command.as_body()
-        claim = await self._claim(f"default:{idempotency_key}", fingerprint(body), body)
+        key = stored_key(command.tenant, idempotency_key)
+        claim = await self._claim(key, fingerprint(body), body)
         if isinstance(claim, IdempotencyRecord):
             if claim.status >= 400:
                 raise ReplayedProblem(
@@ -266,7 +292,33 @@ class JobService:
             recovered = await self._recover(claim, command)
             if recovered is not None:
                 return recovered
+        else:
+            # Checked once the key is held, so that a replayed answer is never refused; a refusal
+            # frees the key (nothing was called) for the retry after Retry-After.
+            try:
+                await self._within_limits(command.tenant)
+            except TenantLimited:
+                await self.store.release_idempotency(claim)
+                raise
         return await self._first_call(claim, command)
+
+    async def _within_limits(self, tenant: str) -> None:
+        limits = self.limits(tenant)
+        if not limits.any:
+            return
+        now = self.clock()
+        usage = await self.store.tenant_usage(tenant, now - WINDOW)
+        found = breach(
+            limits,
+            active=usage.active,
+            recent=usage.recent,
+            oldest_recent=usage.oldest_recent,
+            now=now,
+        )
+        if found is not None:
+            log.info("tenant.limited", tenant=tenant, limit=found.code)
+            self.on_limited(tenant, found.code)
+            raise TenantLimited(found.code, found.message, found.retry_after)
 
     # -- idempotency: recovery points ----------------------------------------------------------
     #
@@ -320,7 +372,7 @@ class JobService:
         it is not orphaned when its client gives up. Returns how many keys were settled."""
         settled = 0
         for abandoned in await self.store.abandoned_idempotency(self.clock(), limit):
-            command = SubmitCommand.from_body(abandoned.command)
+            command = SubmitCommand.from_body(abandoned.command, key_tenant(abandoned.key))
             if command is None or command.provider not in self.adapters:
                 continue
             try:
@@ -387,7 +439,7 @@ class JobService:
             phase=claim.phase.value,
             job_id=claim.job_id,
         )
-        existing = await self.store.get(claim.job_id)
+        existing = await self.store.get(claim.job_id, command.tenant)
         if existing is not None:
             answer = Answer(201, existing.public())
             await self.store.finish_idempotency(
@@ -436,7 +488,9 @@ class JobService:
         untracked = [
             upstream_id
             for upstream_id in dict.fromkeys(found)
-            if await self.store.get_by_upstream(command.provider, upstream_id) is None
+            # Tracked by any tenant: the provider's account is shared, so another tenant's job
+            # with the same request in the window is theirs, never to be adopted here.
+            if await self.store.get_by_upstream(command.provider, upstream_id, None) is None
         ]
         if len(untracked) > 1:
             await self._outcome_unknown(
@@ -517,6 +571,7 @@ class JobService:
             deadline_at=now + timedelta(seconds=policy.deadline),
             next_poll_at=first_poll,
             labels=dict(command.labels or {}),
+            tenant=command.tenant,
             # Kept only when jobgate submitted it, so that a rerun can resubmit it.
             request=dict(command.request) if command.request is not None else None,
             callback_url=command.callback_url,
@@ -548,8 +603,8 @@ class JobService:
 
     # -- actions -------------------------------------------------------------------------------
 
-    async def cancel(self, job_id: str) -> Job:
-        job = await self.get(job_id)
+    async def cancel(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
+        job = await self.get(job_id, tenant)
         adapter = self._capable(job, "cancel")
         if job.finished:
             raise InvalidState(f"the job is already {job.state.value}", state=job.state.value)
@@ -557,8 +612,10 @@ class JobService:
         # The upstream decides: poll now rather than pretend the job stopped.
         return await self._refresh(job)
 
-    async def continue_(self, job_id: str, params: Mapping[str, JSON]) -> Job:
-        job = await self.get(job_id)
+    async def continue_(
+        self, job_id: str, params: Mapping[str, JSON], tenant: str = DEFAULT_TENANT
+    ) -> Job:
+        job = await self.get(job_id, tenant)
         adapter = self._capable(job, "continue")
         if not is_allowed(job.state, JobState.RUNNING, Action.CONTINUE):
             raise InvalidState(
@@ -594,9 +651,10 @@ class JobService:
 
         return await self._write(job, continued)
 
-    async def rerun(self, job_id: str) -> Job:
-        job = await self.get(job_id)
+    async def rerun(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
+        job = await self.get(job_id, tenant)
         adapter = self.adapter(job.provider)
+        await self._within_limits(job.tenant)  # a rerun makes a new job
         if adapter.capabilities.rerun:
             if job.state not in (JobState.SUCCEEDED, JobState.FAILED):
                 raise InvalidState(
@@ -613,6 +671,7 @@ class JobService:
                     upstream_id=submission.upstream_id,
                     labels=job.labels,
                     callback_url=job.callback_url,
+                    tenant=job.tenant,
                 ),
                 Origin(
                     submission.upstream_id,
@@ -629,6 +688,7 @@ class JobService:
                 request=job.request,
                 labels=job.labels,
                 callback_url=job.callback_url,
+                tenant=job.tenant,
             )
             return await self._track(
                 command, await self._origin(command), job_id=new_id(), rerun_of=job.id
@@ -639,21 +699,27 @@ class JobService:
             action="rerun",
         )
 
-    async def delete(self, job_id: str) -> None:
-        if not await self.store.delete(job_id):
+    async def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> None:
+        if not await self.store.delete(job_id, tenant):
             raise JobNotFound(f"no job with id {job_id!r}")
         log.info("job.deleted", job_id=job_id)
 
-    async def refresh(self, job_id: str) -> Job:
+    async def refresh(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
         """Poll this job as soon as possible (an inbound callback is a hint, not the truth)."""
-        return await self._refresh(await self.get(job_id))
+        return await self._refresh(await self.get(job_id, tenant))
 
     # -- results -------------------------------------------------------------------------------
 
     async def result(
-        self, job_id: str, *, page: int, page_size: int | None, redirect: bool
+        self,
+        job_id: str,
+        *,
+        page: int,
+        page_size: int | None,
+        redirect: bool,
+        tenant: str = DEFAULT_TENANT,
     ) -> ResultAnswer:
-        job = await self.get(job_id)
+        job = await self.get(job_id, tenant)
         locator = job.result
         if locator is None:
             if job.state is JobState.EXPIRED:
@@ -689,12 +755,12 @@ class JobService:
             key_header=self.key_headers.get(job.provider),
         )
 
-    async def wait_result(self, job_id: str, seconds: float) -> None:
+    async def wait_result(self, job_id: str, seconds: float, tenant: str = DEFAULT_TENANT) -> None:
         """Wait up to ``seconds`` for a result to exist (or the job to finish)."""
         with self.hub.listen(job_id) as changed:
             deadline = self.clock() + timedelta(seconds=seconds)
             while True:
-                job = await self.get(job_id)
+                job = await self.get(job_id, tenant)
                 if job.result is not None or job.finished:
                     return
                 left = (deadline - self.clock()).total_seconds()
@@ -737,7 +803,7 @@ class JobService:
             if saved is not None:
                 self.wake()
                 return saved
-            job = await self.get(job.id)
+            job = await self.get(job.id, job.tenant)
         raise InvalidState("the job changed too often to update; retry", state=job.state.value)
 
 

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import secrets
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -28,6 +29,8 @@ from pydantic_settings import (
 )
 
 from adapters.http import Timeouts
+from gateway.auth import DEFAULT_TENANT, TENANT_PATTERN, ApiKey, Scope
+from gateway.limits import TenantLimits
 from gateway.policy import PollPolicy
 from gateway.results import STANDARD_PORTS
 
@@ -265,6 +268,91 @@ class WebhookSettings(_Section):
         return value
 
 
+Tenant = Annotated[str, Field(pattern=TENANT_PATTERN)]
+
+
+class ConfiguredKeySettings(_Section):
+    """A key defined by its hash, for GitOps: the plaintext never enters a file. The digest is
+    what ``jobgate keys hash`` prints for a key (it needs the same ``auth.secret``)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    tenant: Tenant
+    scopes: list[Scope] = Field(min_length=1)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str = Field("", max_length=200)
+    prefix: str = Field("", max_length=16)
+    """The key's public prefix (``jg_`` and 8 characters), shown in lists and logs."""
+    expires_at: datetime | None = None
+
+    def to_key(self) -> ApiKey:
+        return ApiKey(
+            id=self.id,
+            tenant=self.tenant,
+            scopes=frozenset(self.scopes),
+            digest=self.digest,
+            prefix=self.prefix,
+            name=self.name,
+            created_at=datetime(1970, 1, 1, tzinfo=UTC),
+            expires_at=self.expires_at,
+            source="config",
+        )
+
+
+class AuthSettings(_Section):
+    required: bool | None = None
+    """Client API keys on every route but health, metrics and the OpenAPI document. Unset: on,
+    except in the embedded sandbox profile (``make run``) on a loopback address. Off on any
+    other address refuses to start."""
+    secret: SecretStr | None = None
+    """Keys are stored as HMAC-SHA-256 under this secret, which also signs stream tokens: from
+    ``JOBGATE_AUTH__SECRET`` or ``auth.secret_file``, at least 32 characters, the same on every
+    replica. Unset with SQLite: made once and kept beside the database (``auth.secret``)."""
+    secret_file: Path | None = None
+    keys: list[ConfiguredKeySettings] = Field(default_factory=list)
+    cache_seconds: float = Field(1.0, ge=0, le=1)
+    """How long a replica trusts what it read of a key. Revocation is signalled to every replica
+    at once; this bounds the delay when a signal is lost."""
+    stream_token_seconds: float = Field(300.0, gt=0, le=3600)
+    """The lifetime of a ``POST /v1/stream-tokens`` token (checked when a stream connects)."""
+    public_metrics: bool = True
+    """``GET /metrics`` without a key (scrapers); false: it needs an ``admin`` key."""
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_ids(cls, value: list[ConfiguredKeySettings]) -> list[ConfiguredKeySettings]:
+        ids = [key.id for key in value]
+        if len(ids) != len(set(ids)):
+            raise ValueError("auth.keys ids must be unique")
+        return value
+
+    def secret_value(self) -> str | None:
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self.secret_file is not None:
+            return self.secret_file.read_text().strip()
+        return None
+
+
+class TenantLimitSettings(_Section):
+    max_active_jobs: int | None = Field(None, ge=1)
+    """Queued and running jobs a tenant may hold; a submit or adopt beyond it is 429."""
+    submits_per_minute: int | None = Field(None, ge=1)
+    """Jobs a tenant may create in any 60 s window, across replicas."""
+
+
+class LimitSettings(TenantLimitSettings):
+    """Per-tenant limits: these for every tenant, overridden per tenant in ``tenants``."""
+
+    tenants: dict[Tenant, TenantLimitSettings] = Field(default_factory=dict)
+
+    def of(self, tenant: str) -> TenantLimits:
+        named = self.tenants.get(tenant) or TenantLimitSettings()
+        return TenantLimits(
+            max_active_jobs=named.max_active_jobs or self.max_active_jobs,
+            submits_per_minute=named.submits_per_minute or self.submits_per_minute,
+        )
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "console"
     level: str = "INFO"
@@ -282,6 +370,8 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     webhooks: WebhookSettings = WebhookSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -337,6 +427,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _open_only_on_loopback(self) -> Self:
+        if not self.auth_required() and not is_loopback(self.server.host):
+            raise ValueError(
+                f"server.host is {self.server.host}, reachable from other machines, and auth is "
+                "off: set JOBGATE_AUTH__REQUIRED=true and create keys with `jobgate keys create`"
+            )
+        return self
+
+    def auth_required(self) -> bool:
+        """Whether callers need keys: as set, else on except for ``make run``'s profile."""
+        if self.auth.required is not None:
+            return self.auth.required
+        return not (self.sandbox.embedded and is_loopback(self.server.host))
+
+    def known_tenants(self) -> frozenset[str]:
+        """Tenants the configuration names: the only ones a metric label may carry (a tenant
+        made on the fly by ``jobgate keys create`` is counted as ``other``)."""
+        return frozenset(
+            {DEFAULT_TENANT, *self.limits.tenants, *(key.tenant for key in self.auth.keys)}
+        )
+
     def provider_key(self, name: str) -> str:
         """The provider's key; the embedded sandbox accepts any, so it gets a throwaway one."""
         key = self.providers[name].key()
@@ -348,6 +460,15 @@ class Settings(BaseSettings):
             f"no API key for provider {name!r}: set JOBGATE_PROVIDERS__{name.upper()}__API_KEY "
             f"or providers.{name}.api_key_file"
         )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("jobgate_config_file", default=None)
@@ -364,6 +485,12 @@ class _KeylessToml(TomlConfigSettingsSource):
             raise ValueError(
                 "store.dsn is set in a config file; the DSN carries a password and comes from the "
                 "environment (JOBGATE_STORE__DSN) or store.dsn_file"
+            )
+        auth = data.get("auth")
+        if isinstance(auth, dict) and auth.get("secret"):
+            raise ValueError(
+                "auth.secret is set in a config file; it comes from the environment "
+                "(JOBGATE_AUTH__SECRET) or auth.secret_file"
             )
         for name, provider in (data.get("providers") or {}).items():
             for secret in ("api_key", "callback_secret"):

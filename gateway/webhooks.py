@@ -331,7 +331,7 @@ class WebhookDispatcher:
 
     async def step(self) -> int:
         """Enqueue the deliveries of the next batch of events; the number of events read."""
-        events = await self.store.events_after(self.cursor, limit=self.batch)
+        events = await self.store.events_after(self.cursor, tenant=None, limit=self.batch)
         if not events:
             return 0
         callback_urls = await self._callback_urls(events)

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Literal, Protocol
 
 from adapters.base import JSON
+from gateway.auth import DEFAULT_TENANT, ApiKey
 from gateway.jobs import Job
 from gateway.jobs import NewEvent as NewEvent  # stores take the events the job model makes
 from gateway.states import JobState
@@ -36,7 +37,7 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    tenant: str = "default"
+    tenant: str = DEFAULT_TENANT
     provider: str | None = None
     state: JobState | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -46,6 +47,16 @@ class JobFilter:
 class Page:
     jobs: list[Job]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    """What a tenant holds, for its limits: unfinished jobs, and jobs made since a moment."""
+
+    active: int
+    recent: int
+    oldest_recent: datetime | None
+    """The creation time of the oldest of the ``recent`` jobs (when the window frees a place)."""
 
 
 class IdempotencyPhase(StrEnum):
@@ -199,12 +210,14 @@ class JobRows(Protocol):
         """Insert a new job (version 1) and its first events in one transaction."""
         ...
 
-    async def get(self, job_id: str, tenant: str = "default") -> Job | None: ...
+    async def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job | None: ...
 
     async def get_by_upstream(
-        self, provider: str, upstream_id: str, tenant: str = "default"
+        self, provider: str, upstream_id: str, tenant: str | None = DEFAULT_TENANT
     ) -> Job | None:
-        """The job tracking this upstream job (an inbound callback names only that), or ``None``.
+        """The job of ``tenant`` (``None``: of any tenant) tracking this upstream job, or ``None``.
+        An inbound callback names only the upstream job, and a provider account is shared by
+        every tenant, so those lookups pass ``None``.
 
         An upstream job adopted more than once is tracked by several jobs: the newest one answers.
         """
@@ -224,7 +237,7 @@ class JobRows(Protocol):
         """
         ...
 
-    async def delete(self, job_id: str, tenant: str = "default") -> bool:
+    async def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         """Stop tracking: remove the job and its events; the answer says whether it existed."""
         ...
 
@@ -241,6 +254,11 @@ class JobRows(Protocol):
 
         With ``per_provider``, only jobs of the providers it names, at most that many of each (a
         provider with no token to spend is not claimed at all: a claim must be pollable at once).
+        Tenants take turns: the claim takes each tenant's soonest due job, then each one's second,
+        and so on (soonest first within a turn), so one tenant's backlog of due jobs cannot hold
+        back another tenant's job. The cost is bounded by tenants times ``limit``, not by the
+        backlog.
+
         Claimed jobs get ``next_poll_at = lease_until`` (and ``version + 1``) so that no other
         claim takes them until the lease runs out: a crashed poll is retried when its lease
         expires. ``owner`` names the claiming process (for operators; fencing is by version).
@@ -253,6 +271,11 @@ class JobRows(Protocol):
 
     async def count_by_state(self) -> dict[tuple[str, JobState], int]:
         """(provider, state) -> number of jobs, for the jobs gauge."""
+        ...
+
+    async def tenant_usage(self, tenant: str, since: datetime) -> TenantUsage:
+        """The tenant's unfinished jobs (``queued`` or ``running``), and its jobs created at or
+        after ``since`` (whatever their state), for per-tenant limits."""
         ...
 
 
@@ -269,12 +292,13 @@ class EventLog(Protocol):
         after_id: int,
         *,
         job_id: str | None = None,
-        tenant: str = "default",
+        tenant: str | None = DEFAULT_TENANT,
         providers: Sequence[str] = (),
         states: Sequence[JobState] = (),
         limit: int = 500,
     ) -> list[Event]:
-        """Events with ``id > after_id`` in id order, optionally for one job or some providers."""
+        """Events with ``id > after_id`` in id order, of one tenant (``None``: every tenant, for
+        the feed and the webhook tailer), optionally for one job or some providers."""
         ...
 
     async def last_event_id(self) -> int: ...
@@ -411,8 +435,39 @@ class DeliveryQueue(Protocol):
         ...
 
 
-Signal = Literal["events", "due"]
-"""What another process changed: it appended events, or it made a job due now."""
+class ApiKeys(Protocol):
+    """Client API keys, stored by their keyed hash (``gateway/auth.py``), never in plaintext."""
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        """Store a new key (its id and digest are unique)."""
+        ...
+
+    async def api_key_by_digest(self, digest: str) -> ApiKey | None:
+        """The key with this digest, revoked and expired ones included (the caller decides)."""
+        ...
+
+    async def api_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every key of ``tenant`` (``None``: of every tenant), oldest first."""
+        ...
+
+    async def revoke_api_key(
+        self, key_id: str, now: datetime, *, tenant: str | None = None
+    ) -> bool:
+        """Revoke a key (of ``tenant`` only, when given) and signal ``keys`` to the other
+        processes. False when there is no such usable key: unknown, another tenant's, or already
+        revoked."""
+        ...
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        """Record when keys were last used (key id -> time), batched by the caller: a key's
+        ``last_used_at`` only moves forward."""
+        ...
+
+
+Signal = Literal["events", "due", "keys"]
+"""What another process changed: it appended events, made a job due now, or revoked a key."""
 
 
 class Signals(Protocol):
@@ -428,27 +483,39 @@ class Signals(Protocol):
         ...
 
 
-class JobStore(Lifecycle, JobRows, EventLog, IdempotencyKeys, DeliveryQueue, Signals, Protocol):
+class JobStore(
+    Lifecycle, JobRows, EventLog, IdempotencyKeys, DeliveryQueue, ApiKeys, Signals, Protocol
+):
     """Everything a gateway process needs from its store. Each part has its own contract suite
     (``tests/unit/store/``) that every implementation runs."""
 
 
-# Cursors are opaque to clients; every store pages by job id (newest first) with the same form.
-_CURSOR_PREFIX = "v1:"
+# Cursors are opaque to clients; every store pages by job id (newest first) with the same form. A
+# cursor names its tenant, so one tenant's cursor is refused by another's listing.
+_CURSOR_PREFIX = "v2:"
+_OLD_CURSOR_PREFIX = "v1:"
 
 
-def encode_cursor(last_id: str) -> str:
-    """An opaque cursor naming the last job of a page."""
-    raw = (_CURSOR_PREFIX + last_id).encode()
+def encode_cursor(last_id: str, tenant: str = DEFAULT_TENANT) -> str:
+    """An opaque cursor naming the last job of a page, for ``tenant``'s listing only."""
+    raw = f"{_CURSOR_PREFIX}{tenant}:{last_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
-    """The job id inside ``cursor``; ``ValueError`` if it was not made by :func:`encode_cursor`."""
+def decode_cursor(cursor: str, tenant: str = DEFAULT_TENANT) -> str:
+    """The job id inside ``cursor``; ``ValueError`` if it was not made by :func:`encode_cursor`
+    for ``tenant``."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
-    if not raw.startswith(_CURSOR_PREFIX) or len(raw) == len(_CURSOR_PREFIX):
+    if raw.startswith(_OLD_CURSOR_PREFIX) and tenant == DEFAULT_TENANT:
+        # Made before tenants existed, when every job was the default tenant's.
+        last_id = raw[len(_OLD_CURSOR_PREFIX) :]
+    else:
+        owner, sep, last_id = raw.removeprefix(_CURSOR_PREFIX).partition(":")
+        if not raw.startswith(_CURSOR_PREFIX) or not sep or owner != tenant:
+            raise ValueError(f"invalid cursor {cursor!r}")
+    if not last_id:
         raise ValueError(f"invalid cursor {cursor!r}")
-    return raw[len(_CURSOR_PREFIX) :]
+    return last_id

@@ -137,14 +137,18 @@ class MemoryStore:
     async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        end = len(self._ids) if cursor is None else bisect_left(self._ids, decode_cursor(cursor))
+        end = (
+            len(self._ids)
+            if cursor is None
+            else bisect_left(self._ids, decode_cursor(cursor, where.tenant))
+        )
         page: list[Job] = []
         for index in range(end - 1, -1, -1):
             job = self._jobs[self._ids[index]]
             if not _matches(job, where):
                 continue
             if len(page) == limit:
-                return Page(jobs=page, next_cursor=encode_cursor(page[-1].id))
+                return Page(jobs=page, next_cursor=encode_cursor(page[-1].id, where.tenant))
             page.append(job)
         return Page(jobs=page, next_cursor=None)
 

@@ -202,11 +202,11 @@ class SqliteStore:
     async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        before = decode_cursor(cursor) if cursor is not None else None
+        before = decode_cursor(cursor, where.tenant) if cursor is not None else None
         jobs = await self._call(self._list_sync, where, limit + 1, before)
         if len(jobs) > limit:
             del jobs[limit:]
-            return Page(jobs=jobs, next_cursor=encode_cursor(jobs[-1].id))
+            return Page(jobs=jobs, next_cursor=encode_cursor(jobs[-1].id, where.tenant))
         return Page(jobs=jobs, next_cursor=None)
 
     async def save_many(

@@ -20,6 +20,7 @@ from adapters.http import Connection
 from adapters.registry import PROVIDERS
 from adapters.sandboxes import create_sandbox_app
 from adapters.simulator import SandboxSettings
+from gateway.access import Access
 from gateway.callbacks import CallbackConfig, CallbackInbox, callback_secrets
 from gateway.events import EventHub
 from gateway.feed import RemoteFeed
@@ -35,6 +36,7 @@ from gateway.store.base import JobStore
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
+from gateway.web.auth import auth_middleware
 from gateway.web.bodies import close_after_a_broken_body
 from gateway.web.cors import setup_cors
 from gateway.web.observability import (
@@ -57,7 +59,12 @@ log = structlog.get_logger("jobgate.app")
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[request_id_middleware, metrics_middleware, problem_middleware],
+        middlewares=[
+            request_id_middleware,
+            metrics_middleware,
+            problem_middleware,
+            auth_middleware,
+        ],
         # Carried by the app, so every runner (jobgate serve, the tests' servers) applies it; the
         # timeout before a first request is GatewayRunner's (gateway/web/server.py).
         handler_args={"keepalive_timeout": settings.server.keepalive_timeout_seconds},
@@ -173,6 +180,9 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         provider_hosts[name] = api_host(provider.base_url)
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
     writer = JobWriter(store, hub, observer=components.metrics)
+    access = Access.from_settings(settings, store, components.metrics.auth_rejected)
+    components.access = access
+    components.metrics.add_tenants(settings.known_tenants())
     # Replicas spend one quota kept in the store; one process keeps its buckets in memory.
     quota = SharedQuota(store.quota, policies) if isinstance(store, PostgresStore) else None
     runner = Runner(
@@ -203,12 +213,17 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         writer=writer,
         check_callback=CallbackCheck.from_settings(settings, app.get(CALLBACK_RESOLVER_KEY)),
         idempotency_lease=settings.store.idempotency_lease_seconds,
+        limits=settings.limits.of,
+        on_limited=components.metrics.limited,
     )
     components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
     # Outbound webhooks tail the persisted event log, so they need no hook in the runner.
     webhooks = Webhooks.from_settings(settings, store, hub)
     tasks = await webhooks.start() if webhooks is not None else []
     tasks.append(asyncio.create_task(_purge_keys(store, settings), name="jobgate-key-purge"))
+    tasks.append(asyncio.create_task(access.run_flusher(), name="jobgate-key-last-used"))
+    # A key revoked by another process (a replica, `jobgate keys revoke`) is forgotten at once.
+    store.subscribe(lambda kind: access.forget() if kind == "keys" else None)
     tasks.append(
         asyncio.create_task(
             _recover_keys(components.service, settings), name="jobgate-key-recovery"
@@ -223,6 +238,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     if settings.runner.enabled:
         tasks.append(asyncio.create_task(runner.run(), name="jobgate-runner"))
     log.info("gateway.started", providers=sorted(adapters), store=settings.store.kind)
+    _announce_auth(settings)
     try:
         yield
     finally:
@@ -235,9 +251,26 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         if webhooks is not None:
             await webhooks.close()
         await session.close()
+        with contextlib.suppress(Exception):  # the last minute of key use; best effort
+            await access.flush_last_used()
+        components.access = None
         components.service = None
         components.runner = None
         components.callbacks = None
+
+
+def _announce_auth(settings: Settings) -> None:
+    if settings.auth_required():
+        log.info("auth.required", keys_configured=len(settings.auth.keys))
+        return
+    # One plain line an operator cannot miss: who can reach this port can do anything.
+    log.warning(
+        "auth.off",
+        message="no API keys are needed: every caller on this machine is the 'default' tenant "
+        "with every scope. Set JOBGATE_AUTH__REQUIRED=true to require keys "
+        "(jobgate keys create --tenant T --scopes jobs:read,jobs:write)",
+        host=settings.server.host,
+    )
 
 
 async def _recover_keys(service: JobService, settings: Settings) -> None:

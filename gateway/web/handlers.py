@@ -16,7 +16,7 @@ from gateway.store.base import JobFilter
 from gateway.web.bodies import read_body
 from gateway.web.models import ContinueBody, SubmitBody
 from gateway.web.problems import BadInput
-from gateway.web.state import COMPONENTS_KEY
+from gateway.web.state import COMPONENTS_KEY, tenant_of
 from gateway.web.streaming import stream_pointer
 
 M = TypeVar("M", bound=BaseModel)
@@ -106,6 +106,7 @@ async def submit_job(request: web.Request) -> web.Response:
         upstream_id=body.upstream_id,
         labels=body.labels,
         callback_url=body.callback_url,
+        tenant=tenant_of(request),
     )
     answer = await service(request).submit(command, key)
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
@@ -129,7 +130,12 @@ async def list_jobs(request: web.Request) -> web.Response:
     if provider is not None and provider not in service(request).adapters:
         known = ", ".join(sorted(service(request).adapters))
         raise BadInput("invalid_query", f"provider must be one of {known}, got {provider!r}")
-    where = JobFilter(provider=provider, state=JobState(state) if state else None, labels=labels)
+    where = JobFilter(
+        tenant=tenant_of(request),
+        provider=provider,
+        state=JobState(state) if state else None,
+        labels=labels,
+    )
     limit = query_int(request, "limit", 50, 1, 500)
     cursor = request.query.get("cursor")
     try:
@@ -147,22 +153,22 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     wait = query_number(request, "wait", 0, 0, max_wait(request))
-    job = await service(request).wait(request.match_info["job_id"], wait)
+    job = await service(request).wait(request.match_info["job_id"], wait, tenant_of(request))
     return json_response(job.public())
 
 
 async def delete_job(request: web.Request) -> web.Response:
-    await service(request).delete(request.match_info["job_id"])
+    await service(request).delete(request.match_info["job_id"], tenant_of(request))
     return web.Response(status=204)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    job = await service(request).cancel(request.match_info["job_id"])
+    job = await service(request).cancel(request.match_info["job_id"], tenant_of(request))
     return json_response(job.public(), status=202)
 
 
 async def rerun_job(request: web.Request) -> web.Response:
-    job = await service(request).rerun(request.match_info["job_id"])
+    job = await service(request).rerun(request.match_info["job_id"], tenant_of(request))
     return json_response(job.public(), status=201, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
@@ -170,7 +176,7 @@ async def continue_job(request: web.Request) -> web.Response:
     params: dict[str, Any] = {}
     if request.can_read_body:
         params = parse(ContinueBody, await read_json(request)).model_dump(exclude_none=True)
-    job = await service(request).continue_(request.match_info["job_id"], params)
+    job = await service(request).continue_(request.match_info["job_id"], params, tenant_of(request))
     return json_response(job.public(), status=202)
 
 
@@ -182,10 +188,11 @@ async def job_result(request: web.Request) -> web.StreamResponse:
         query_int(request, "page_size", 100, 1, 1000) if "page_size" in request.query else None
     )
     redirect = query_bool(request, "redirect")
+    tenant = tenant_of(request)
     if wait > 0:
-        await service(request).wait_result(job_id, wait)
+        await service(request).wait_result(job_id, wait, tenant)
     answer = await service(request).result(
-        job_id, page=page, page_size=page_size, redirect=redirect
+        job_id, page=page, page_size=page_size, redirect=redirect, tenant=tenant
     )
     if isinstance(answer, JsonResult):
         return json_response(answer.body)

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.auth import Scope
+
 MAX_LABELS = 32
 
 
@@ -192,3 +194,45 @@ class Problem(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+# -- keys and stream tokens ------------------------------------------------------------------------
+
+
+class KeyCreateBody(_Strict):
+    """A new key for the caller's own tenant."""
+
+    scopes: list[Scope] = Field(min_length=1, description="jobs:read, jobs:write and/or admin")
+    name: str = Field("", max_length=200, description="What the key is for (shown in lists)")
+    expires_in_days: float | None = Field(
+        None, gt=0, le=3650, description="Lifetime in days; none: until revoked"
+    )
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    prefix: str = Field(description="jg_ and the key's first 8 characters: safe to show and log")
+    scopes: list[Scope]
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None = Field(description="Updated about once a minute, not per request")
+    source: Literal["store", "config"]
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The key itself: shown this once, stored only as a keyed hash")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class StreamTokenOut(BaseModel):
+    """A short-lived, read-only token for ``?access_token=`` on the SSE routes only."""
+
+    token: str
+    expires_at: str
+    tenant: str

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 import gateway
 from gateway.web.models import Problem
-from gateway.web.routes import ROUTES, Answer, EventStream, OrStreamed
+from gateway.web.routes import ROUTES, Answer, EventStream, OrStreamed, Route
 
 REF = "#/components/schemas/{model}"
 JSON_DATA = {"contentMediaType": "application/json"}
@@ -69,9 +69,16 @@ def build_spec() -> dict[str, Any]:
             ],
             "responses": {
                 str(status): response(status, answer)
-                for status, answer in sorted(route.responses.items())
+                for status, answer in sorted({**route.responses, **_auth_answers(route)}.items())
             },
         }
+        if route.scope is None:
+            operation["security"] = []
+        else:
+            operation["security"] = [{"bearer": [route.scope.value]}]
+            if route.stream:
+                operation["security"].append({"streamToken": [route.scope.value]})
+            operation["x-scope"] = route.scope.value
         if route.body is not None:
             operation["requestBody"] = {
                 "required": route.method == "POST" and route.body.__name__ == "SubmitBody",
@@ -86,7 +93,40 @@ def build_spec() -> dict[str, Any]:
             "description": "One REST interface in front of many asynchronous-job APIs.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
+        # Every operation names its own (an empty list: public), so none inherits by mistake.
+        "security": [{"bearer": []}],
+    }
+
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "jg_ followed by 43 characters",
+        "description": "An API key from `jobgate keys create` or POST /v1/keys. Each key has a "
+        "tenant and scopes: jobs:read, jobs:write (submit, adopt, cancel, rerun, continue, "
+        "delete) and admin (the tenant's keys). Unset auth.required in the embedded sandbox "
+        "profile: no key is needed.",
+    },
+    "streamToken": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "access_token",
+        "description": "A short-lived read-only token from POST /v1/stream-tokens, accepted on "
+        "the SSE routes only (EventSource cannot send Authorization).",
+    },
+}
+
+
+def _auth_answers(route: Route) -> dict[int, Answer]:
+    if route.scope is None:
+        return {}
+    return {
+        401: "auth_required, invalid_key, key_expired, key_revoked"
+        + (" or invalid_stream_token" if route.stream else "")
+        + ": no usable credential (WWW-Authenticate says Bearer)",
+        403: f"insufficient_scope: the key lacks {route.scope.value}",
     }
 
 
@@ -135,7 +175,9 @@ h1{margin-bottom:0}.op{border:1px solid #ddd;border-radius:6px;margin:.8em 0;pad
 .DELETE{color:#c30}code{background:#f4f4f4;padding:0 .3em}table{border-collapse:collapse}
 td{padding:.1em .6em;border-bottom:1px solid #eee;vertical-align:top}
 </style></head><body>
-<h1>jobgate API</h1><p>Generated from <a href="/openapi.json">/openapi.json</a>.</p>
+<h1>jobgate API</h1><p>Generated from <a href="/openapi.json">/openapi.json</a>.
+Authenticate with <code>Authorization: Bearer jg_...</code> (create a key with
+<code>jobgate keys create --tenant T --scopes jobs:read,jobs:write</code>).</p>
 <div id="ops"></div>
 <script>
 fetch('/openapi.json').then(r => r.json()).then(spec => {
@@ -151,8 +193,11 @@ fetch('/openapi.json').then(r => r.json()).then(spec => {
         op.requestBody.content['application/json'].schema.$ref.split('/').pop())}</code></p>` : '';
       const resp = Object.entries(op.responses).map(([s, r]) =>
         `<tr><td>${s}</td><td colspan=2>${esc(r.description)}</td></tr>`).join('');
+      const scope = op['x-scope'] ? `<p>Needs a key with <code>${esc(op['x-scope'])}</code>` +
+        (op.security.length > 1 ? ' (or ?access_token= from /v1/stream-tokens)' : '') + '</p>'
+        : '<p>Public: no key needed</p>';
       root.insertAdjacentHTML('beforeend', `<div class="op"><span class="m ${m}">${m}</span>
-        <code>${esc(path)}</code><p>${esc(op.summary)}</p>${body}
+        <code>${esc(path)}</code><p>${esc(op.summary)}</p>${scope}${body}
         <table>${params}${resp}</table></div>`);
     }
   }

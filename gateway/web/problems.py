@@ -131,6 +131,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             headers = {"Retry-After": str(max(1, round(retry_after)))}
         if error.extra.get("replayed") is True:
             headers = {**(headers or {}), "Idempotent-Replayed": "true"}
+        if error.headers:
+            headers = {**(headers or {}), **error.headers}
         return problem(
             request,
             status=error.status,

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import BaseModel
 
+from gateway.auth import Scope
 from gateway.web import callbacks as cb
 from gateway.web import handlers as h
-from gateway.web import sse
+from gateway.web import keys, sse
 from gateway.web.models import (
     ContinueBody,
     EndEventData,
@@ -19,10 +20,15 @@ from gateway.web.models import (
     JobEventData,
     JobList,
     JobOut,
+    KeyCreateBody,
+    KeyCreated,
+    KeyList,
+    KeyOut,
     ProviderList,
     RecordsEventData,
     ResultOut,
     StateEventData,
+    StreamTokenOut,
     SubmitBody,
 )
 
@@ -69,6 +75,11 @@ class Route:
     """Every status the operation answers; ``/openapi.json`` documents no catch-all besides."""
     params: tuple[Param, ...] = ()
     tag: str = "jobs"
+    scope: Scope | None = Scope.ADMIN
+    """What a key needs to call it (checked by ``gateway/web/auth.py``); ``None``: anyone. The
+    default is the narrowest, so a route added without thought fails closed."""
+    stream: bool = False
+    """Also accepts ``?access_token=`` (a stream token): the SSE routes, for ``EventSource``."""
 
 
 JOB_ID = Param("job_id", "path", {"type": "string"}, "The jobgate job id", required=True)
@@ -85,6 +96,13 @@ LAST_EVENT_ID = (
         {"type": "integer", "minimum": 0},
         "The same, for EventSource polyfills that cannot set headers (the header wins)",
     ),
+)
+ACCESS_TOKEN = Param(
+    "access_token",
+    "query",
+    {"type": "string"},
+    "A stream token from POST /v1/stream-tokens, for EventSource (which cannot send "
+    "Authorization); accepted on the SSE routes only",
 )
 WAIT = Param(
     "wait",
@@ -127,6 +145,7 @@ ROUTES: tuple[Route, ...] = (
         "Providers, capabilities and poll policies",
         responses={200: ProviderList},
         tag="providers",
+        scope=Scope.READ,
     ),
     Route(
         "POST",
@@ -152,9 +171,11 @@ ROUTES: tuple[Route, ...] = (
                 "Idempotency-Key",
                 "header",
                 {"type": "string", "maxLength": 255},
-                "Replays the first answer for the same key and body (kept 24 h)",
+                "Replays the first answer for the same key and body (kept 24 h); each "
+                "tenant has its own keys",
             ),
         ),
+        scope=Scope.WRITE,
     ),
     Route(
         "GET",
@@ -174,6 +195,7 @@ ROUTES: tuple[Route, ...] = (
             ),
             Param("cursor", "query", {"type": "string"}, "next_cursor from the previous page"),
         ),
+        scope=Scope.READ,
     ),
     Route(
         "GET",
@@ -182,6 +204,7 @@ ROUTES: tuple[Route, ...] = (
         "The canonical job; ?wait=N long-polls",
         responses={200: JobOut, 400: BAD_QUERY, 404: NO_JOB},
         params=(JOB_ID, WAIT),
+        scope=Scope.READ,
     ),
     Route(
         "DELETE",
@@ -190,6 +213,7 @@ ROUTES: tuple[Route, ...] = (
         "Stop tracking the job",
         responses={204: "Deleted", 404: NO_JOB},
         params=(JOB_ID,),
+        scope=Scope.WRITE,
     ),
     Route(
         "GET",
@@ -232,6 +256,7 @@ ROUTES: tuple[Route, ...] = (
                 "Answer 307 to a pointer that needs no provider key",
             ),
         ),
+        scope=Scope.READ,
     ),
     Route(
         "POST",
@@ -247,6 +272,7 @@ ROUTES: tuple[Route, ...] = (
             **UPSTREAM,
         },
         params=(JOB_ID,),
+        scope=Scope.WRITE,
     ),
     Route(
         "POST",
@@ -262,6 +288,7 @@ ROUTES: tuple[Route, ...] = (
             **UPSTREAM,
         },
         params=(JOB_ID,),
+        scope=Scope.WRITE,
     ),
     Route(
         "POST",
@@ -279,6 +306,7 @@ ROUTES: tuple[Route, ...] = (
             **UPSTREAM,
         },
         params=(JOB_ID,),
+        scope=Scope.WRITE,
     ),
     Route(
         "GET",
@@ -294,13 +322,15 @@ ROUTES: tuple[Route, ...] = (
             400: BAD_QUERY,
             404: NO_JOB,
         },
-        params=(JOB_ID, *LAST_EVENT_ID),
+        params=(JOB_ID, *LAST_EVENT_ID, ACCESS_TOKEN),
+        scope=Scope.READ,
+        stream=True,
     ),
     Route(
         "GET",
         "/v1/events",
         sse.all_events,
-        "Server-Sent Events for all jobs, from now (or after Last-Event-ID)",
+        "Server-Sent Events for all the tenant's jobs, from now (or after Last-Event-ID)",
         responses={
             200: EventStream("Every job's events (id, event, data), from now", JOB_EVENTS),
             400: BAD_QUERY,
@@ -319,7 +349,10 @@ ROUTES: tuple[Route, ...] = (
                 "Only events of jobs in these canonical states: repeat, or separate with commas",
             ),
             *LAST_EVENT_ID,
+            ACCESS_TOKEN,
         ),
+        scope=Scope.READ,
+        stream=True,
     ),
     Route(
         "POST",
@@ -345,8 +378,61 @@ ROUTES: tuple[Route, ...] = (
             ),
         ),
         tag="callbacks",
+        # The provider authenticates with its callback token, checked by the handler's inbox.
+        scope=None,
     ),
-    Route("GET", "/healthz", h.healthz, "Liveness", responses={200: Health}, tag="service"),
+    Route(
+        "POST",
+        "/v1/stream-tokens",
+        keys.create_stream_token,
+        "A short-lived read-only token for the SSE routes' ?access_token= (EventSource cannot "
+        "send Authorization)",
+        responses={201: StreamTokenOut},
+        tag="keys",
+        scope=Scope.READ,
+    ),
+    Route(
+        "POST",
+        "/v1/keys",
+        keys.create_key,
+        "Create an API key for this tenant; the key is in this answer only",
+        body=KeyCreateBody,
+        responses={201: KeyCreated, **BODY},
+        tag="keys",
+        scope=Scope.ADMIN,
+    ),
+    Route(
+        "GET",
+        "/v1/keys",
+        keys.list_keys,
+        "This tenant's API keys (never the keys themselves)",
+        responses={200: KeyList},
+        tag="keys",
+        scope=Scope.ADMIN,
+    ),
+    Route(
+        "DELETE",
+        "/v1/keys/{key_id}",
+        keys.revoke_key,
+        "Revoke one of this tenant's keys, on every replica within a second",
+        responses={
+            200: KeyOut,
+            404: "key_not_found: no usable key with this id in this tenant",
+            422: "invalid_request: the key is defined in the configuration (auth.keys)",
+        },
+        params=(Param("key_id", "path", {"type": "string"}, "The key's id", required=True),),
+        tag="keys",
+        scope=Scope.ADMIN,
+    ),
+    Route(
+        "GET",
+        "/healthz",
+        h.healthz,
+        "Liveness",
+        responses={200: Health},
+        tag="service",
+        scope=None,
+    ),
     Route(
         "GET",
         "/readyz",
@@ -354,5 +440,6 @@ ROUTES: tuple[Route, ...] = (
         "Readiness: the store answers",
         responses={200: Health, 503: Health},
         tag="service",
+        scope=None,
     ),
 )

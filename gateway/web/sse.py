@@ -33,11 +33,12 @@ from functools import partial
 import orjson
 from aiohttp import web
 
+from gateway.auth import DEFAULT_TENANT
 from gateway.events import EventHub, wait_set
 from gateway.states import FINISHED, JobState
 from gateway.store.base import Event, JobStore
 from gateway.web.problems import BadInput
-from gateway.web.state import COMPONENTS_KEY
+from gateway.web.state import COMPONENTS_KEY, tenant_of
 
 BATCH = 200
 """Events per store read; a longer backlog is sent in several writes."""
@@ -51,7 +52,7 @@ HEADERS = {
 KEEP_ALIVE = b": keep-alive\n\n"
 _MAX_EVENT_ID = 2**63 - 1  # SQLite's INTEGER
 
-_Key = tuple[str | None, int, tuple[str, ...], tuple[JobState, ...]]
+_Key = tuple[str, str | None, int, tuple[str, ...], tuple[JobState, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +100,18 @@ class EventReads:
         hub: EventHub,
         after: int,
         *,
+        tenant: str = DEFAULT_TENANT,
         job_id: str | None = None,
         providers: tuple[str, ...] = (),
         states: tuple[JobState, ...] = (),
     ) -> Batch:
-        key: _Key = (job_id, after, providers, states)
+        # The tenant is part of the key: two tenants' streams never share a read.
+        key: _Key = (tenant, job_id, after, providers, states)
         mark = hub.last_id
         entry = self._reads.get(key)
         if entry is None or entry[0] < mark:
             task = asyncio.get_running_loop().create_task(
-                self._fetch(store, after, job_id, providers, states)
+                self._fetch(store, after, tenant, job_id, providers, states)
             )
             entry = (mark, task)
             self._reads[key] = entry
@@ -121,12 +124,18 @@ class EventReads:
         self,
         store: JobStore,
         after: int,
+        tenant: str,
         job_id: str | None,
         providers: Sequence[str],
         states: Sequence[JobState],
     ) -> Batch:
         events = await store.events_after(
-            after, job_id=job_id, providers=providers, states=states, limit=self.limit
+            after,
+            job_id=job_id,
+            tenant=tenant,
+            providers=providers,
+            states=states,
+            limit=self.limit,
         )
         return Batch(events, b"".join(encode(event) for event in events))
 
@@ -208,6 +217,7 @@ def query_values(request: web.Request, name: str, allowed: Collection[str]) -> t
 @dataclass
 class _Cursor:
     after: int
+    tenant: str
     job_id: str | None = None
     providers: tuple[str, ...] = ()
     states: tuple[JobState, ...] = ()
@@ -220,9 +230,10 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
     after = last_event_id(request)
     # Registered before the first read, so nothing committed in between goes unnoticed.
+    tenant = tenant_of(request)
     with svc.hub.listen(job_id) as listener:
-        job = await svc.get(job_id)
-        cursor = _Cursor(after=after or 0, job_id=job_id, state=job.state)
+        job = await svc.get(job_id, tenant)
+        cursor = _Cursor(after=after or 0, tenant=tenant, job_id=job_id, state=job.state)
         return await _stream(request, listener, cursor)
 
 
@@ -235,7 +246,10 @@ async def all_events(request: web.Request) -> web.StreamResponse:
         if after is None:
             after = await svc.store.last_event_id()
         cursor = _Cursor(
-            after=after, providers=providers, states=tuple(JobState(s) for s in states)
+            after=after,
+            tenant=tenant_of(request),
+            providers=providers,
+            states=tuple(JobState(s) for s in states),
         )
         return await _stream(request, listener, cursor)
 
@@ -269,6 +283,7 @@ async def _pump(
             svc.store,
             svc.hub,
             cursor.after,
+            tenant=cursor.tenant,
             job_id=cursor.job_id,
             providers=cursor.providers,
             states=cursor.states,
@@ -288,7 +303,7 @@ async def _pump(
         if await wait_set(listener, heartbeat) or state.closing:
             continue
         # A deleted job publishes nothing: notice it at heartbeat pace rather than never.
-        if cursor.job_id is not None and await svc.store.get(cursor.job_id) is None:
+        if cursor.job_id is not None and await svc.store.get(cursor.job_id, cursor.tenant) is None:
             await response.write(_end(cursor, "deleted"))
             return
         await response.write(KEEP_ALIVE)

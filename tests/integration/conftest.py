@@ -59,6 +59,9 @@ def gateway_settings(
         "sandbox": {"embedded": False},
         "runner": {"tick_ms": 10},
         "providers": providers,
+        # Open on loopback, as `make run` is; the auth tests turn keys on (tests/integration/
+        # test_auth*.py), and a test stack never binds anything but 127.0.0.1.
+        "auth": {"required": False},
     }
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}

@@ -216,7 +216,7 @@ class Refresher:
         self.calls: list[str] = []
         self.error = error
 
-    async def __call__(self, job_id: str) -> None:
+    async def __call__(self, job_id: str, tenant: str) -> None:
         self.calls.append(job_id)
         if self.error is not None:
             raise self.error

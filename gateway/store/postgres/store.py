@@ -166,7 +166,7 @@ class PostgresStore:
     async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        before = decode_cursor(cursor) if cursor is not None else None
+        before = decode_cursor(cursor, where.tenant) if cursor is not None else None
         state = where.state.value if where.state is not None else None
         args: list[object] = [where.tenant, where.provider, state, limit + 1]
         if where.labels:
@@ -180,7 +180,7 @@ class PostgresStore:
             jobs = [rows.job(row) for row in await conn.fetch(sql, *args)]
         if len(jobs) > limit:
             del jobs[limit:]
-            return Page(jobs=jobs, next_cursor=encode_cursor(jobs[-1].id))
+            return Page(jobs=jobs, next_cursor=encode_cursor(jobs[-1].id, where.tenant))
         return Page(jobs=jobs, next_cursor=None)
 
     async def save_many(
