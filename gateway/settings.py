@@ -196,6 +196,8 @@ class WebhookEndpointSettings(_Section):
     url: str
     events: list[WebhookEvent] = Field(default_factory=_terminal_only)
     """``["terminal"]``: finished jobs; ``["terminal", "progress"]``: every change as well."""
+    tenants: list[Annotated[str, Field(pattern=TENANT_PATTERN)]] | None = None
+    """Only these tenants' jobs (a team's own endpoint); unset: every tenant's."""
 
     @field_validator("url")
     @classmethod

@@ -40,6 +40,7 @@ import structlog
 from aiohttp import web
 
 from adapters.http import utcnow
+from gateway.auth import DEFAULT_TENANT
 from gateway.errors import CallbackURLRefused
 from gateway.events import EventHub, wait_set
 from gateway.leased import LeasedLoop, LeasedWork
@@ -135,17 +136,24 @@ def category_of(event: Event) -> Category | None:
 class Endpoint:
     url: str
     events: frozenset[str]
+    tenants: frozenset[str] | None = None
+    """Only these tenants' jobs; ``None``: every tenant's (an operator's endpoint)."""
 
 
 def targets(
-    category: Category, callback_url: str | None, endpoints: Iterable[Endpoint]
+    category: Category,
+    callback_url: str | None,
+    endpoints: Iterable[Endpoint],
+    tenant: str = DEFAULT_TENANT,
 ) -> list[str]:
     """Where one event goes: the job's own callback URL (terminal events only), then every
-    endpoint subscribed to the category, each URL once."""
+    endpoint subscribed to the category and to the job's tenant, each URL once."""
     urls: list[str] = []
     if category == "terminal" and callback_url:
         urls.append(callback_url)
     for endpoint in endpoints:
+        if endpoint.tenants is not None and tenant not in endpoint.tenants:
+            continue
         if category in endpoint.events and endpoint.url not in urls:
             urls.append(endpoint.url)
     return urls
@@ -216,7 +224,14 @@ def webhook_config(settings: Settings) -> WebhookConfig | None:
         log.info("webhooks.secret_generated", lifetime="this process")
     return WebhookConfig(
         key=parse_secret(secret),
-        endpoints=tuple(Endpoint(e.url, frozenset(e.events)) for e in hooks.endpoints),
+        endpoints=tuple(
+            Endpoint(
+                e.url,
+                frozenset(e.events),
+                frozenset(e.tenants) if e.tenants is not None else None,
+            )
+            for e in hooks.endpoints
+        ),
         schedule=tuple(hooks.schedule),
         policy=webhook_policy(settings),
         concurrency=hooks.concurrency,
@@ -345,7 +360,7 @@ class WebhookDispatcher:
             body = payload(event)
             deliveries.extend(
                 NewDelivery(event.id, event.job_id, url, category, body, due)
-                for url in targets(category, callback_url, self.config.endpoints)
+                for url in targets(category, callback_url, self.config.endpoints, event.tenant)
             )
         last = events[-1].id
         added = await self.store.enqueue_deliveries(deliveries, cursor=(CURSOR, last))

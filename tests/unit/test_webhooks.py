@@ -199,6 +199,14 @@ def test_categories_and_targets() -> None:
     assert targets("terminal", "http://a.test/hook", [both]) == ["http://a.test/hook"]
     assert targets("terminal", None, []) == []
 
+    # A team's endpoint hears its own tenant's jobs only; an operator's (no tenants) hears all.
+    team = Endpoint("http://team.test/hook", frozenset({"terminal"}), frozenset({"growth"}))
+    assert targets("terminal", None, [team, terminal], "growth") == [
+        "http://team.test/hook",
+        "http://b.test/hook",
+    ]
+    assert targets("terminal", None, [team, terminal], "billing") == ["http://b.test/hook"]
+
 
 def test_the_payload_is_the_canonical_job_without_the_logs_extras() -> None:
     logged = replace(event("state", JobState.SUCCEEDED), data={"id": "job_1", "from": "running"})
