@@ -47,6 +47,15 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     ready = f"jobgate: serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)"
+    if settings.auth_required():
+        ready += (
+            "\njobgate: API keys required (create one: jobgate keys create --tenant T --scopes S)"
+        )
+    else:
+        ready += (
+            "\njobgate: auth is OFF: no API key needed, every caller is tenant 'default' with "
+            "every scope (set JOBGATE_AUTH__REQUIRED=true to require keys)"
+        )
     try:
         # The line is printed once the site listens, so it never precedes a failed start.
         serve(create_app(settings), host, port, on_ready=lambda: print(ready, flush=True))

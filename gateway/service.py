@@ -584,6 +584,7 @@ class JobService:
         log.info(
             "job.created",
             job_id=job.id,
+            tenant=job.tenant,
             provider=job.provider,
             state=job.state.value,
             adopted=origin.report is not None,

@@ -24,6 +24,7 @@ from gateway.web.problems import problem
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ALLOW_HEADERS = (
+    "Authorization",
     "Content-Type",
     "Idempotency-Key",
     "Last-Event-ID",
@@ -31,7 +32,13 @@ ALLOW_HEADERS = (
     # EventSource polyfills send it on every stream request.
     "Cache-Control",
 )
-EXPOSE_HEADERS = ("Location", "X-Request-ID", "Idempotent-Replayed", "Retry-After")
+EXPOSE_HEADERS = (
+    "Location",
+    "X-Request-ID",
+    "Idempotent-Replayed",
+    "Retry-After",
+    "WWW-Authenticate",
+)
 DEFAULT_METHODS = ("GET", "POST", "DELETE")
 MAX_AGE = 600
 """Seconds a browser may cache a preflight answer."""
