@@ -48,10 +48,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from gateway.logs import configure_logging, secrets_of
     from gateway.settings import load_settings
 
     try:
         settings = load_settings(args.config)
+        # Log lines (the store's, the key's) go to standard error with the secrets masked, so
+        # standard output holds nothing but what the action prints (the key, for create).
+        configure_logging(settings.log.format, settings.log.level, secrets=secrets_of(settings))
         if args.action == "hash":
             return _hash(settings)
         return asyncio.run(_manage(settings, args))
