@@ -154,6 +154,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     components = app[COMPONENTS_KEY]
     settings = components.settings
     store = components.require_store()
+    # First: it is what refuses to start without a secret, and nothing is open yet to leak.
+    access = Access.from_settings(settings, store, components.metrics.auth_rejected)
     session = aiohttp.ClientSession()
     hub = EventHub()
     adapters: dict[str, Adapter] = {}
@@ -180,7 +182,6 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         provider_hosts[name] = api_host(provider.base_url)
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
     writer = JobWriter(store, hub, observer=components.metrics)
-    access = Access.from_settings(settings, store, components.metrics.auth_rejected)
     components.access = access
     components.metrics.add_tenants(settings.known_tenants())
     # Replicas spend one quota kept in the store; one process keeps its buckets in memory.
