@@ -131,14 +131,19 @@ class Access:
         if not authorization:
             raise self._reject(
                 "auth_required",
-                "this operation needs an API key: send Authorization: Bearer jg_...",
+                # Worded so the problem scrubber leaves it whole: it masks whatever follows
+                # "Bearer " or "Authorization:" in any detail.
+                "this operation needs an API key, sent in the Authorization header (the scheme "
+                "Bearer, a space, then the jg_... key)",
                 None,
             )
         scheme, _, presented = authorization.partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
             raise self._reject(
-                "invalid_key", "the Authorization header must be Bearer followed by a key", None
+                "invalid_key",
+                "the Authorization header must be the scheme Bearer, a space, then the key",
+                None,
             )
         if not looks_like_key(presented):
             raise self._reject("invalid_key", "the key is not a jobgate key (jg_...)", None)
@@ -278,12 +283,12 @@ class Access:
             )
         now = self._clock()
         if not await self.store.revoke_api_key(key_id, now, tenant=tenant):
-            raise KeyNotFound(f"no usable key {key_id}")
+            raise KeyNotFound(f"no usable key with the id {key_id}")
         self.forget()
         log.info("auth.key_revoked", key_id=key_id)
         key = await self.store.api_key(key_id)
         if key is None:  # revoked, then deleted by an operator between the two statements
-            raise KeyNotFound(f"no usable key {key_id}")
+            raise KeyNotFound(f"no usable key with the id {key_id}")
         return replace(key, revoked_at=key.revoked_at or now)
 
 

@@ -299,7 +299,9 @@ class CallbackInbox:
         if not token_matches(token, secret):
             log.warning("callback.unauthorized", provider=provider, token_given=token is not None)
             raise CallbackUnauthorized(
-                f"give the callback token in ?{TOKEN_PARAM}= or the {TOKEN_HEADER} header"
+                # Not "?token= or ...": the problem scrubber would mask the word after the "=".
+                f"give the callback token as the {TOKEN_PARAM} query parameter or in the "
+                f"{TOKEN_HEADER} header"
             )
 
     async def receive(self, provider: str, body: JSON) -> dict[str, bool]:

@@ -36,7 +36,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     access = request.app[COMPONENTS_KEY].require_access()
     key_id = request.match_info["key_id"]
     if len(key_id) > 64:
-        raise KeyNotFound(f"no usable key {key_id[:64]}...")
+        raise KeyNotFound(f"no usable key with the id {key_id[:64]}...")
     key = await access.revoke(key_id, principal_of(request).tenant)
     return json_response(key.public())
 
