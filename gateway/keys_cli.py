@@ -105,7 +105,14 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
     store = _open_store(settings)
     await store.open()
     try:
-        access = Access(store, KeyHasher(load_secret(settings)), required=True)
+        # The configured keys too: revoking one is refused with the reason (remove it from the
+        # configuration), not "no usable key" for a key that `keys list` shows.
+        access = Access(
+            store,
+            KeyHasher(load_secret(settings)),
+            required=True,
+            configured=[key.to_key() for key in settings.auth.keys],
+        )
         if args.action == "create":
             expires = parse_duration(args.expires) if args.expires else None
             key, plaintext = await access.create(
