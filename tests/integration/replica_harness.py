@@ -145,8 +145,12 @@ def replica_config(
     policy: Mapping[str, Any],
     pulse_policy: Mapping[str, Any],
     heartbeat: float,
+    auth: Mapping[str, Any] | None = None,
 ) -> str:
-    """The config file every replica shares: no keys, no DSN (those come from the environment)."""
+    """The config file every replica shares: no keys, no DSN (those come from the environment).
+
+    ``auth``: the ``[auth]`` table's values over the default (off, on loopback), e.g.
+    ``{"required": True}``; the secret never goes in the file (``JOBGATE_AUTH__SECRET``)."""
     tables: dict[str, dict[str, Any]] = {
         "server": {"host": "127.0.0.1", "sse_heartbeat_seconds": heartbeat},
         "store": {"kind": "postgres"},
@@ -154,7 +158,7 @@ def replica_config(
         "sandbox": {"embedded": False},
         "log": {"format": "json", "level": "INFO"},
         # Open on loopback: these tests are about replicas, not keys (test_auth_replicas.py).
-        "auth": {"required": False},
+        "auth": {"required": False, **(auth or {})},
     }
     for name, spec in sorted(PROVIDERS.items()):
         tables[f"providers.{name}"] = {
@@ -246,6 +250,24 @@ def start_replica(
             command, cwd=ROOT, env=dict(env), stdout=out, stderr=err, stdin=subprocess.DEVNULL
         )
     return Replica(name, port, api_key, process, log_path, out_path)
+
+
+def run_jobgate(
+    env: Mapping[str, str], *args: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """``jobgate <args>`` (e.g. ``keys --config FILE create ...``) as its own process, in the
+    replicas' environment, for at most ``timeout`` seconds; its output as text."""
+    command = [sys.executable, "-m", "gateway.cli", *args]
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 async def wait_ready(session: aiohttp.ClientSession, replica: Replica, within: float) -> None:

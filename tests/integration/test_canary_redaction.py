@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,9 @@ import structlog
 from aiohttp import web
 
 from adapters.redact import MASK
+from gateway.auth import Scope, looks_like_key, new_key_secret, public_prefix
 from gateway.logs import configure_logging, secrets_of, stdlib_handler
+from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve
 from tests.integration.conftest import Stack, StackFactory
 from tests.unit.test_webhooks import SECRET as WEBHOOK_SECRET
@@ -415,3 +418,209 @@ async def test_an_echoing_upstream_leaks_no_secret_anywhere(
     assert upstream.reruns == 2
     assert CALLBACK_CANARY in upstream.callback_urls[0]
     assert any(where == "file canary.db" for where, _ in seen.texts)
+
+
+# -- client credentials (issue 9) -----------------------------------------------------------------
+
+AUTH_SECRET = "canary-auth-secret_3f9a61d04b7e4c2a8d15e0b6"
+"""The server secret keys are hashed and stream tokens signed with: it is never written anywhere."""
+
+
+def stored_rows(db: Path) -> list[tuple[str, str]]:
+    """Every row of every table of the SQLite file, as text (its bytes are read separately)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = [
+            str(row[0])
+            for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        return [
+            (f"table {table}", repr(conn.execute(f'SELECT * FROM "{table}"').fetchall()))
+            for table in tables
+        ]
+    finally:
+        conn.close()
+
+
+async def test_client_keys_and_stream_tokens_leak_nowhere(
+    make_stack: StackFactory,
+    serve: Serve,
+    tmp_path: Path,
+    logs: Callable[[list[str]], io.StringIO],
+) -> None:
+    receiver = Receiver()
+    receiver_url = await serve(receiver.app())
+    db = tmp_path / "keys.db"
+    stack = await make_stack(
+        db=db,
+        auth={"required": True, "secret": AUTH_SECRET},
+        webhooks={
+            "secret": WEBHOOK_SECRET,
+            "allowed_hosts": ["127.0.0.1"],
+            "allowed_networks": ["127.0.0.1/32"],
+            "schedule": [0, 0.05, 0.1],
+            "endpoints": [{"url": receiver_url + "/hook", "events": ["terminal", "progress"]}],
+        },
+    )
+    out = logs(secrets_of(stack.settings))
+    assert AUTH_SECRET in secrets_of(stack.settings)
+    seen = Seen()
+    shown: list[str] = []
+    """The answers that exist to show a credential once (a new key, a new token): not checked."""
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    # An operator's first key (as `jobgate keys create` makes it), then keys made over the API.
+    access = stack.app[COMPONENTS_KEY].require_access()
+    _, admin = await access.create("canary", {Scope.ADMIN, Scope.READ}, name="bootstrap")
+    made: dict[str, dict[str, Any]] = {}
+    for name, scopes in (
+        ("client", ["jobs:read", "jobs:write"]),
+        ("reader", ["jobs:read"]),
+        ("doomed", ["jobs:read"]),
+    ):
+        async with stack.client.post(
+            f"{stack.url}/v1/keys", json={"scopes": scopes, "name": name}, headers=bearer(admin)
+        ) as response:
+            text = await response.text()
+            assert response.status == 201, text
+            assert response.headers["Cache-Control"] == "no-store"
+            shown.append(text)
+            made[name] = json.loads(text)
+    key = made["client"]["key"]
+    assert public_prefix(key) == made["client"]["prefix"]
+    # A wrong key that shares the real one's public prefix: its refusal is logged by that prefix.
+    wrong = key[: len(public_prefix(key))] + new_key_secret()[len(public_prefix(key)) :]
+    assert wrong != key
+    assert looks_like_key(wrong)
+
+    # The key at work: submit (keyed), read, list, wait, result, events.
+    body = {"provider": "pulse", "request": {"fileUrl": "https://example.com/canary.pdf"}}
+    status, job = await seen.call(
+        stack, "POST", "/v1/jobs", body, {**bearer(key), "Idempotency-Key": "canary-1"}
+    )
+    assert status == 201, job
+    job_id = job["id"]
+    for _ in range(200):  # long-polls of at most 1 s each
+        status, job = await seen.call(stack, "GET", f"/v1/jobs/{job_id}?wait=1", None, bearer(key))
+        assert status == 200, job
+        if job["state"] in FINISHED:
+            break
+    assert job["state"] == "succeeded", job
+    await seen.call(stack, "POST", "/v1/jobs", body, {**bearer(key), "Idempotency-Key": "canary-1"})
+    await seen.call(stack, "GET", "/v1/jobs?limit=10", None, bearer(key))
+    await seen.call(stack, "GET", f"/v1/jobs/{job_id}/result", None, bearer(key))
+
+    # Refusals, each with a credential the gateway must not repeat.
+    doomed = made["doomed"]
+    status, _ = await seen.call(stack, "DELETE", f"/v1/keys/{doomed['id']}", None, bearer(admin))
+    assert status == 200
+    refusals: list[tuple[str, str, dict[str, Any] | None, dict[str, str], int, str]] = [
+        ("POST", "/v1/jobs", body, bearer(wrong), 401, "invalid_key"),
+        ("GET", "/v1/jobs", None, bearer(wrong), 401, "invalid_key"),
+        ("GET", "/v1/jobs", None, bearer(key + "x"), 401, "invalid_key"),
+        ("GET", "/v1/jobs", None, {"Authorization": key}, 401, "invalid_key"),
+        ("GET", "/v1/jobs", None, {"Authorization": f"Basic {key}"}, 401, "invalid_key"),
+        ("GET", f"/v1/jobs?access_token={key}", None, {}, 401, "auth_required"),
+        ("GET", "/v1/jobs", None, bearer(doomed["key"]), 401, "key_revoked"),
+        ("POST", "/v1/jobs", body, bearer(made["reader"]["key"]), 403, "insufficient_scope"),
+        (
+            "DELETE",
+            f"/v1/keys/{made['client']['id']}",
+            None,
+            bearer(key),
+            403,
+            "insufficient_scope",
+        ),
+        ("GET", f"/v1/events?access_token={key}", None, {}, 401, "invalid_stream_token"),
+    ]
+    for method, path, payload, headers, expected, code in refusals:
+        status, answer = await seen.call(stack, method, path, payload, headers)
+        assert (status, answer["code"]) == (expected, code), (method, path, answer)
+
+    # A stream token, on both SSE routes; a forged one (the real one, re-signed by nobody).
+    async with stack.client.post(f"{stack.url}/v1/stream-tokens", headers=bearer(key)) as response:
+        text = await response.text()
+        assert response.status == 201, text
+        shown.append(text)
+        token = json.loads(text)["token"]
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    async with (
+        asyncio.timeout(WAIT),
+        stack.client.get(
+            f"{stack.url}/v1/jobs/{job_id}/events", params={"access_token": token}
+        ) as response,
+    ):
+        assert response.status == 200
+        seen.add("SSE job", await response.text())
+    async with (
+        asyncio.timeout(WAIT),
+        stack.client.get(
+            f"{stack.url}/v1/events",
+            params={"access_token": token},
+            headers={"Last-Event-ID": "0"},
+        ) as response,
+    ):
+        assert response.status == 200
+        first = await response.content.readuntil(b"\n\n")  # the first replayed event
+        seen.add("SSE tenant", first.decode())
+    for path in (
+        f"/v1/events?access_token={forged}",
+        f"/v1/jobs/{job_id}/events?access_token={forged}",
+    ):
+        status, answer = await seen.call(stack, "GET", path)
+        assert (status, answer["code"]) == (401, "invalid_stream_token"), answer
+
+    await seen.call(stack, "GET", "/v1/keys", None, bearer(admin))
+    await receiver.until_finished({job_id})
+    await seen.call(stack, "GET", "/metrics")
+    assert await access.flush_last_used() >= 1  # last_used_at is in the keys table too
+
+    for text in receiver.raw:
+        seen.add("webhook", text)
+    logged = out.getvalue()
+    seen.add("logs", logged)
+    await stack.server.close()  # every write done: the WAL holds all it will
+    for name, text in [*database_files(db), *stored_rows(db)]:
+        seen.add(f"file {name}" if not name.startswith("table") else name, text)
+    # Configured: never written beside the database.
+    assert not (tmp_path / "auth.secret").exists()
+
+    # Nothing but a key's public prefix, anywhere: not one character more of any key.
+    forbidden = {
+        AUTH_SECRET: "the auth secret",
+        WEBHOOK_SECRET: "the webhook secret",
+        token.removeprefix("jgs_"): "the stream token",
+        forged.removeprefix("jgs_"): "the forged stream token",
+        token.rsplit(".", 1)[1]: "the stream token's signature",
+    }
+    for name, value in (
+        *((n, m["key"]) for n, m in made.items()),
+        ("admin", admin),
+        ("wrong", wrong),
+    ):
+        forbidden[value[: len(public_prefix(value)) + 1]] = f"the {name} key past its prefix"
+    leaks = [
+        f"{what} in {where}"
+        for where, text in seen.texts
+        for value, what in forbidden.items()
+        if value in text
+    ]
+    assert leaks == [], "\n".join(leaks)
+
+    # The checks saw real things: the refusals were logged by prefix, the key's use was stored.
+    rejected = [json.loads(line) for line in logged.splitlines() if "auth.rejected" in line]
+    assert {entry["reason"] for entry in rejected} >= {
+        "invalid_key",
+        "auth_required",
+        "key_revoked",
+        "invalid_stream_token",
+    }
+    assert public_prefix(key) in {entry.get("key_prefix") for entry in rejected}
+    assert any(where == "file keys.db" for where, _ in seen.texts)
+    assert any(
+        where == "table api_keys" and made["client"]["id"] in text for where, text in seen.texts
+    )
+    assert any(text.startswith("id: ") for where, text in seen.texts if where == "SSE tenant")
+    assert len(shown) == 4  # three new keys and a token: the only answers that carry one
