@@ -1,9 +1,10 @@
 """Store throughput: how many jobs one process can create, claim and save per second.
 
-    python bench/bench_store.py [--jobs N] [--store sqlite|memory] [--dir DIR]
+    python bench/bench_store.py [--jobs N] [--tenants N] [--store sqlite|memory] [--dir DIR]
 
 Prints figures; asserts nothing (timings belong here, never in tests). The job shape is a typical
 running job: a progress block, two labels, a small request body and one event per state change.
+With ``--tenants``, the jobs are spread at random over that many tenants, whose claims take turns.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ BATCH = 500
 BULK_BATCH = 2000
 SINGLE_CREATES = 2000
 LEASE = timedelta(seconds=30)
+PROVIDERS = ("pulse", "catchall", "platform", "extract")
 
 Store = SqliteStore | MemoryStore
 
 
-def make_job(rng: random.Random) -> Job:
+def make_job(rng: random.Random, tenants: int = 1) -> Job:
     return Job(
         id=new_id(),
-        provider=rng.choice(("pulse", "catchall", "platform", "extract")),
+        tenant="default" if tenants == 1 else f"tenant-{rng.randrange(tenants):04d}",
+        provider=rng.choice(PROVIDERS),
         upstream_id=f"up-{rng.getrandbits(64):016x}",
         state=JobState.QUEUED,
         created_at=T0,
@@ -84,7 +87,19 @@ async def bench_claim(store: Store) -> list[Job]:
     return claimed
 
 
-async def bench_save(store: Store, claimed: Sequence[Job], rng: random.Random) -> None:
+async def bench_capped_claim(store: Store, now: datetime) -> None:
+    """The runner's claim: capped per provider (its tokens), here at a whole batch each."""
+    caps = dict.fromkeys(PROVIDERS, BATCH)
+    claimed = 0
+    started = time.perf_counter()
+    while batch := await store.claim_due(
+        now, limit=BATCH, lease_until=now + LEASE, per_provider=caps
+    ):
+        claimed += len(batch)
+    report(f"claim_due per provider (batches of {BATCH})", claimed, time.perf_counter() - started)
+
+
+async def bench_save(store: Store, claimed: Sequence[Job], rng: random.Random) -> datetime:
     now = T0 + timedelta(seconds=1)
     later = now + timedelta(minutes=5)
     changes: list[tuple[Job, Sequence[NewEvent]]] = []
@@ -126,6 +141,7 @@ async def bench_save(store: Store, claimed: Sequence[Job], rng: random.Random) -
     for offset in range(0, len(stale), BATCH):
         await store.save_many(stale[offset : offset + BATCH])
     report("save_many, every row fenced out", len(stale), time.perf_counter() - started, "rows/s")
+    return later
 
 
 async def bench_reads(store: Store, jobs: Sequence[Job], rng: random.Random) -> None:
@@ -152,17 +168,19 @@ async def bench_reads(store: Store, jobs: Sequence[Job], rng: random.Random) -> 
         print(f"{name + '()':<44} {elapsed * 1000:9.1f} ms")
 
 
-async def run(kind: str, total: int, directory: Path) -> None:
+async def run(kind: str, total: int, tenants: int, directory: Path) -> None:
     rng = random.Random(7)
     path = directory / "bench.db"
     store: Store = SqliteStore(path) if kind == "sqlite" else MemoryStore()
     await store.open()
-    jobs = [make_job(rng) for _ in range(total)]
-    print(f"{kind} store, {total:,} jobs" + (f", {path}" if kind == "sqlite" else ""))
+    jobs = [make_job(rng, tenants) for _ in range(total)]
+    spread = f" over {tenants:,} tenants" if tenants > 1 else ""
+    print(f"{kind} store, {total:,} jobs{spread}" + (f", {path}" if kind == "sqlite" else ""))
     try:
         await bench_create(store, jobs)
         claimed = await bench_claim(store)
-        await bench_save(store, claimed, rng)
+        rescheduled = await bench_save(store, claimed, rng)
+        await bench_capped_claim(store, rescheduled)
         await bench_reads(store, jobs, rng)
     finally:
         started = time.perf_counter()
@@ -174,6 +192,7 @@ async def run(kind: str, total: int, directory: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--tenants", type=int, default=1)
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
     parser.add_argument("--dir", type=Path, help="where to put the database (default: a temp dir)")
     args = parser.parse_args()
@@ -184,7 +203,7 @@ def main() -> None:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="jobgate-bench-"))
         )
         directory.mkdir(parents=True, exist_ok=True)
-        asyncio.run(run(args.store, args.jobs, directory))
+        asyncio.run(run(args.store, args.jobs, max(1, args.tenants), directory))
         if args.store == "sqlite":
             # After close(): the WAL has been checkpointed into the one file.
             size = (directory / "bench.db").stat().st_size

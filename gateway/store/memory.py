@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import orjson
 
 from adapters.base import JSON
+from gateway.auth import DEFAULT_TENANT, ApiKey
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
@@ -37,9 +38,13 @@ from gateway.store.base import (
     NewEvent,
     Page,
     Signal,
+    TenantUsage,
     decode_cursor,
     encode_cursor,
 )
+from gateway.store.fair import Due, take_turns
+
+_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
 @dataclass(slots=True)
@@ -67,15 +72,17 @@ def _copy_data(data: Mapping[str, JSON]) -> dict[str, JSON]:
 
 
 class MemoryStore:
-    """Jobs in a dict, due times in a heap, events in one id-ordered list."""
+    """Jobs in a dict, due times in a heap per (provider, tenant), events in one id-ordered list."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._ids: list[str] = []  # sorted, for newest-first listing
         self._by_upstream: dict[tuple[str, str], set[str]] = {}  # (provider, upstream id) -> ids
-        # (next_poll_at, job id, version). Entries are never removed in place: an entry is live only
-        # while the job still has that version, since every change to a job bumps its version.
-        self._due: list[tuple[datetime, str, int]] = []
+        # (provider, tenant) -> a heap of (next_poll_at, job id, version). Entries are never removed
+        # in place: an entry is live only while the job still has that version, since every change
+        # to a job bumps its version. A claim reads each pair's soonest few, never the backlog.
+        self._due: dict[tuple[str, str], list[tuple[datetime, str, int]]] = {}
+        self._due_entries = 0
         self._events: list[Event] = []
         self._event_ids: list[int] = []
         self._last_event_id = 0
@@ -85,6 +92,8 @@ class MemoryStore:
         self._delivery_keys: set[tuple[int, str]] = set()  # (event id, url)
         self._last_delivery_id = 0
         self._disabled_urls: set[str] = set()
+        self._keys: dict[str, ApiKey] = {}  # by id, in the order they were made
+        self._key_digests: dict[str, str] = {}  # digest -> id
 
     async def open(self) -> None:
         return None
@@ -121,17 +130,17 @@ class MemoryStore:
             await self.create(job, events)
         return len(items)
 
-    async def get(self, job_id: str, tenant: str = "default") -> Job | None:
+    async def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job | None:
         job = self._jobs.get(job_id)
         if job is None or job.tenant != tenant:
             return None
         return job
 
     async def get_by_upstream(
-        self, provider: str, upstream_id: str, tenant: str = "default"
+        self, provider: str, upstream_id: str, tenant: str | None = DEFAULT_TENANT
     ) -> Job | None:
         ids = self._by_upstream.get((provider, upstream_id), ())
-        jobs = [self._jobs[job_id] for job_id in ids if self._jobs[job_id].tenant == tenant]
+        jobs = [self._jobs[job_id] for job_id in ids if tenant in (None, self._jobs[job_id].tenant)]
         return max(jobs, key=lambda job: job.id, default=None)
 
     async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
@@ -169,7 +178,7 @@ class MemoryStore:
         self._compact_due()
         return results
 
-    async def delete(self, job_id: str, tenant: str = "default") -> bool:
+    async def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         job = self._jobs.get(job_id)
         if job is None or job.tenant != tenant:
             return False
@@ -194,39 +203,71 @@ class MemoryStore:
         per_provider: Mapping[str, int] | None = None,
         owner: str = "",
     ) -> list[Job]:
-        claimed: list[Job] = []
-        skipped: list[tuple[datetime, str, int]] = []
-        left = dict(per_provider) if per_provider is not None else None
-        while self._due and len(claimed) < limit and self._due[0][0] <= now:
-            entry = heapq.heappop(self._due)
-            _, job_id, version = entry
-            job = self._jobs.get(job_id)
-            if job is None or job.version != version:
-                continue
-            if left is not None:
-                if left.get(job.provider, 0) < 1:
-                    skipped.append(entry)  # due, but its provider has no token: stays due
-                    continue
-                left[job.provider] -= 1
-            leased = replace(job, next_poll_at=lease_until, version=job.version + 1)
-            self._jobs[job_id] = leased
-            claimed.append(leased)
+        if limit < 1:
+            return []
+        caps = None if per_provider is None else {p: n for p, n in per_provider.items() if n > 0}
+        # Each (provider, tenant)'s soonest due jobs, popped only when the turns ask for them
+        # (gateway.store.fair); the live entries popped and not claimed go back into their heaps.
+        popped: list[tuple[tuple[str, str], tuple[datetime, str, int]]] = []
+        streams: dict[str, list[Generator[Due[tuple[datetime, str], Job], None, None]]] = {}
+        for (provider, tenant), heap in self._due.items():
+            if caps is None or provider in caps:
+                wanted = limit if caps is None else min(caps[provider], limit)
+                stream = self._due_stream(provider, tenant, heap, now, wanted, popped)
+                streams.setdefault(tenant, []).append(stream)
+        chosen = take_turns(streams, limit=limit, caps=caps)
+        taken = {item.payload.id for item in chosen}
+        for pair, entry in popped:
+            if entry[1] not in taken:
+                heapq.heappush(self._due[pair], entry)
+                self._due_entries += 1
+        for pair in [pair for pair, heap in self._due.items() if not heap]:
+            del self._due[pair]
+        claimed = [
+            replace(item.payload, next_poll_at=lease_until, version=item.payload.version + 1)
+            for item in sorted(chosen, key=lambda item: item.order)
+        ]
         # Pushed only now, so that a lease already due (lease_until <= now) is not claimed twice.
         for job in claimed:
-            heapq.heappush(self._due, (lease_until, job.id, job.version))
-        for entry in skipped:
-            heapq.heappush(self._due, entry)
+            self._put(job)
         self._compact_due()
         return claimed
 
+    def _due_stream(
+        self,
+        provider: str,
+        tenant: str,
+        heap: list[tuple[datetime, str, int]],
+        now: datetime,
+        wanted: int,
+        popped: list[tuple[tuple[str, str], tuple[datetime, str, int]]],
+    ) -> Generator[Due[tuple[datetime, str], Job], None, None]:
+        """The pair's live jobs due by ``now``, soonest first, at most ``wanted``: each popped
+        (and noted in ``popped``) only when asked for; dead entries met are dropped for good."""
+        found = 0
+        while heap and found < wanted and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            self._due_entries -= 1
+            job = self._jobs.get(entry[1])
+            if job is not None and job.version == entry[2]:
+                popped.append(((provider, tenant), entry))
+                found += 1
+                yield Due((entry[0], entry[1]), tenant, provider, job)
+
     async def next_due(self) -> datetime | None:
-        while self._due:
-            when, job_id, version = self._due[0]
-            job = self._jobs.get(job_id)
-            if job is not None and job.version == version:
-                return when
-            heapq.heappop(self._due)
-        return None
+        earliest: datetime | None = None
+        for key, heap in list(self._due.items()):
+            while heap:
+                when, job_id, version = heap[0]
+                job = self._jobs.get(job_id)
+                if job is not None and job.version == version:
+                    earliest = when if earliest is None else min(earliest, when)
+                    break
+                heapq.heappop(heap)
+                self._due_entries -= 1
+            if not heap:
+                del self._due[key]
+        return earliest
 
     async def count_by_state(self) -> dict[tuple[str, JobState], int]:
         counts: dict[tuple[str, JobState], int] = {}
@@ -235,6 +276,13 @@ class MemoryStore:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
+    async def tenant_usage(self, tenant: str, since: datetime) -> TenantUsage:
+        # A linear scan: this store is for unit tests, where the table is a handful of rows.
+        mine = [job for job in self._jobs.values() if job.tenant == tenant]
+        recent = [job.created_at for job in mine if job.created_at >= since]
+        active = sum(job.state in _ACTIVE for job in mine)
+        return TenantUsage(active, len(recent), min(recent, default=None))
+
     # -- events --------------------------------------------------------------------------------
 
     async def events_after(
@@ -242,7 +290,7 @@ class MemoryStore:
         after_id: int,
         *,
         job_id: str | None = None,
-        tenant: str = "default",
+        tenant: str | None = DEFAULT_TENANT,
         providers: Sequence[str] = (),
         states: Sequence[JobState] = (),
         limit: int = 500,
@@ -252,7 +300,7 @@ class MemoryStore:
         for event in self._events[start:]:
             if len(found) >= limit:
                 break
-            if event.tenant != tenant:
+            if tenant is not None and event.tenant != tenant:
                 continue
             if job_id is not None and event.job_id != job_id:
                 continue
@@ -499,23 +547,62 @@ class MemoryStore:
             self._delivery_keys.discard((delivery.event_id, delivery.url))
         return len(old)
 
+    # -- API keys ------------------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        if key.id in self._keys or key.digest in self._key_digests:
+            raise ValueError(f"api key {key.id} already exists (its id or its digest)")
+        self._keys[key.id] = replace(key, source="store")
+        self._key_digests[key.digest] = key.id
+
+    async def api_key_by_digest(self, digest: str) -> ApiKey | None:
+        key_id = self._key_digests.get(digest)
+        return None if key_id is None else self._keys[key_id]
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        return self._keys.get(key_id)
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        keys = [key for key in self._keys.values() if tenant in (None, key.tenant)]
+        return sorted(keys, key=lambda key: (key.created_at, key.id))
+
+    async def revoke_api_key(
+        self, key_id: str, now: datetime, *, tenant: str | None = None
+    ) -> bool:
+        key = self._keys.get(key_id)
+        if key is None or key.revoked_at is not None or tenant not in (None, key.tenant):
+            return False
+        self._keys[key_id] = replace(key, revoked_at=now)
+        return True
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        for key_id, when in used.items():
+            key = self._keys.get(key_id)
+            if key is not None and (key.last_used_at is None or key.last_used_at < when):
+                self._keys[key_id] = replace(key, last_used_at=when)
+
     # -- internals -----------------------------------------------------------------------------
 
     def _put(self, job: Job) -> None:
         self._jobs[job.id] = job
         if job.next_poll_at is not None:
-            heapq.heappush(self._due, (job.next_poll_at, job.id, job.version))
+            heap = self._due.setdefault((job.provider, job.tenant), [])
+            heapq.heappush(heap, (job.next_poll_at, job.id, job.version))
+            self._due_entries += 1
 
     def _compact_due(self) -> None:
-        # Dead entries pile up as jobs are saved and claimed; rebuild once they dominate the heap.
-        if len(self._due) <= 2 * len(self._jobs) + 64:
+        # Dead entries pile up as jobs are saved and claimed; rebuild once they dominate the heaps.
+        if self._due_entries <= 2 * len(self._jobs) + 64:
             return
-        self._due = [
-            (job.next_poll_at, job.id, job.version)
-            for job in self._jobs.values()
-            if job.next_poll_at is not None
-        ]
-        heapq.heapify(self._due)
+        self._due = {}
+        self._due_entries = 0
+        for job in self._jobs.values():
+            if job.next_poll_at is not None:
+                pair = self._due.setdefault((job.provider, job.tenant), [])
+                pair.append((job.next_poll_at, job.id, job.version))
+                self._due_entries += 1
+        for heap in self._due.values():
+            heapq.heapify(heap)
 
     def _number(self, job: Job, event: NewEvent) -> Event:
         self._last_event_id += 1

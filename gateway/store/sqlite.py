@@ -20,7 +20,7 @@ import functools
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -30,6 +30,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 import orjson
 
 from adapters.base import JSON
+from gateway.auth import DEFAULT_TENANT, ApiKey, Scope
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
@@ -48,9 +49,11 @@ from gateway.store.base import (
     Page,
     Signal,
     StoreUnavailable,
+    TenantUsage,
     decode_cursor,
     encode_cursor,
 )
+from gateway.store.fair import Due, take_turns
 from gateway.store.migrations import pending
 from gateway.store.sqlite_sql import (
     ABANDONED_IDEMPOTENCY,
@@ -69,6 +72,7 @@ from gateway.store.sqlite_sql import (
     FINISH_DELIVERY,
     FINISH_IDEMPOTENCY,
     GET_CURSOR,
+    INSERT_API_KEY,
     INSERT_DELIVERY,
     INSERT_EVENT,
     INSERT_JOB,
@@ -76,26 +80,35 @@ from gateway.store.sqlite_sql import (
     LAST_EVENT_ID,
     LEASE_DELIVERY,
     LEASE_JOB,
+    LIST_API_KEYS,
     LIST_DELIVERIES,
     LIST_JOB_DELIVERIES,
     LIST_JOBS,
     LIST_JOBS_BY_LABELS,
+    LIST_TENANT_API_KEYS,
     MIGRATIONS,
     NEXT_DELIVERY_DUE,
     NO_CURSOR,
     PURGE_DELIVERIES,
     PURGE_IDEMPOTENCY,
     RELEASE_IDEMPOTENCY,
-    SELECT_DUE,
+    REVOKE_API_KEY,
+    SCHEDULED_PROVIDERS,
+    SCHEDULED_TENANTS,
+    SELECT_API_KEY,
+    SELECT_API_KEY_BY_DIGEST,
     SELECT_DUE_DELIVERIES,
-    SELECT_DUE_OF_PROVIDER,
+    SELECT_DUE_OF_TENANT,
     SELECT_FOR_SAVE,
     SELECT_IDEMPOTENCY,
     SELECT_JOB,
     SELECT_JOBS_BY_UPSTREAM,
     SELECT_NEXT_DUE,
+    SELECT_RECORDS,
     SET_CURSOR,
     TAKE_OVER_IDEMPOTENCY,
+    TENANT_USAGE,
+    TOUCH_API_KEY,
     UPDATE_JOB,
     UPDATE_JOB_AND_STATE,
 )
@@ -122,6 +135,7 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 
 _JobRow = tuple[str, str, str, str, int | None, int, int, str, str, str]
 _EventRow = tuple[int, str, str, str, str, str, str, int]
+_KeyRow = tuple[str, str, str, str, str, str, int, int | None, int | None, int | None]
 
 
 class SqliteStore:
@@ -191,11 +205,11 @@ class SqliteStore:
         """Insert many new jobs in one transaction (benchmarks, imports); all or nothing."""
         return len(await self._call(self._create_many_sync, items))
 
-    async def get(self, job_id: str, tenant: str = "default") -> Job | None:
+    async def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job | None:
         return await self._call(self._get_sync, job_id, tenant)
 
     async def get_by_upstream(
-        self, provider: str, upstream_id: str, tenant: str = "default"
+        self, provider: str, upstream_id: str, tenant: str | None = DEFAULT_TENANT
     ) -> Job | None:
         return await self._call(self._get_by_upstream_sync, provider, upstream_id, tenant)
 
@@ -216,7 +230,7 @@ class SqliteStore:
             return []
         return await self._call(self._save_many_sync, changes)
 
-    async def delete(self, job_id: str, tenant: str = "default") -> bool:
+    async def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         return await self._call(self._delete_sync, job_id, tenant)
 
     async def claim_due(
@@ -245,6 +259,9 @@ class SqliteStore:
     async def count_by_state(self) -> dict[tuple[str, JobState], int]:
         return await self._call(self._count_by_state_sync)
 
+    async def tenant_usage(self, tenant: str, since: datetime) -> TenantUsage:
+        return await self._call(self._tenant_usage_sync, tenant, since)
+
     # -- events --------------------------------------------------------------------------------
 
     async def events_after(
@@ -252,7 +269,7 @@ class SqliteStore:
         after_id: int,
         *,
         job_id: str | None = None,
-        tenant: str = "default",
+        tenant: str | None = DEFAULT_TENANT,
         providers: Sequence[str] = (),
         states: Sequence[JobState] = (),
         limit: int = 500,
@@ -398,6 +415,51 @@ class SqliteStore:
     async def purge_deliveries(self, older_than: datetime) -> int:
         return await self._call(self._write_one_sync, PURGE_DELIVERIES, (_to_us(older_than),))
 
+    # -- API keys ------------------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        row: _KeyRow = (
+            key.id,
+            key.tenant,
+            _dumps(sorted(scope.value for scope in key.scopes)),
+            key.digest,
+            key.prefix,
+            key.name,
+            _to_us(key.created_at),
+            _to_us_or_none(key.expires_at),
+            _to_us_or_none(key.revoked_at),
+            _to_us_or_none(key.last_used_at),
+        )
+        try:
+            await self._call(self._write_one_sync, INSERT_API_KEY, row)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"api key {key.id} already exists (its id or its digest)") from exc
+
+    async def api_key_by_digest(self, digest: str) -> ApiKey | None:
+        found = await self._call(self._api_keys_sync, SELECT_API_KEY_BY_DIGEST, (digest,))
+        return found[0] if found else None
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        found = await self._call(self._api_keys_sync, SELECT_API_KEY, (key_id,))
+        return found[0] if found else None
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        if tenant is None:
+            return await self._call(self._api_keys_sync, LIST_API_KEYS, ())
+        return await self._call(self._api_keys_sync, LIST_TENANT_API_KEYS, (tenant,))
+
+    async def revoke_api_key(
+        self, key_id: str, now: datetime, *, tenant: str | None = None
+    ) -> bool:
+        # One process owns the file: its own cache hears the revocation, so there is no signal.
+        params = {"now": _to_us(now), "id": key_id, "tenant": tenant}
+        return await self._call(self._write_one_sync, REVOKE_API_KEY, params) == 1
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        if used:
+            rows = [{"id": key_id, "used": _to_us(when)} for key_id, when in used.items()]
+            await self._call(self._write_many_sync, TOUCH_API_KEY, rows)
+
     # -- the worker thread ---------------------------------------------------------------------
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -511,8 +573,11 @@ class SqliteStore:
         row = self._db.execute(SELECT_JOB, (job_id, tenant)).fetchone()
         return _job(row[0]) if row else None
 
-    def _get_by_upstream_sync(self, provider: str, upstream_id: str, tenant: str) -> Job | None:
-        rows = self._db.execute(SELECT_JOBS_BY_UPSTREAM, (provider, upstream_id, tenant))
+    def _get_by_upstream_sync(
+        self, provider: str, upstream_id: str, tenant: str | None
+    ) -> Job | None:
+        params = {"provider": provider, "upstream_id": upstream_id, "tenant": tenant}
+        rows = self._db.execute(SELECT_JOBS_BY_UPSTREAM, params)
         newest = max(rows, default=None)
         return _job(newest[1]) if newest else None
 
@@ -568,29 +633,55 @@ class SqliteStore:
     def _claim_due_sync(
         self, now: datetime, limit: int, lease_until: datetime, caps: Mapping[str, int] | None
     ) -> list[Job]:
+        now_us = _to_us(now)
         lease_us = _to_us(lease_until)
         lease_iso = _iso(lease_until)
         claimed: list[Job] = []
         updates: list[tuple[int, int, str, int]] = []
         with self._transaction() as cursor:
             if caps is None:
-                rows = cursor.execute(SELECT_DUE, (_to_us(now), limit)).fetchall()
+                providers = [p for (p,) in cursor.execute(SCHEDULED_PROVIDERS).fetchall()]
+                wants = {provider: limit for provider in providers}
             else:
-                # Each provider's soonest, then the soonest of those overall within the limit.
-                due: list[tuple[int, int, str]] = []
-                for provider, cap in caps.items():
-                    params = (provider, _to_us(now), min(cap, limit))
-                    due.extend(cursor.execute(SELECT_DUE_OF_PROVIDER, params).fetchall())
-                due.sort(key=lambda row: (row[0], row[1]))
-                rows = [(rowid, text) for _, rowid, text in due[:limit]]
-            for rowid, text in rows:
-                record = orjson.loads(text)
+                wants = {provider: min(cap, limit) for provider, cap in caps.items()}
+            # Each (provider, tenant)'s soonest due jobs from the index alone (next_poll_at and
+            # rowid), each read only as far as the turns ask (gateway.store.fair).
+            streams: dict[str, list[Generator[Due[tuple[int, int], int], None, None]]] = {}
+            for provider, want in wants.items():
+                tenants = cursor.execute(SCHEDULED_TENANTS, {"provider": provider}).fetchall()
+                for (tenant,) in tenants:
+                    stream = self._due_rows(provider, tenant, now_us, want)
+                    streams.setdefault(tenant, []).append(stream)
+            try:
+                chosen = take_turns(streams, limit=limit, caps=caps)
+            finally:
+                for tenant_streams in streams.values():
+                    for stream in tenant_streams:
+                        stream.close()
+            if not chosen:
+                return []
+            wanted = _dumps([item.payload for item in chosen])
+            records = dict(cursor.execute(SELECT_RECORDS, (wanted,)).fetchall())
+            for item in sorted(chosen, key=lambda item: item.order):
+                record = orjson.loads(records[item.payload])
                 record["version"] += 1
                 record["next_poll_at"] = lease_iso
                 claimed.append(Job.from_record(record))
-                updates.append((lease_us, record["version"], _dumps(record), rowid))
+                updates.append((lease_us, record["version"], _dumps(record), item.payload))
             cursor.executemany(LEASE_JOB, updates)
         return claimed
+
+    def _due_rows(
+        self, provider: str, tenant: str, now_us: int, want: int
+    ) -> Generator[Due[tuple[int, int], int], None, None]:
+        """A (provider, tenant)'s soonest due rows, read as they are asked for: the statement
+        runs at the first ask and ends when the stream is closed."""
+        rows = self._db.execute(SELECT_DUE_OF_TENANT, (provider, tenant, now_us, want))
+        try:
+            for when, rowid in rows:
+                yield Due((when, rowid), tenant, provider, rowid)
+        finally:
+            rows.close()
 
     def _next_due_sync(self) -> datetime | None:
         (earliest,) = self._db.execute(SELECT_NEXT_DUE).fetchone()
@@ -601,6 +692,11 @@ class SqliteStore:
             (provider, JobState(state)): count
             for provider, state, count in self._db.execute(COUNT_BY_STATE)
         }
+
+    def _tenant_usage_sync(self, tenant: str, since: datetime) -> TenantUsage:
+        params = {"tenant": tenant, "since": _to_us(since)}
+        active, recent, oldest = self._db.execute(TENANT_USAGE, params).fetchone()
+        return TenantUsage(active, recent, None if oldest is None else _from_us(oldest))
 
     def _events_sync(self, sql: str, params: Mapping[str, Any]) -> list[Event]:
         return [
@@ -668,6 +764,13 @@ class SqliteStore:
     def _write_one_sync(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> int:
         with self._transaction() as cursor:
             return cursor.execute(sql, params).rowcount
+
+    def _write_many_sync(self, sql: str, rows: Sequence[Sequence[Any] | Mapping[str, Any]]) -> int:
+        with self._transaction() as cursor:
+            return cursor.executemany(sql, rows).rowcount
+
+    def _api_keys_sync(self, sql: str, params: Sequence[Any]) -> list[ApiKey]:
+        return [_api_key(row) for row in self._db.execute(sql, params)]
 
     def _get_cursor_sync(self, name: str) -> int | None:
         row = self._db.execute(GET_CURSOR, (name,)).fetchone()
@@ -842,6 +945,21 @@ def _insert_events(
 
 def _job(record: str) -> Job:
     return Job.from_record(orjson.loads(record))
+
+
+def _api_key(row: Sequence[Any]) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        tenant=row[1],
+        scopes=frozenset(Scope(name) for name in orjson.loads(row[2])),
+        digest=row[3],
+        prefix=row[4],
+        name=row[5],
+        created_at=_from_us(row[6]),
+        expires_at=_from_us(row[7]) if row[7] is not None else None,
+        revoked_at=_from_us(row[8]) if row[8] is not None else None,
+        last_used_at=_from_us(row[9]) if row[9] is not None else None,
+    )
 
 
 def _delivery(row: Sequence[Any]) -> Delivery:

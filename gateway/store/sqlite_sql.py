@@ -180,6 +180,42 @@ CREATE TABLE IF NOT EXISTS cursors (
     value INTEGER NOT NULL
 ) WITHOUT ROWID
 """
+# Tenants (migration 6). Client API keys, by their keyed hash only: the key itself is never stored.
+# Scopes are a JSON array of their names.
+CREATE_API_KEYS: Final = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id           TEXT PRIMARY KEY,
+    tenant       TEXT NOT NULL,
+    scopes       TEXT NOT NULL,
+    digest       TEXT NOT NULL UNIQUE,
+    prefix       TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER,
+    revoked_at   INTEGER,
+    last_used_at INTEGER
+)
+"""
+CREATE_API_KEYS_TENANT_INDEX: Final = """
+CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys (tenant, created_at, id)
+"""
+# A claim walks the tenants that have scheduled jobs of each provider (one seek each), then each
+# tenant's soonest due jobs; (provider, next_poll_at) alone is a prefix no query needs any more.
+CREATE_JOBS_DUE_BY_TENANT_INDEX: Final = """
+CREATE INDEX IF NOT EXISTS jobs_due_by_tenant ON jobs (provider, tenant, next_poll_at)
+WHERE next_poll_at IS NOT NULL
+"""
+DROP_JOBS_DUE_BY_PROVIDER_INDEX: Final = "DROP INDEX IF EXISTS jobs_due_by_provider"
+# A tenant's limits: its unfinished jobs and its jobs made since a moment, each an index range. A
+# save rewrites neither unless it changes the state (SQLite updates only the indexes whose columns
+# an UPDATE sets).
+CREATE_JOBS_ACTIVE_INDEX: Final = """
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs (tenant, state)
+WHERE state IN ('queued', 'running')
+"""
+CREATE_JOBS_CREATED_INDEX: Final = """
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (tenant, created_at)
+"""
 
 MIGRATIONS: Final = (
     Migration(
@@ -227,6 +263,18 @@ MIGRATIONS: Final = (
             CREATE_IDEMPOTENCY_ABANDONED_INDEX,
         ),
     ),
+    Migration(
+        6,
+        "tenants: api keys, fair claims, tenant usage",
+        (
+            CREATE_API_KEYS,
+            CREATE_API_KEYS_TENANT_INDEX,
+            CREATE_JOBS_DUE_BY_TENANT_INDEX,
+            DROP_JOBS_DUE_BY_PROVIDER_INDEX,
+            CREATE_JOBS_ACTIVE_INDEX,
+            CREATE_JOBS_CREATED_INDEX,
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -258,21 +306,60 @@ DELETE_LABELS: Final = "DELETE FROM job_labels WHERE job_id = ?"
 SELECT_JOB: Final = "SELECT record FROM jobs WHERE id = ? AND tenant = ?"
 # No ORDER BY: with one, the planner may walk jobs_list (tenant, id) newest first instead of this
 # exact lookup. The rows are few (an upstream job adopted a few times at most); Python picks one.
+# A NULL tenant is any tenant's.
 SELECT_JOBS_BY_UPSTREAM: Final = """
-SELECT id, record FROM jobs WHERE provider = ? AND upstream_id = ? AND tenant = ?
+SELECT id, record FROM jobs
+WHERE provider = :provider AND upstream_id = :upstream_id
+  AND (:tenant IS NULL OR tenant = :tenant)
 """
 DELETE_JOB: Final = "DELETE FROM jobs WHERE id = ? AND tenant = ? RETURNING provider, state"
-SELECT_DUE: Final = """
-SELECT rowid, record FROM jobs
-WHERE next_poll_at IS NOT NULL AND next_poll_at <= ?
+# A claim, in steps inside one transaction (the write lock held from the start): the providers
+# with scheduled jobs (when the claim names none), the tenants of each (a loose index scan: one
+# seek per tenant), each (provider, tenant)'s soonest due jobs read from the index alone, and,
+# once Python has picked which (``gateway.store.fair``), the records of those. So the work grows
+# with tenants times the limit, never with the backlog.
+SCHEDULED_PROVIDERS: Final = """
+WITH RECURSIVE walk (provider) AS (
+    SELECT (
+        SELECT provider FROM jobs INDEXED BY jobs_due_by_tenant
+        WHERE next_poll_at IS NOT NULL
+        ORDER BY provider LIMIT 1
+    )
+    UNION ALL
+    SELECT (
+        SELECT provider FROM jobs INDEXED BY jobs_due_by_tenant
+        WHERE next_poll_at IS NOT NULL AND provider > walk.provider
+        ORDER BY provider LIMIT 1
+    )
+    FROM walk WHERE walk.provider IS NOT NULL
+)
+SELECT provider FROM walk WHERE provider IS NOT NULL
+"""
+SCHEDULED_TENANTS: Final = """
+WITH RECURSIVE walk (tenant) AS (
+    SELECT (
+        SELECT tenant FROM jobs INDEXED BY jobs_due_by_tenant
+        WHERE provider = :provider AND next_poll_at IS NOT NULL
+        ORDER BY tenant LIMIT 1
+    )
+    UNION ALL
+    SELECT (
+        SELECT tenant FROM jobs INDEXED BY jobs_due_by_tenant
+        WHERE provider = :provider AND next_poll_at IS NOT NULL AND tenant > walk.tenant
+        ORDER BY tenant LIMIT 1
+    )
+    FROM walk WHERE walk.tenant IS NOT NULL
+)
+SELECT tenant FROM walk WHERE tenant IS NOT NULL
+"""
+SELECT_DUE_OF_TENANT: Final = """
+SELECT next_poll_at, rowid FROM jobs INDEXED BY jobs_due_by_tenant
+WHERE provider = ? AND tenant = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ?
 ORDER BY next_poll_at
 LIMIT ?
 """
-SELECT_DUE_OF_PROVIDER: Final = """
-SELECT next_poll_at, rowid, record FROM jobs
-WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ?
-ORDER BY next_poll_at
-LIMIT ?
+SELECT_RECORDS: Final = """
+SELECT jobs.rowid, jobs.record FROM json_each(?) AS wanted JOIN jobs ON jobs.rowid = wanted.value
 """
 LEASE_JOB: Final = "UPDATE jobs SET next_poll_at = ?, version = ?, record = ? WHERE rowid = ?"
 SELECT_NEXT_DUE: Final = "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
@@ -281,6 +368,19 @@ INSERT INTO job_counts (provider, state, n) VALUES (?, ?, ?)
 ON CONFLICT (provider, state) DO UPDATE SET n = n + excluded.n
 """
 COUNT_BY_STATE: Final = "SELECT provider, state, n FROM job_counts WHERE n > 0"
+# A tenant's usage, in one statement (so of one moment), each part from its own index: jobs_active
+# holds only unfinished jobs, jobs_created is in creation order within the tenant. INDEXED BY, as
+# jobs_list (tenant, id, provider, state) could serve the first too, reading all the tenant's jobs.
+TENANT_USAGE: Final = """
+SELECT (
+           SELECT count(*) FROM jobs INDEXED BY jobs_active
+           WHERE tenant = :tenant AND state IN ('queued', 'running')
+       ),
+       count(*),
+       min(created_at)
+FROM jobs INDEXED BY jobs_created
+WHERE tenant = :tenant AND created_at >= :since
+"""
 
 # Listing walks newest-first and stops after one page. Without labels it walks jobs_list; with
 # labels it walks the first label's (key, value, job_id) index instead (CROSS JOIN fixes that
@@ -320,10 +420,11 @@ INSERT_EVENT: Final = """
 INSERT INTO events (id, job_id, tenant, provider, state, kind, data, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
-# ``:providers`` and ``:states`` are JSON arrays; an empty one does not filter.
+# ``:providers`` and ``:states`` are JSON arrays; an empty one does not filter. A NULL tenant is
+# every tenant (the feed, the webhook tailer). Either way the walk is by id, the tenant a filter.
 EVENTS_AFTER: Final = """
 SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
-WHERE id > :after AND tenant = :tenant
+WHERE id > :after AND (:tenant IS NULL OR tenant = :tenant)
   AND (:providers = '[]' OR provider IN (SELECT value FROM json_each(:providers)))
   AND (:states = '[]' OR state IN (SELECT value FROM json_each(:states)))
 ORDER BY id
@@ -332,7 +433,7 @@ LIMIT :limit
 # One job's log: walks events_by_job (job_id, id) instead of the whole log.
 EVENTS_AFTER_JOB: Final = """
 SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
-WHERE job_id = :job_id AND id > :after AND tenant = :tenant
+WHERE job_id = :job_id AND id > :after AND (:tenant IS NULL OR tenant = :tenant)
   AND (:providers = '[]' OR provider IN (SELECT value FROM json_each(:providers)))
   AND (:states = '[]' OR state IN (SELECT value FROM json_each(:states)))
 ORDER BY id
@@ -420,3 +521,24 @@ LIST_JOB_DELIVERIES: Final = f"""
 SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ? ORDER BY id LIMIT ?
 """
 PURGE_DELIVERIES: Final = "DELETE FROM deliveries WHERE next_attempt_at IS NULL AND updated_at < ?"
+
+API_KEY_COLUMNS: Final = """
+id, tenant, scopes, digest, prefix, name, created_at, expires_at, revoked_at, last_used_at
+"""
+INSERT_API_KEY: Final = f"""
+INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SELECT_API_KEY: Final = f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = ?"
+SELECT_API_KEY_BY_DIGEST: Final = f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE digest = ?"
+LIST_API_KEYS: Final = f"SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+LIST_TENANT_API_KEYS: Final = f"""
+SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY created_at, id
+"""
+REVOKE_API_KEY: Final = """
+UPDATE api_keys SET revoked_at = :now
+WHERE id = :id AND revoked_at IS NULL AND (:tenant IS NULL OR tenant = :tenant)
+"""
+TOUCH_API_KEY: Final = """
+UPDATE api_keys SET last_used_at = :used
+WHERE id = :id AND (last_used_at IS NULL OR last_used_at < :used)
+"""

@@ -100,7 +100,14 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         timeout=connect_timeout,
-        server_settings={"search_path": schema, "application_name": APPLICATION_NAME},
+        server_settings={
+            "search_path": schema,
+            "application_name": APPLICATION_NAME,
+            # Every statement here is short and runs thousands of times a minute; JIT compiling
+            # one costs tens of milliseconds, and the planner's overestimate of a claim's walk
+            # through the tenants (a recursive CTE) is enough to cross jit_above_cost.
+            "jit": "off",
+        },
     )
     return pool
 

@@ -3,7 +3,7 @@
 A notification reaches only the sessions listening when it is sent, so the listener keeps its own
 connection outside the pool (a pooled connection is handed to other work and its LISTENs would go
 with it). If that connection is lost, signals sent until it is back are lost for good: after a
-reconnect every subscriber is told both kinds at once, so it re-reads rather than waits for a
+reconnect every subscriber is told every kind at once, so it re-reads rather than waits for a
 timer. A keepalive query finds connections that died without a word (a half-open TCP session
 after a network partition), which no termination callback would report.
 """
@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import structlog
 
@@ -22,13 +22,15 @@ from gateway.store.base import Signal
 from gateway.store.postgres import driver
 from gateway.store.postgres.driver import CONNECT_ERRORS, CONNECTION_LOST, Connection
 from gateway.store.postgres.dsn import redact_dsn, unavailable
-from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, PING, channel
+from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, KEYS_CHANNEL, PING, channel
 
 log = structlog.get_logger("jobgate.store")
 
+_EVERY_SIGNAL: tuple[Signal, ...] = get_args(Signal)
+
 
 class Listener:
-    """Calls ``on_signal`` for each notification on the store's channels, and with both kinds
+    """Calls ``on_signal`` for each notification on the store's channels, and with every kind
     after any gap in listening."""
 
     def __init__(
@@ -47,6 +49,7 @@ class Listener:
         self._signals: dict[str, Signal] = {
             channel(EVENTS_CHANNEL, schema): "events",
             channel(DUE_CHANNEL, schema): "due",
+            channel(KEYS_CHANNEL, schema): "keys",
         }
         self._timeout = timeout
         self._backoff = backoff
@@ -106,9 +109,9 @@ class Listener:
                 self._conn.terminate()
             log.warning("store.listener_lost", dsn=redact_dsn(self._dsn))
             self._conn, self._lost = await self._reconnect()
-            # Whatever was signalled during the gap is gone: have everyone re-read.
-            self._on_signal("events")
-            self._on_signal("due")
+            # Whatever was signalled during the gap is gone: have everyone re-read everything.
+            for signal in _EVERY_SIGNAL:
+                self._on_signal(signal)
 
     async def _until_lost(self) -> None:
         conn = self._conn

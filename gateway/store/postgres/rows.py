@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from adapters.base import JSON
+from gateway.auth import ApiKey, Scope
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import Delivery, Event, NewDelivery, NewEvent
@@ -143,6 +144,38 @@ def delivery(row: Record) -> Delivery:
         last_error=None if row[10] is None else str(row[10]),
         created_at=_required(row[11]),
         updated_at=_required(row[12]),
+    )
+
+
+def api_key_values(key: ApiKey) -> tuple[Any, ...]:
+    """INSERT_API_KEY's parameters, in API_KEY_COLUMNS's order (``source`` is not stored: a
+    stored key is always ``store``'s)."""
+    return (
+        key.id,
+        key.tenant,
+        sorted(scope.value for scope in key.scopes),
+        key.digest,
+        key.prefix,
+        key.name,
+        key.created_at,
+        key.expires_at,
+        key.revoked_at,
+        key.last_used_at,
+    )
+
+
+def api_key(row: Record) -> ApiKey:
+    return ApiKey(
+        id=str(row[0]),
+        tenant=str(row[1]),
+        scopes=frozenset(Scope(name) for name in row[2]),
+        digest=str(row[3]),
+        prefix=str(row[4]),
+        name=str(row[5]),
+        created_at=_required(row[6]),
+        expires_at=_when(row[7]),
+        revoked_at=_when(row[8]),
+        last_used_at=_when(row[9]),
     )
 
 

@@ -22,13 +22,15 @@ from typing import Final
 
 from gateway.store.migrations import Migration
 
-# NOTIFY channels are the database's, not the schema's: each deployment (schema) has its own pair,
+# NOTIFY channels are the database's, not the schema's: each deployment (schema) has its own set,
 # named after a digest of the schema (a channel name has at most 63 bytes; a schema name as many).
 # Statements compute it from current_schema(), which the pool's search_path makes ours.
 EVENTS_CHANNEL: Final = "jobgate_events_"
 """Payload: the last event id the committing transaction appended."""
 DUE_CHANNEL: Final = "jobgate_due_"
 """Payload: empty. A write left a job due now (a user action, a handed-back lease)."""
+KEYS_CHANNEL: Final = "jobgate_keys_"
+"""Payload: the id of the API key just revoked (every replica's key cache must forget it)."""
 
 
 def channel(prefix: str, schema: str) -> str:
@@ -184,6 +186,48 @@ CREATE TABLE provider_quota (
     stamp    timestamptz NOT NULL
 )
 """
+# Tenants (migration 6). Client API keys, by their keyed hash only: the key itself is never stored.
+CREATE_API_KEYS: Final = """
+CREATE TABLE api_keys (
+    id           text COLLATE "C" PRIMARY KEY,
+    tenant       text NOT NULL,
+    scopes       text[] NOT NULL CHECK (cardinality(scopes) > 0),
+    digest       text NOT NULL UNIQUE,
+    prefix       text NOT NULL,
+    name         text NOT NULL,
+    created_at   timestamptz NOT NULL,
+    expires_at   timestamptz,
+    revoked_at   timestamptz,
+    last_used_at timestamptz
+)
+"""
+CREATE_API_KEYS_TENANT_INDEX: Final = """
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at, id)
+"""
+# Claims walk the tenants that have scheduled jobs of each provider (a loose index scan: one
+# descent per tenant), then take each (provider, tenant)'s soonest due jobs. It replaces jobs_due
+# (provider, next_poll_at), whose one remaining reader (DUE_PROVIDERS) walks this one instead: an
+# update that is not HOT writes an entry into every index, so each index costs every save.
+CREATE_JOBS_DUE_BY_TENANT_INDEX: Final = """
+CREATE INDEX jobs_due_by_tenant ON jobs (provider, tenant, next_poll_at)
+WHERE next_poll_at IS NOT NULL
+"""
+DROP_JOBS_DUE_INDEX: Final = "DROP INDEX jobs_due"
+# jobs_due_at (next_poll_at) serves next_due alone now, and must not serve a claim: for the soonest
+# due jobs of one tenant, a planner that counts few tenants (its estimate for a tenant the walk
+# names at run time) would walk it in due order and skip past another tenant's whole backlog. So
+# it is partial on ``provider <> ''``, which is true of every job (a provider has a name) and
+# which SELECT_NEXT_DUE states, but which no claim's "provider = <the walk's provider>" proves.
+DROP_JOBS_DUE_AT_INDEX: Final = "DROP INDEX jobs_due_at"
+CREATE_JOBS_DUE_AT_INDEX_V6: Final = """
+CREATE INDEX jobs_due_at ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL AND provider <> ''
+"""
+# A tenant's limits: its unfinished jobs (a partial index, so finished jobs cost it nothing) and
+# its jobs made since a moment, each an index range.
+CREATE_JOBS_ACTIVE_INDEX: Final = """
+CREATE INDEX jobs_active ON jobs (tenant) WHERE state IN ('queued', 'running')
+"""
+CREATE_JOBS_CREATED_INDEX: Final = "CREATE INDEX jobs_created ON jobs (tenant, created_at)"
 
 MIGRATIONS: Final = (
     Migration(
@@ -225,6 +269,20 @@ MIGRATIONS: Final = (
             MARK_PENDING_IDEMPOTENCY_CALLING,
             ADD_IDEMPOTENCY_STATE_CHECK,
             CREATE_IDEMPOTENCY_ABANDONED_INDEX,
+        ),
+    ),
+    Migration(
+        6,
+        "tenants: api keys, fair claims, tenant usage",
+        (
+            CREATE_API_KEYS,
+            CREATE_API_KEYS_TENANT_INDEX,
+            CREATE_JOBS_DUE_BY_TENANT_INDEX,
+            DROP_JOBS_DUE_INDEX,
+            DROP_JOBS_DUE_AT_INDEX,
+            CREATE_JOBS_DUE_AT_INDEX_V6,
+            CREATE_JOBS_ACTIVE_INDEX,
+            CREATE_JOBS_CREATED_INDEX,
         ),
     ),
 )
@@ -309,9 +367,10 @@ SELECT (SELECT count(*) FROM saved) AS written, (SELECT count(*) FROM woken) AS 
 SELECT_JOB: Final = """
 SELECT record, version, next_poll_at FROM jobs WHERE id = $1 AND tenant = $2
 """
+# A NULL tenant is any tenant's (an inbound callback's lookup).
 SELECT_JOB_BY_UPSTREAM: Final = """
 SELECT record, version, next_poll_at FROM jobs
-WHERE provider = $1 AND upstream_id = $2 AND tenant = $3
+WHERE provider = $1 AND upstream_id = $2 AND ($3::text IS NULL OR tenant = $3)
 ORDER BY id DESC
 LIMIT 1
 """
@@ -357,52 +416,158 @@ ORDER BY id DESC
 LIMIT $4
 """
 
-# A claim is one statement: pick the soonest due rows no one else is claiming, lease them. SKIP
-# LOCKED lets replicas claim side by side, each taking rows the others have not locked. The
-# final ORDER BY restores "soonest first", which an UPDATE's RETURNING does not keep.
+# A claim is one statement that picks due jobs, locks them and leases them.
+#
+# Tenants take turns (``gateway.store.fair`` states the rule; the embedded stores follow it in
+# Python): each tenant's soonest due job, then each one's second, and so on, soonest first within a
+# turn. The work is bounded by tenants times the limit, never by the backlog: ``pairs`` walks the
+# distinct (provider, tenant) pairs with scheduled jobs in jobs_due_by_tenant (a loose index scan,
+# one descent per pair), a lateral reads each pair's soonest $2 due rows (``offered``, no locks),
+# and row_number() numbers each tenant's turns. Only then are rows locked: in turn order, FOR
+# UPDATE SKIP LOCKED, until $2 are held. So a claim locks (and writes) only what it takes (a lock
+# is a write: locking every row offered would cost tenants times the limit in writes), and a
+# replica claiming beside another skips the rows the other holds and takes the next offered ones;
+# one that finds every offered row held comes back short and claims again on its next tick. (The
+# runner's claims on PostgreSQL go through CLAIM_WITHIN_QUOTA, where the buckets' locks already
+# keep two replicas' claims of one provider apart.) The final ORDER BY returns the jobs soonest
+# first, which an UPDATE's RETURNING does not keep.
 CLAIM_DUE: Final = """
-WITH due AS (
-    SELECT id, next_poll_at FROM jobs
-    WHERE next_poll_at IS NOT NULL AND next_poll_at <= $1
-    ORDER BY next_poll_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE jobs SET next_poll_at = $3, version = jobs.version + 1, lease_owner = $4
-    FROM due
-    WHERE jobs.id = due.id
-    RETURNING jobs.id, jobs.record, jobs.version, jobs.next_poll_at, due.next_poll_at AS was_due
-)
-SELECT record, version, next_poll_at FROM claimed ORDER BY was_due, id
-"""
-# The same, capped per provider: a lateral walk of jobs_due for each (provider, cap) pair, then
-# the soonest $2 of those. Rows a provider's walk locked but the total cut are left unchanged
-# (still due); their locks end with this statement.
-CLAIM_DUE_PER_PROVIDER: Final = """
-WITH due AS (
-    SELECT job.id, job.next_poll_at
-    FROM unnest($5::text[], $6::bigint[]) AS cap (provider, n)
-    CROSS JOIN LATERAL (
-        SELECT id, next_poll_at FROM jobs
-        WHERE jobs.provider = cap.provider AND next_poll_at IS NOT NULL AND next_poll_at <= $1
+WITH RECURSIVE pairs AS (
+    (
+        SELECT provider, tenant FROM jobs
+        WHERE next_poll_at IS NOT NULL
+        ORDER BY provider, tenant
+        LIMIT 1
+    )
+    UNION ALL
+    SELECT later.provider, later.tenant
+    FROM pairs CROSS JOIN LATERAL (
+        SELECT provider, tenant FROM jobs
+        WHERE next_poll_at IS NOT NULL AND (provider, tenant) > (pairs.provider, pairs.tenant)
+        ORDER BY provider, tenant
+        LIMIT 1
+    ) AS later
+), offered AS (
+    SELECT job.id, job.tenant, job.next_poll_at
+    FROM pairs CROSS JOIN LATERAL (
+        SELECT id, tenant, next_poll_at FROM jobs
+        WHERE jobs.provider = pairs.provider AND jobs.tenant = pairs.tenant
+          AND next_poll_at IS NOT NULL AND next_poll_at <= $1
         ORDER BY next_poll_at
-        LIMIT cap.n
-        FOR UPDATE SKIP LOCKED
+        LIMIT $2
     ) AS job
-    ORDER BY job.next_poll_at
+), turns AS (
+    SELECT id, next_poll_at,
+           row_number() OVER (PARTITION BY tenant ORDER BY next_poll_at, id) AS turn
+    FROM offered
+), taken AS MATERIALIZED (
+    SELECT locked.id, offer.next_poll_at
+    FROM (SELECT * FROM turns ORDER BY turn, next_poll_at, id) AS offer
+    CROSS JOIN LATERAL (
+        SELECT id FROM jobs
+        WHERE jobs.id = offer.id AND next_poll_at IS NOT NULL AND next_poll_at <= $1
+        FOR UPDATE SKIP LOCKED
+    ) AS locked
     LIMIT $2
 ), claimed AS (
     UPDATE jobs SET next_poll_at = $3, version = jobs.version + 1, lease_owner = $4
-    FROM due
-    WHERE jobs.id = due.id
-    RETURNING jobs.id, jobs.record, jobs.version, jobs.next_poll_at, due.next_poll_at AS was_due
+    FROM taken
+    WHERE jobs.id = taken.id
+    RETURNING jobs.id, jobs.record, jobs.version, jobs.next_poll_at,
+              taken.next_poll_at AS was_due
 )
 SELECT record, version, next_poll_at FROM claimed ORDER BY was_due, id
 """
-SELECT_NEXT_DUE: Final = "SELECT min(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
+# The same, capped per provider ($5 providers, $6 caps, each at most $2). The walk goes through
+# the tenants of each named provider only, and a pair offers at most its provider's cap. Each
+# provider's cap goes to its offered jobs in turn order (``let_through``: locked there, so a
+# replica beside us hands the place to the next in turn order); the turns are then counted again
+# among those and the first $2 leased. Rows let through but cut by $2 stay due, unchanged; their
+# locks end with this statement.
+CLAIM_DUE_PER_PROVIDER: Final = """
+WITH RECURSIVE cap AS (
+    SELECT * FROM unnest($5::text[], $6::bigint[]) AS cap (provider, n)
+), walk AS (
+    SELECT cap.provider, cap.n, (
+               SELECT tenant FROM jobs
+               WHERE jobs.provider = cap.provider AND next_poll_at IS NOT NULL
+               ORDER BY tenant
+               LIMIT 1
+           ) AS tenant
+    FROM cap
+    UNION ALL
+    SELECT walk.provider, walk.n, (
+               SELECT tenant FROM jobs
+               WHERE jobs.provider = walk.provider AND next_poll_at IS NOT NULL
+                 AND jobs.tenant > walk.tenant
+               ORDER BY tenant
+               LIMIT 1
+           )
+    FROM walk
+    WHERE walk.tenant IS NOT NULL
+), offered AS (
+    SELECT job.id, job.provider, job.tenant, job.next_poll_at
+    FROM walk CROSS JOIN LATERAL (
+        SELECT id, provider, tenant, next_poll_at FROM jobs
+        WHERE jobs.provider = walk.provider AND jobs.tenant = walk.tenant
+          AND next_poll_at IS NOT NULL AND next_poll_at <= $1
+        ORDER BY next_poll_at
+        LIMIT walk.n
+    ) AS job
+    WHERE walk.tenant IS NOT NULL
+), turns AS MATERIALIZED (
+    SELECT offered.*,
+           row_number() OVER (PARTITION BY tenant ORDER BY next_poll_at, id) AS turn
+    FROM offered
+), let_through AS MATERIALIZED (
+    SELECT job.id, job.tenant, job.next_poll_at
+    FROM cap CROSS JOIN LATERAL (
+        SELECT locked.id, offer.tenant, offer.next_poll_at
+        FROM (
+            SELECT * FROM turns WHERE turns.provider = cap.provider
+            ORDER BY turn, next_poll_at, id
+        ) AS offer
+        CROSS JOIN LATERAL (
+            SELECT id FROM jobs
+            WHERE jobs.id = offer.id AND next_poll_at IS NOT NULL AND next_poll_at <= $1
+            FOR UPDATE SKIP LOCKED
+        ) AS locked
+        LIMIT cap.n
+    ) AS job
+), taken AS (
+    SELECT id, next_poll_at FROM (
+        SELECT id, next_poll_at,
+               row_number() OVER (PARTITION BY tenant ORDER BY next_poll_at, id) AS turn
+        FROM let_through
+    ) AS turns
+    ORDER BY turn, next_poll_at, id
+    LIMIT $2
+), claimed AS (
+    UPDATE jobs SET next_poll_at = $3, version = jobs.version + 1, lease_owner = $4
+    FROM taken
+    WHERE jobs.id = taken.id
+    RETURNING jobs.id, jobs.record, jobs.version, jobs.next_poll_at,
+              taken.next_poll_at AS was_due
+)
+SELECT record, version, next_poll_at FROM claimed ORDER BY was_due, id
+"""
+# ``provider <> ''``: jobs_due_at's predicate (see its migration for why it has one).
+SELECT_NEXT_DUE: Final = """
+SELECT min(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL AND provider <> ''
+"""
 # A scan, not a maintained counter table: a counts row per (provider, state) would be a hot row
 # every replica's saves queue on. The gauge is read every scrape interval, not per request.
 COUNT_BY_STATE: Final = "SELECT provider, state, count(*) AS n FROM jobs GROUP BY provider, state"
+# One statement, so both parts are of one snapshot; each an index range (jobs_active, jobs_created).
+TENANT_USAGE: Final = """
+SELECT (
+           SELECT count(*) FROM jobs WHERE tenant = $1 AND state IN ('queued', 'running')
+       ) AS active,
+       count(*) AS recent,
+       min(created_at) AS oldest_recent
+FROM jobs
+WHERE tenant = $1 AND created_at >= $2
+"""
 
 # --------------------------------------------------------------------------------------------------
 # Events
@@ -426,9 +591,11 @@ SELECT last, pg_notify('jobgate_events_' || substr(md5(current_schema()), 1, 16)
 FROM numbered
 """
 LAST_EVENT_ID: Final = "SELECT last FROM event_seq"
+# A NULL tenant is every tenant (the feed, the webhook tailer). Either way the walk is by id (the
+# primary key), the tenant a filter, so one generic plan serves both.
 EVENTS_AFTER: Final = """
 SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
-WHERE id > $1 AND tenant = $2
+WHERE id > $1 AND ($2::text IS NULL OR tenant = $2)
   AND (cardinality($3::text[]) = 0 OR provider = ANY ($3::text[]))
   AND (cardinality($4::text[]) = 0 OR state = ANY ($4::text[]))
 ORDER BY id
@@ -437,7 +604,7 @@ LIMIT $5
 # Apart from EVENTS_AFTER so that the job's (job_id, id) index is used even by a generic plan.
 EVENTS_AFTER_OF_JOB: Final = """
 SELECT id, job_id, tenant, provider, state, kind, data, created_at FROM events
-WHERE job_id = $6 AND id > $1 AND tenant = $2
+WHERE job_id = $6 AND id > $1 AND ($2::text IS NULL OR tenant = $2)
   AND (cardinality($3::text[]) = 0 OR provider = ANY ($3::text[]))
   AND (cardinality($4::text[]) = 0 OR state = ANY ($4::text[]))
 ORDER BY id
@@ -487,6 +654,48 @@ RELEASE_IDEMPOTENCY: Final = (
     "DELETE FROM idempotency WHERE key = $1 AND token = $2 AND state <> 'done'"
 )
 PURGE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE created_at < $1"
+
+# --------------------------------------------------------------------------------------------------
+# Client API keys
+
+API_KEY_COLUMNS: Final = """
+id, tenant, scopes, digest, prefix, name, created_at, expires_at, revoked_at, last_used_at
+"""
+INSERT_API_KEY: Final = f"""
+INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+SELECT_API_KEY: Final = f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = $1"
+SELECT_API_KEY_BY_DIGEST: Final = f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE digest = $1"
+LIST_API_KEYS: Final = f"SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+LIST_TENANT_API_KEYS: Final = f"""
+SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant = $1 ORDER BY created_at, id
+"""
+# The signal goes out on commit only, to every replica, whose key caches must forget the key.
+REVOKE_API_KEY: Final = """
+WITH revoked AS (
+    UPDATE api_keys SET revoked_at = $2
+    WHERE id = $1 AND revoked_at IS NULL AND ($3::text IS NULL OR tenant = $3)
+    RETURNING id
+), signalled AS (
+    SELECT pg_notify('jobgate_keys_' || substr(md5(current_schema()), 1, 16), id) FROM revoked
+)
+SELECT (SELECT count(*) FROM revoked) AS revoked, (SELECT count(*) FROM signalled) AS signalled
+"""
+# One statement for the batch. The rows are locked in id order first (``locked``), so two replicas
+# touching the same keys never deadlock; a time older than the one stored changes nothing.
+TOUCH_API_KEYS: Final = """
+WITH used AS (
+    SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u (id, used_at)
+), locked AS (
+    SELECT api_keys.id FROM api_keys JOIN used ON used.id = api_keys.id
+    ORDER BY api_keys.id
+    FOR UPDATE OF api_keys
+)
+UPDATE api_keys SET last_used_at = used.used_at
+FROM used JOIN locked ON locked.id = used.id
+WHERE api_keys.id = used.id
+  AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < used.used_at)
+"""
 
 # --------------------------------------------------------------------------------------------------
 # Webhook deliveries and the tailer's cursor
@@ -584,12 +793,38 @@ RETURNING q.tokens, q.stamp,
 SAVE_QUOTA: Final = "UPDATE provider_quota SET tokens = $2, stamp = $3 WHERE provider = $1"
 
 # A quota claim, in four steps. First, outside any transaction: which of the providers have a job
-# due at all (a probe of jobs_due per provider), so that idle providers cost no lock and no write.
+# due at all, so that idle providers cost no lock and no write. Each provider's walk goes through
+# its tenants with scheduled jobs in jobs_due_by_tenant (one descent each, as the claims walk
+# them) and stops at the first tenant with a job due.
 DUE_PROVIDERS: Final = """
-SELECT wanted.provider FROM unnest($1::text[]) AS wanted (provider)
-WHERE EXISTS (
+WITH RECURSIVE walk AS (
+    SELECT wanted.provider, (
+               SELECT tenant FROM jobs
+               WHERE jobs.provider = wanted.provider AND next_poll_at IS NOT NULL
+               ORDER BY tenant
+               LIMIT 1
+           ) AS tenant
+    FROM unnest($1::text[]) AS wanted (provider)
+    UNION ALL
+    SELECT walk.provider, (
+               SELECT tenant FROM jobs
+               WHERE jobs.provider = walk.provider AND next_poll_at IS NOT NULL
+                 AND jobs.tenant > walk.tenant
+               ORDER BY tenant
+               LIMIT 1
+           )
+    FROM walk
+    WHERE walk.tenant IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM jobs
+        WHERE jobs.provider = walk.provider AND jobs.tenant = walk.tenant
+          AND next_poll_at IS NOT NULL AND next_poll_at <= $2
+    )
+)
+SELECT DISTINCT provider FROM walk
+WHERE tenant IS NOT NULL AND EXISTS (
     SELECT 1 FROM jobs
-    WHERE jobs.provider = wanted.provider AND next_poll_at IS NOT NULL AND next_poll_at <= $2
+    WHERE jobs.provider = walk.provider AND jobs.tenant = walk.tenant
+      AND next_poll_at IS NOT NULL AND next_poll_at <= $2
 )
 """
 # Then, in one transaction: the buckets locked (an upsert locks the rows it meets, and makes a full
@@ -609,8 +844,10 @@ ASYNC_COMMIT: Final = "SET LOCAL synchronous_commit = off"
 # them), each bucket refilled, the grant taken within its tokens and the deployment's free
 # concurrency, that many due jobs leased, and the bucket charged for exactly the jobs leased.
 # The stamp never moves back: a replica whose clock lags cannot refill the same seconds twice.
+# A provider's grant goes to its tenants' jobs in turn order, as in CLAIM_DUE_PER_PROVIDER (the
+# buckets' locks already keep two replicas' claims of one provider apart).
 CLAIM_WITHIN_QUOTA: Final = """
-WITH wanted AS (
+WITH RECURSIVE wanted AS (
     SELECT * FROM unnest($4::text[], $5::int[], $6::float8[], $7::float8[], $8::int[])
         AS w (provider, want, rate, burst, concurrency)
 ), bucket AS (
@@ -628,21 +865,61 @@ WITH wanted AS (
     SELECT provider, tokens, stamp,
            greatest(0, least(want, floor(tokens)::int, concurrency - leased::int)) AS n
     FROM bucket
-), due AS (
+), walk AS (
+    SELECT granted.provider, granted.n, (
+               SELECT tenant FROM jobs
+               WHERE jobs.provider = granted.provider AND next_poll_at IS NOT NULL
+               ORDER BY tenant
+               LIMIT 1
+           ) AS tenant
+    FROM granted
+    WHERE granted.n > 0
+    UNION ALL
+    SELECT walk.provider, walk.n, (
+               SELECT tenant FROM jobs
+               WHERE jobs.provider = walk.provider AND next_poll_at IS NOT NULL
+                 AND jobs.tenant > walk.tenant
+               ORDER BY tenant
+               LIMIT 1
+           )
+    FROM walk
+    WHERE walk.tenant IS NOT NULL
+), offered AS (
+    SELECT job.id, job.provider, job.tenant, job.next_poll_at
+    FROM walk CROSS JOIN LATERAL (
+        SELECT id, provider, tenant, next_poll_at FROM jobs
+        WHERE jobs.provider = walk.provider AND jobs.tenant = walk.tenant
+          AND next_poll_at IS NOT NULL AND next_poll_at <= $1
+        ORDER BY next_poll_at
+        LIMIT walk.n
+    ) AS job
+    WHERE walk.tenant IS NOT NULL
+), turns AS MATERIALIZED (
+    SELECT offered.*,
+           row_number() OVER (PARTITION BY tenant ORDER BY next_poll_at, id) AS turn
+    FROM offered
+), taken AS MATERIALIZED (
     SELECT job.id, job.next_poll_at
     FROM granted CROSS JOIN LATERAL (
-        SELECT id, next_poll_at FROM jobs
-        WHERE jobs.provider = granted.provider AND next_poll_at IS NOT NULL AND next_poll_at <= $1
-        ORDER BY next_poll_at
+        SELECT locked.id, offer.next_poll_at
+        FROM (
+            SELECT * FROM turns WHERE turns.provider = granted.provider
+            ORDER BY turn, next_poll_at, id
+        ) AS offer
+        CROSS JOIN LATERAL (
+            SELECT id FROM jobs
+            WHERE jobs.id = offer.id AND next_poll_at IS NOT NULL AND next_poll_at <= $1
+            FOR UPDATE SKIP LOCKED
+        ) AS locked
         LIMIT granted.n
-        FOR UPDATE SKIP LOCKED
     ) AS job
+    WHERE granted.n > 0
 ), claimed AS (
     UPDATE jobs SET next_poll_at = $2, version = jobs.version + 1, lease_owner = $3
-    FROM due
-    WHERE jobs.id = due.id
+    FROM taken
+    WHERE jobs.id = taken.id
     RETURNING jobs.id, jobs.provider, jobs.record, jobs.version, jobs.next_poll_at,
-              due.next_poll_at AS was_due
+              taken.next_poll_at AS was_due
 ), charged AS (
     UPDATE provider_quota AS q
     SET tokens = granted.tokens

@@ -8,7 +8,9 @@ Several gateway processes share one database. What keeps them from stepping on e
   again) changes nothing;
 - event ids come from a one-row counter locked until commit, so events become visible in id order
   and a reader resuming after id N misses none (``sql.CREATE_EVENT_SEQ`` says why not a sequence);
-- commits that append events, or leave a job due now, NOTIFY the other replicas (``listen.py``).
+- commits that append events, leave a job due now or revoke an API key NOTIFY the other
+  replicas (``listen.py``);
+- claims let tenants take turns (``sql.CLAIM_DUE``), at a cost bounded by tenants times the limit.
 
 Every statement is a named constant in ``sql.py``.
 """
@@ -24,6 +26,7 @@ from typing import Final
 import structlog
 
 from adapters.base import JSON
+from gateway.auth import DEFAULT_TENANT, ApiKey
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
@@ -41,6 +44,7 @@ from gateway.store.base import (
     NewEvent,
     Page,
     Signal,
+    TenantUsage,
     decode_cursor,
     encode_cursor,
 )
@@ -151,13 +155,13 @@ class PostgresStore:
         """Insert many new jobs in one transaction (benchmarks, imports); all or nothing."""
         return len(await self._insert(items))
 
-    async def get(self, job_id: str, tenant: str = "default") -> Job | None:
+    async def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job | None:
         async with self._db.acquire() as conn:
             row = await conn.fetchrow(q.SELECT_JOB, job_id, tenant)
         return None if row is None else rows.job(row)
 
     async def get_by_upstream(
-        self, provider: str, upstream_id: str, tenant: str = "default"
+        self, provider: str, upstream_id: str, tenant: str | None = DEFAULT_TENANT
     ) -> Job | None:
         async with self._db.acquire() as conn:
             row = await conn.fetchrow(q.SELECT_JOB_BY_UPSTREAM, provider, upstream_id, tenant)
@@ -217,7 +221,7 @@ class PostgresStore:
             for (job, _), ok in zip(changes, passed, strict=True)
         ]
 
-    async def delete(self, job_id: str, tenant: str = "default") -> bool:
+    async def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         # The foreign key cascades to the job's events.
         async with self._db.acquire() as conn:
             return rows.command_count(await conn.execute(q.DELETE_JOB, job_id, tenant)) > 0
@@ -261,6 +265,13 @@ class PostgresStore:
             counted = await conn.fetch(q.COUNT_BY_STATE)
         return {(str(r[0]), JobState(r[1])): int(r[2]) for r in counted}
 
+    async def tenant_usage(self, tenant: str, since: datetime) -> TenantUsage:
+        async with self._db.acquire() as conn:
+            row = await conn.fetchrow(q.TENANT_USAGE, tenant, since)
+        if row is None:  # an aggregate always answers one row
+            raise RuntimeError("tenant usage answered no row")
+        return TenantUsage(int(row[0]), int(row[1]), row[2])
+
     # -- events --------------------------------------------------------------------------------
 
     async def events_after(
@@ -268,7 +279,7 @@ class PostgresStore:
         after_id: int,
         *,
         job_id: str | None = None,
-        tenant: str = "default",
+        tenant: str | None = DEFAULT_TENANT,
         providers: Sequence[str] = (),
         states: Sequence[JobState] = (),
         limit: int = 500,
@@ -483,6 +494,46 @@ class PostgresStore:
     async def purge_deliveries(self, older_than: datetime) -> int:
         async with self._db.acquire() as conn:
             return rows.command_count(await conn.execute(q.PURGE_DELIVERIES, older_than))
+
+    # -- API keys ------------------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        try:
+            async with self._db.acquire() as conn:
+                await conn.execute(q.INSERT_API_KEY, *rows.api_key_values(key))
+        except UniqueViolation as exc:
+            raise ValueError(f"api key {key.id} already exists (its id or its digest)") from exc
+
+    async def api_key_by_digest(self, digest: str) -> ApiKey | None:
+        async with self._db.acquire() as conn:
+            row = await conn.fetchrow(q.SELECT_API_KEY_BY_DIGEST, digest)
+        return None if row is None else rows.api_key(row)
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        async with self._db.acquire() as conn:
+            row = await conn.fetchrow(q.SELECT_API_KEY, key_id)
+        return None if row is None else rows.api_key(row)
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        async with self._db.acquire() as conn:
+            if tenant is None:
+                found = await conn.fetch(q.LIST_API_KEYS)
+            else:
+                found = await conn.fetch(q.LIST_TENANT_API_KEYS, tenant)
+        return [rows.api_key(row) for row in found]
+
+    async def revoke_api_key(
+        self, key_id: str, now: datetime, *, tenant: str | None = None
+    ) -> bool:
+        async with self._db.acquire() as conn:
+            row = await conn.fetchrow(q.REVOKE_API_KEY, key_id, now, tenant)
+        return row is not None and int(row[0]) == 1
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        if not used:
+            return
+        async with self._db.acquire() as conn:
+            await conn.execute(q.TOUCH_API_KEYS, list(used), list(used.values()))
 
     # -- internals -----------------------------------------------------------------------------
 

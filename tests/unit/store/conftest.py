@@ -7,13 +7,14 @@ are skipped, not failed: the embedded stores need nothing but this process.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
-from gateway.store.base import JobStore
+from gateway.store.base import JobStore, Signal
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
@@ -22,6 +23,23 @@ from tests.conftest import POSTGRES_DSN, fresh_schema
 STORE_KINDS = ("memory", "sqlite", "postgres")
 
 PgStores = Callable[..., Awaitable[PostgresStore]]
+
+
+class Heard:
+    """A subscriber that records the signals it is given and lets a test wait for one."""
+
+    def __init__(self, accept: Callable[[], bool] = lambda: True) -> None:
+        self.signals: list[Signal] = []
+        self._accept = accept
+        self._arrived = {signal: asyncio.Event() for signal in get_args(Signal)}
+
+    def __call__(self, signal: Signal) -> None:
+        if self._accept():
+            self.signals.append(signal)
+            self._arrived[signal].set()
+
+    async def wait_for(self, signal: Signal) -> None:
+        await asyncio.wait_for(self._arrived[signal].wait(), timeout=5)
 
 
 @pytest.fixture

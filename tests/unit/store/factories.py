@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.base import JSON, JobError, Progress, ResultKind, ResultLocator
+from gateway.auth import ApiKey, KeyHasher, Scope, new_key_id, new_key_secret, public_prefix
 from gateway.jobs import Job, new_id
 from gateway.states import Action, JobState
 from gateway.store.base import (
@@ -72,6 +73,25 @@ def full_job() -> Job:
         callback_url="https://hooks.example.test/cb",
         records_seen=12,
     )
+
+
+HASHER = KeyHasher(b"store-tests-secret-of-32-bytes-or-more")
+
+
+def make_key(plaintext: str | None = None, **changes: Any) -> ApiKey:
+    """A stored key for a fresh plaintext (or ``plaintext``): its digest, never the key itself."""
+    secret = plaintext or new_key_secret()
+    fields: dict[str, Any] = {
+        "id": new_key_id(),
+        "tenant": "acme",
+        "scopes": frozenset({Scope.READ, Scope.WRITE}),
+        "digest": HASHER.digest(secret),
+        "prefix": public_prefix(secret),
+        "name": "ci deploys",
+        "created_at": T0,
+    }
+    fields.update(changes)
+    return ApiKey(**fields)
 
 
 def state_event(state: JobState) -> NewEvent:

@@ -4,7 +4,7 @@ number events and take idempotency keys without stepping on each other."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.states import JobState
 from gateway.store.base import (
     ClaimedIdempotency,
     IdempotencyInFlight,
@@ -19,15 +20,25 @@ from gateway.store.base import (
     IdempotencyRecord,
     NewEvent,
     StoreUnavailable,
+    TenantUsage,
 )
 from gateway.store.migrations import Migration, SchemaTooNew
 from gateway.store.postgres import PostgresStore
+from gateway.store.postgres import rows as pg_rows
+from gateway.store.postgres import sql as pg_sql
 from gateway.store.postgres.migrate import migrate
-from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, MIGRATIONS, channel
+from gateway.store.postgres.sql import (
+    DUE_CHANNEL,
+    EVENTS_CHANNEL,
+    INSERT_JOBS,
+    KEYS_CHANNEL,
+    MIGRATIONS,
+    channel,
+)
 from gateway.store.postgres.store import append_events
 from tests.conftest import fresh_schema
 from tests.support import bumped
-from tests.unit.store.conftest import PgStores
+from tests.unit.store.conftest import Heard, PgStores
 from tests.unit.store.factories import (
     LEASE,
     T0,
@@ -35,6 +46,7 @@ from tests.unit.store.factories import (
     create_all,
     full_job,
     make_job,
+    make_key,
     new_delivery,
 )
 
@@ -132,6 +144,92 @@ async def test_keys_left_pending_by_an_older_version_become_calling(
     assert (old.phase, old.called_at, old.job_id) == (IdempotencyPhase.CALLING, T0, "job_for_old")
 
 
+async def test_a_schema_from_migration_5_gains_tenants(
+    pg_stores: PgStores, raw: asyncpg.Connection
+) -> None:
+    """Migration 6: the keys table and the tenant indexes, jobs_due_by_tenant in place of
+    jobs_due; the jobs already there are claimed and counted through them."""
+    assert await migrate(raw, MIGRATIONS[:5]) == [1, 2, 3, 4, 5]
+    jobs = [make_job(tenant=t, next_poll_at=T0 - timedelta(seconds=n)) for n, t in enumerate("ab")]
+    await raw.fetchrow(INSERT_JOBS, *pg_rows.job_columns(jobs))
+    store = await pg_stores()
+    assert await store.tenant_usage("a", T0) == TenantUsage(1, 1, T0)
+    claimed = await store.claim_due(T0, limit=5, lease_until=T0 + LEASE)
+    assert [job.id for job in claimed] == [jobs[1].id, jobs[0].id]
+    await store.create_api_key(make_key())
+    names = {
+        str(row[0])
+        for row in await raw.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1", store.schema
+        )
+    }
+    assert {"jobs_due_by_tenant", "jobs_active", "jobs_created", "api_keys_by_tenant"} <= names
+    assert "jobs_due" not in names
+
+
+@pytest.mark.parametrize(
+    ("statement", "args", "indexes"),
+    [
+        ("CLAIM_DUE", (T0, 10, T0 + LEASE, "x"), ["jobs_due_by_tenant"]),
+        (
+            "CLAIM_DUE_PER_PROVIDER",
+            (T0, 10, T0 + LEASE, "x", ["pulse"], [10]),
+            ["jobs_due_by_tenant"],
+        ),
+        (
+            "CLAIM_WITHIN_QUOTA",
+            (T0, T0 + LEASE, "x", ["pulse"], [10], [10.0], [10.0], [100]),
+            ["jobs_due_by_tenant"],
+        ),
+        ("DUE_PROVIDERS", (["pulse"], T0), ["jobs_due_by_tenant"]),
+        ("SELECT_NEXT_DUE", (), ["jobs_due_at"]),
+        ("TENANT_USAGE", ("acme", T0 - timedelta(seconds=60)), ["jobs_active", "jobs_created"]),
+    ],
+)
+@pytest.mark.parametrize("tenants", [80, 1])
+@pytest.mark.parametrize("plans", ["force_custom_plan", "force_generic_plan"])
+async def test_claims_and_usage_are_served_by_their_indexes(
+    pg_stores: PgStores,
+    raw: asyncpg.Connection,
+    statement: str,
+    args: tuple[Any, ...],
+    indexes: list[str],
+    tenants: int,
+    plans: str,
+) -> None:
+    """Each reads index ranges, never the jobs table whole nor another tenant's backlog: their
+    size must not set the cost. Planned on a table shaped like a busy deployment (one tenant's
+    deep backlog, finished jobs, and beside it many small tenants or a single one: the planner
+    then counts few tenants, and must still not walk jobs_due_at for one tenant's due jobs), as
+    custom and as generic plans (asyncpg prepares statements: generic plans run after a few
+    calls)."""
+    store = await pg_stores()
+    ago = [T0 - timedelta(seconds=n) for n in range(5000)]
+    backlog = [make_job(tenant="acme", next_poll_at=ago[n], created_at=ago[n]) for n in range(3000)]
+    small = [
+        make_job(tenant=f"t{n:02d}", provider=p, next_poll_at=T0 + timedelta(seconds=n))
+        for n in range(tenants)
+        for p in ("pulse", "catchall")
+    ]
+    done = [
+        make_job(tenant="acme", state=JobState.SUCCEEDED, created_at=ago[n]) for n in range(2000)
+    ]
+    await store._create_many([(job, []) for job in [*backlog, *small, *done]])
+    await raw.execute("ANALYZE jobs")
+    async with raw.transaction():
+        await raw.execute(f"SET LOCAL plan_cache_mode = {plans}")
+        statement_text = getattr(pg_sql, statement)
+        plan = "\n".join(str(row[0]) for row in await raw.fetch("EXPLAIN " + statement_text, *args))
+    for index in indexes:
+        assert index in plan, plan
+    assert "Seq Scan on jobs" not in plan, plan
+    assert "jobs_upstream" not in plan, plan
+    if statement != "SELECT_NEXT_DUE":
+        assert "jobs_due_at" not in plan, plan
+    if statement != "TENANT_USAGE":
+        assert "jobs_list" not in plan, plan
+
+
 async def test_each_migration_is_its_own_transaction(raw: asyncpg.Connection) -> None:
     good = Migration(1, "good", ("CREATE TABLE kept (x int)",))
     bad = Migration(2, "bad", ("CREATE TABLE dropped (x int)", "SELECT no_such_function()"))
@@ -140,6 +238,14 @@ async def test_each_migration_is_its_own_transaction(raw: asyncpg.Connection) ->
     assert [r["version"] for r in await raw.fetch("SELECT version FROM schema_migrations")] == [1]
     assert await raw.fetchval("SELECT to_regclass('kept') IS NOT NULL")
     assert await raw.fetchval("SELECT to_regclass('dropped') IS NULL")
+
+
+async def test_the_stores_sessions_never_jit_compile(pg_stores: PgStores) -> None:
+    """A claim's estimated cost crosses jit_above_cost (the walk's recursive CTE is overestimated),
+    and compiling it cost ~45 ms a claim: ten times the statement itself."""
+    store = await pg_stores()
+    async with store._db.acquire() as conn:
+        assert await conn.fetchval("SHOW jit") == "off"
 
 
 async def test_a_missing_database_is_unavailable_without_the_password(postgres_dsn: str) -> None:
@@ -156,7 +262,10 @@ async def test_replicas_claiming_together_never_claim_the_same_job(
     pg_stores: PgStores, raw: asyncpg.Connection
 ) -> None:
     stores = [await pg_stores() for _ in range(4)]
-    jobs = [make_job(next_poll_at=T0 - timedelta(milliseconds=n)) for n in range(200)]
+    jobs = [
+        make_job(tenant=f"t{n % 7}", next_poll_at=T0 - timedelta(milliseconds=n))
+        for n in range(200)
+    ]
     await stores[0]._create_many([(job, []) for job in jobs])
 
     async def drain(store: PostgresStore, owner: str) -> list[str]:
@@ -323,23 +432,6 @@ async def test_concurrent_writers_leave_ids_without_gaps_or_repeats(pg_stores: P
 # notices are read from one known sender instead (Notices), which nothing else can add to.
 
 
-class Heard:
-    """A subscriber that records the signals it is given and lets a test wait for one."""
-
-    def __init__(self, accept: Callable[[], bool] = lambda: True) -> None:
-        self.signals: list[str] = []
-        self._accept = accept
-        self._arrived = {"events": asyncio.Event(), "due": asyncio.Event()}
-
-    def __call__(self, signal: str) -> None:
-        if self._accept():
-            self.signals.append(signal)
-            self._arrived[signal].set()
-
-    async def wait_for(self, signal: str) -> None:
-        await asyncio.wait_for(self._arrived[signal].wait(), timeout=5)
-
-
 class Notices:
     """Every notice one backend sends on the store's channels, heard on a connection of our own."""
 
@@ -397,6 +489,27 @@ async def test_only_events_and_jobs_due_now_are_signalled(
     ]
 
 
+async def test_a_revocation_is_one_notice_naming_the_key(
+    pg_stores: PgStores, raw: asyncpg.Connection
+) -> None:
+    a = await pg_stores(max_size=1)  # one connection: every notice it sends comes from one pid
+    async with a._db.acquire() as conn:
+        notices = Notices(conn.get_server_pid())
+    keys = channel(KEYS_CHANNEL, a.schema)
+    await raw.add_listener(keys, notices)
+    key, other = make_key(tenant="acme"), make_key(tenant="acme")
+    await a.create_api_key(key)  # making a key is no news to the other replicas
+    await a.create_api_key(other)
+    await a.touch_api_keys({key.id: T0})  # nor is using one
+    assert not await a.revoke_api_key(key.id, T0, tenant="globex")  # refused: nothing to say
+    assert await a.revoke_api_key(key.id, T0, tenant="acme")
+    assert not await a.revoke_api_key(key.id, T0)  # already revoked
+    assert await a.revoke_api_key(other.id, T0)
+    await notices.wait_for(2)
+    # Notices from one session arrive in commit order: any earlier one would be first here.
+    assert notices.got == [(keys, key.id), (keys, other.id)]
+
+
 async def test_after_a_lost_listener_reconnects_subscribers_are_told_everything(
     pg_stores: PgStores, raw: asyncpg.Connection
 ) -> None:
@@ -411,6 +524,7 @@ async def test_after_a_lost_listener_reconnects_subscribers_are_told_everything(
         assert await raw.fetchval("SELECT pg_terminate_backend($1)", lost_pid)
         await heard.wait_for("events")
         await heard.wait_for("due")
+        await heard.wait_for("keys")
     assert [e["event"] for e in logs if e["event"].startswith("store.listener")] == [
         "store.listener_lost",
         "store.listener_reconnected",

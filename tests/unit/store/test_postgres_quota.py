@@ -163,3 +163,25 @@ async def test_a_provider_with_nothing_due_costs_no_bucket(pg_stores: PgStores) 
     assert await claim(store, 5, provider="catchall") == []
     # Nothing was due, so no bucket was made or charged: the whole burst is still there.
     assert await acquire(store, 9, now=T0) == 5
+
+
+async def test_a_claims_grant_is_shared_out_between_tenants_in_turns(pg_stores: PgStores) -> None:
+    store = await pg_stores()
+    backlog = [make_job(tenant="acme", next_poll_at=T0 - (100 - n) * SECOND) for n in range(50)]
+    late = make_job(tenant="globex", next_poll_at=T0 - SECOND)
+    await create_all(store, [*backlog, late])
+    first = await claim(store, 3)
+    # acme's soonest, globex's only one, then acme's second: no tenant waits out another's backlog.
+    assert [job.id for job in first] == [backlog[0].id, backlog[1].id, late.id]
+    assert await store.get(backlog[2].id, "acme") == backlog[2]  # left due and unchanged
+
+
+async def test_a_due_job_behind_many_idle_tenants_is_found(pg_stores: PgStores) -> None:
+    store = await pg_stores()
+    idle = [make_job(tenant=f"t{n:02d}", next_poll_at=T0 + SECOND) for n in range(20)]
+    [due] = [make_job(tenant="zz-last", next_poll_at=T0)]
+    await create_all(store, [*idle, due])
+    assert [job.id for job in await claim(store, 5)] == [due.id]
+    # With nothing due now (the idle tenants' jobs come due later), nothing more is charged.
+    assert await claim(store, 5) == []
+    assert await acquire(store, 9) == 4  # one token went to the job claimed, none since

@@ -25,12 +25,20 @@ from gateway.store.base import (
     JobFilter,
     NewEvent,
     StoreUnavailable,
+    TenantUsage,
 )
 from gateway.store.migrations import SchemaTooNew
 from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_sql import MIGRATIONS, SCHEMA_VERSION
+from gateway.store.sqlite_sql import (
+    MIGRATIONS,
+    SCHEDULED_PROVIDERS,
+    SCHEDULED_TENANTS,
+    SCHEMA_VERSION,
+    SELECT_DUE_OF_TENANT,
+    TENANT_USAGE,
+)
 from tests.support import bumped
-from tests.unit.store.factories import LEASE, T0, claim_key, full_job, make_job
+from tests.unit.store.factories import LEASE, T0, claim_key, full_job, make_job, make_key
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -39,6 +47,16 @@ def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
     """Read the file with a connection of our own, as an operator's sqlite3 shell would."""
     with closing(sqlite3.connect(path)) as conn:
         return conn.execute(sql).fetchall()
+
+
+def query_plan(path: Path, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+
+
+def to_us(moment: datetime | None) -> int | None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return None if moment is None else (moment - epoch) // timedelta(microseconds=1)
 
 
 @pytest.fixture
@@ -276,6 +294,73 @@ async def test_keys_left_pending_by_an_older_version_become_calling(tmp_path: Pa
         assert done.job_id == "job_1"
     finally:
         await store.close()
+
+
+async def test_a_file_from_schema_5_gains_tenants(tmp_path: Path) -> None:
+    """Migration 6: the keys table, the tenant indexes, and the claim's walk in place of the
+    per-provider due index; the jobs already there are claimed and counted by it."""
+    path = tmp_path / "v5.db"
+    jobs = [make_job(tenant=t, next_poll_at=T0 - timedelta(seconds=n)) for n, t in enumerate("ab")]
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for migration in MIGRATIONS[:5]:
+            for statement in migration.statements:
+                conn.execute(statement)
+        for job in jobs:
+            conn.execute(
+                "INSERT INTO jobs (id, tenant, provider, state, next_poll_at, version, created_at,"
+                " labels, record, upstream_id) VALUES (?, ?, ?, ?, ?, 1, ?, '{}', ?, ?)",
+                (
+                    job.id,
+                    job.tenant,
+                    job.provider,
+                    job.state.value,
+                    to_us(job.next_poll_at),
+                    to_us(job.created_at),
+                    orjson.dumps(job.to_record()).decode(),
+                    job.upstream_id,
+                ),
+            )
+        conn.execute("PRAGMA user_version = 5")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store.tenant_usage("a", T0) == TenantUsage(1, 1, T0)
+        claimed = await store.claim_due(
+            T0, limit=5, lease_until=T0 + LEASE, per_provider={"pulse": 5}
+        )
+        assert [job.id for job in claimed] == [jobs[1].id, jobs[0].id]
+        await store.create_api_key(make_key())
+    finally:
+        await store.close()
+    indexes = {
+        name for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
+    }
+    assert {"jobs_due_by_tenant", "jobs_active", "jobs_created", "api_keys_by_tenant"} <= indexes
+    assert "jobs_due_by_provider" not in indexes
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        (SCHEDULED_PROVIDERS, {}),
+        (SCHEDULED_TENANTS, {"provider": "pulse"}),
+        (SELECT_DUE_OF_TENANT, ("pulse", "acme", 0, 10)),
+        (TENANT_USAGE, {"tenant": "acme", "since": 0}),
+    ],
+    ids=["providers", "tenants", "due", "usage"],
+)
+async def test_claims_and_usage_read_index_ranges_only(
+    store: SqliteStore, tmp_path: Path, sql: str, params: Any
+) -> None:
+    """A claim's walk and a tenant's usage read their own indexes alone (index ranges, no table
+    rows), so neither grows with the backlog or with the tenant's finished jobs."""
+    plan = [row[-1] for row in query_plan(tmp_path / "jobs.db", sql, params)]
+    reads = [step for step in plan if step.startswith(("SCAN jobs", "SEARCH jobs"))]
+    assert reads
+    for step in reads:
+        assert "USING COVERING INDEX" in step, plan
+        assert step.startswith("SEARCH") or sql == SCHEDULED_PROVIDERS, plan
 
 
 # -- a process killed mid-write ----------------------------------------------------------------
