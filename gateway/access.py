@@ -93,10 +93,14 @@ class Access:
         clock: Callable[[], datetime] = _now,
         monotonic: Callable[[], float] = time.monotonic,
         on_rejected: Callable[[str], None] = lambda reason: None,
+        mint: bool = True,
     ) -> None:
         self.store = store
         self.hasher = hasher
         self.required = required
+        # False when the hasher's secret lives only in this process (auth off on PostgreSQL
+        # without auth.secret): a key made with it would stop working at the next restart.
+        self.mint = mint
         self._configured = {key.digest: key for key in configured}
         self._configured_ids = {key.id: key for key in configured}
         self._cache_seconds = cache_seconds
@@ -112,10 +116,19 @@ class Access:
     def from_settings(
         cls, settings: Settings, store: ApiKeys, on_rejected: Callable[[str], None]
     ) -> Access:
+        required = settings.auth_required()
+        try:
+            secret, mint = load_secret(settings), True
+        except AuthNotConfigured:
+            if required:
+                raise
+            # Open, so no key is ever checked; the keys API says what is missing.
+            secret, mint = secrets.token_bytes(32), False
         return cls(
             store,
-            KeyHasher(load_secret(settings)),
-            required=settings.auth_required(),
+            KeyHasher(secret),
+            required=required,
+            mint=mint,
             configured=[key.to_key() for key in settings.auth.keys],
             cache_seconds=settings.auth.cache_seconds,
             token_seconds=settings.auth.stream_token_seconds,
@@ -246,6 +259,11 @@ class Access:
         expires_in: timedelta | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its plaintext, which is not kept anywhere and cannot be shown again."""
+        if not self.mint:
+            raise InvalidRequest(
+                "keys cannot be made without a shared secret: set JOBGATE_AUTH__SECRET or "
+                "auth.secret_file (the same on every replica) and restart"
+            )
         if not valid_tenant(tenant):
             raise InvalidRequest(
                 f"tenant must be 1-63 lower-case letters, digits, - or _, got {tenant!r}"

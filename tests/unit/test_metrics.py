@@ -92,8 +92,24 @@ def test_every_jobgate_series_is_named_and_process_series_are_optional() -> None
         "jobgate_circuit_state",
         "jobgate_http_requests",
         "jobgate_http_request_duration_seconds",
+        "jobgate_auth_rejections",
+        "jobgate_tenant_limited",
     }
     assert names(bare) == expected
+
+
+def test_the_tenant_label_names_configured_tenants_only() -> None:
+    metrics = Metrics(process=False)
+    metrics.add_tenants({"default", "growth"})
+    metrics.limited("growth", "tenant_rate_limited")
+    metrics.limited("made-up-by-a-cli", "tenant_rate_limited")
+    metrics.limited("another-one", "tenant_active_limit")
+    rate = "jobgate_tenant_limited_total"
+    assert value(metrics, rate, tenant="growth", limit="tenant_rate_limited") == 1
+    assert value(metrics, rate, tenant="other", limit="tenant_rate_limited") == 1
+    assert value(metrics, rate, tenant="other", limit="tenant_active_limit") == 1
+    # Created at zero for every configured tenant, so dashboards see them before a refusal.
+    assert value(metrics, rate, tenant="default", limit="tenant_active_limit") == 0
     assert "process_cpu_seconds" in names(Metrics())
 
 
