@@ -82,7 +82,9 @@ def fuzz(spec: dict[str, Any], url: str, job_ids: list[str]) -> list[str]:
         try:
             run()
         except (Exception, FailureGroup) as exc:
-            failures.append(f"{operation.label}: {exc}")
+            # A group's own message only counts its members: name them, so a failure says what.
+            inner = "; ".join(str(e) for e in getattr(exc, "exceptions", ()))
+            failures.append(f"{operation.label}: {exc}" + (f" ({inner})" if inner else ""))
     return failures
 
 
@@ -142,6 +144,13 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
     job_ids = await seed_jobs(stack)
     async with stack.client.get(f"{stack.url}/openapi.json") as response:
         spec = await response.json()
+    # The stack runs with auth off, where credentials schemathesis would generate for the declared
+    # schemes change nothing; keys and scopes have their own tests (test_auth.py, test_tenants.py).
+    spec["components"].pop("securitySchemes")
+    spec.pop("security")
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            operation.pop("security", None)
     async with asyncio.timeout(50):
         failures = await asyncio.to_thread(fuzz, spec, stack.url, job_ids)
     assert failures == [], "\n\n".join(failures)
