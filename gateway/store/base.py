@@ -478,7 +478,7 @@ class Signals(Protocol):
     """
 
     def subscribe(self, callback: Callable[[Signal], None]) -> None:
-        """Call ``callback`` for each signal, and with both kinds after any gap in listening (a
+        """Call ``callback`` for each signal, and with every kind after any gap in listening (a
         reconnect), since signals sent meanwhile are lost."""
         ...
 
