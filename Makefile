@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_scale.py
 	$(BIN)/python bench/bench_replicas.py
 	$(BIN)/python bench/bench_kill.py
+	$(BIN)/python bench/bench_fairness.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
