@@ -2,8 +2,8 @@
 
 - Kubernetes: every manifest passes the API server's schemas (kubernetes-validate, strict, so an
   unknown or misspelt field fails), the kustomization lists exactly those manifests, the
-  Deployment runs three replicas with the DSN from a Secret, and the ConfigMap is
-  config/production.example.toml with the PostgreSQL store.
+  Deployment runs three replicas with the DSN and the auth secret from Secrets, and the ConfigMap
+  is config/production.example.toml with the PostgreSQL store.
 - Compose: the gateway replicas share the ``postgres`` service and one ``sandbox`` service, every
   dependency names a service, and Prometheus scrapes every replica.
 - ``docker compose config``, where a docker binary with the compose plugin is installed.
@@ -45,6 +45,7 @@ PRODUCTION = ROOT / "config" / "production.example.toml"
 KUBERNETES_VERSION = "1.30"
 REPLICAS = 3
 STORE_SECRET = {"name": "jobgate-store", "key": "dsn"}
+AUTH_SECRET = {"name": "jobgate-auth", "key": "secret"}
 # Settings the PostgreSQL store adds (gateway/settings.py is gaining them alongside these files).
 NEW_SETTINGS = {"store.dsn", "store.dsn_file"}
 NEW_STORE_KINDS = {"postgres"}
@@ -150,6 +151,8 @@ def test_the_dsn_comes_from_a_secret_never_a_literal() -> None:
     dsn = env["JOBGATE_STORE__DSN"]
     assert "value" not in dsn
     assert dsn["valueFrom"] == {"secretKeyRef": STORE_SECRET}
+    # Replicas on PostgreSQL refuse to start without one shared auth secret.
+    assert env["JOBGATE_AUTH__SECRET"]["valueFrom"] == {"secretKeyRef": AUTH_SECRET}
     for name, item in env.items():
         if SECRET_ENV.search(name):
             assert "secretKeyRef" in item.get("valueFrom", {}), f"{name} is not from a Secret"
@@ -358,6 +361,9 @@ def test_the_replicas_poll_one_shared_sandbox(monkeypatch: pytest.MonkeyPatch) -
             assert urlsplit(options.base_url).hostname == "sandbox", f"{name}: {provider}"
             assert settings.provider_key(provider)
         assert settings.providers["pulse"].result_networks == [subnet]
+        # Listening on every address, the replicas require keys; on PostgreSQL that takes a secret.
+        assert settings.auth_required(), name
+        assert len(settings.auth.secret_value() or "") >= 32, name
 
 
 def test_prometheus_scrapes_every_replica() -> None:
