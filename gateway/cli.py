@@ -36,6 +36,10 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log.format, settings.log.level, secrets=secrets_of(settings))
     host = args.host or settings.server.host
     port = args.port or settings.server.port
+    # The address decides the auth default (open only on loopback), however it was given.
+    settings = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"host": host, "port": port})}
+    )
     from gateway.settings import is_loopback
 
     if not settings.auth_required() and not is_loopback(host):

@@ -701,11 +701,14 @@ def _free_port() -> int:
 
 
 async def test_serve_on_a_reachable_address_with_auth_off_exits_2(tmp_path: Path) -> None:
+    # Turned off explicitly: the embedded profile's default follows the address, so --host
+    # 0.0.0.0 alone would start with keys required, as JOBGATE_SERVER__HOST=0.0.0.0 does.
     config = tmp_path / "embedded.toml"
     config.write_text(
         f'[store]\npath = "{tmp_path / "jobs.db"}"\n'
         f'[server]\nhost = "127.0.0.1"\nport = {_free_port()}\n'
         f"[sandbox]\nembedded = true\nport = {_free_port()}\n"
+        "[auth]\nrequired = false\n"
     )
     env = {name: value for name, value in os.environ.items() if not name.startswith("JOBGATE_")}
     process = await asyncio.create_subprocess_exec(
