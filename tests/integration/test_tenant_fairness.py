@@ -38,6 +38,7 @@ from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import fresh_schema
+from tests.unit.store.factories import make_job
 from tests.unit.test_runner import T0, FakeClock, ScriptedAdapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -95,7 +96,7 @@ def running_job(
     job_id: str, tenant: str, upstream_id: str, due: datetime, provider: str = PROVIDER
 ) -> Job:
     started = T0 - timedelta(minutes=5)
-    return Job(
+    return make_job(
         id=job_id,
         provider=provider,
         upstream_id=upstream_id,
