@@ -33,6 +33,12 @@ class EventHub:
             for waiter in self._any:
                 waiter.set()
 
+    def nudge(self, job_id: str) -> None:
+        """Wake ``job_id``'s waiters with nothing new in the log: something they wait for
+        changed in this process only (a capture began streaming, which readers can follow)."""
+        for waiter in self._per_job.get(job_id, ()):
+            waiter.set()
+
     @contextmanager
     def listen(self, job_id: str | None = None) -> Iterator[asyncio.Event]:
         """An event set on the next publish for ``job_id`` (or for any job when ``None``).

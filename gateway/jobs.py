@@ -23,6 +23,7 @@ from adapters.base import (
     StatusReport,
 )
 from gateway.states import FINISHED, Action, JobState, Refused, observe, require
+from gateway.vault import EMPTY, Vault
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -80,6 +81,8 @@ class Job:
     replica or a restarted process, and it goes when the job goes."""
     refusals: int = 0
     """Polls in a row whose report was refused; from the second on, the cadence backs off."""
+    vault: Vault = EMPTY
+    """The copy of the result jobgate holds, and any capture still owed (``gateway.vault``)."""
     version: int = 1
 
     @property
@@ -170,6 +173,7 @@ class Job:
             "records_seen": self.records_seen,
             "anomalies": list(self.anomalies),
             "refusals": self.refusals,
+            "vault": self.vault.to_record() if self.vault != EMPTY else None,
             "version": self.version,
         }
 
@@ -208,12 +212,12 @@ class Job:
             records_seen=data.get("records_seen", 0),
             anomalies=tuple(data.get("anomalies") or ()),
             refusals=data.get("refusals", 0),
+            vault=Vault.from_record(data.get("vault")),
             version=data.get("version", 1),
         )
 
     def public(self) -> dict[str, JSON]:
         """The job resource as clients see it (DESIGN.md's sketch)."""
-        result = self.result
         return {
             "id": self.id,
             "provider": self.provider,
@@ -222,22 +226,50 @@ class Job:
             "native_status": self.native_status,
             "progress": _progress_dict(self.progress),
             "eta": _iso(self.eta),
-            "result": {
-                "available": result is not None,
-                "partial": bool(result and result.partial),
-                "kind": result.kind.value if result else None,
-                "total_records": result.total_records if result else None,
-            },
+            "result": self._result_summary(),
             "error": _error_dict(self.error),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
-            "next_poll_at": _iso(self.next_poll_at),
+            # A finished job's due time is the vault's business (a capture, the end of retention),
+            # not a poll a client should expect.
+            "next_poll_at": _iso(self.next_poll_at) if self.polling else None,
             "polls": self.polls,
             "rerun_of": self.rerun_of,
             "labels": dict(self.labels),
             "version": self.version,
+        }
+
+    @property
+    def polling(self) -> bool:
+        """Whether ``next_poll_at`` is a status poll (not the vault's work on a finished job)."""
+        return not self.finished or self.action is Action.CONTINUE
+
+    def _result_summary(self) -> dict[str, JSON]:
+        result = self.result
+        vault = self.vault
+        copy = vault.copy
+        servable = copy is not None or (result is not None and self.state is not JobState.EXPIRED)
+        source = None
+        if copy is not None:
+            source = "jobgate"
+        elif servable:
+            source = "provider"
+        kind = copy.kind if copy is not None else (result.kind if result else None)
+        return {
+            "available": servable,
+            "partial": bool(result and result.partial and copy is None),
+            "kind": kind.value if kind else None,
+            "total_records": (copy.total_records if copy else None)
+            or (result.total_records if result else None),
+            "source": source,
+            "stored": copy is not None,
+            "capturing": vault.pending,
+            "size": copy.size if copy else None,
+            "sha256": copy.sha256 if copy else None,
+            "expires_at": _iso(copy.expires_at) if copy else None,
+            "error": _error_dict(vault.error),
         }
 
 
@@ -366,7 +398,12 @@ def job_events(before: Job | None, after: Job) -> list[NewEvent]:
         return [NewEvent("created", after.public())]
     if after.state is not before.state:
         return [NewEvent("state", {**after.public(), "from": before.state.value})]
-    if after.progress != before.progress or after.result != before.result:
+    if (
+        after.progress != before.progress
+        or after.result != before.result
+        or after.vault.copy != before.vault.copy
+        or after.vault.error != before.vault.error
+    ):
         return [NewEvent("progress", after.public())]
     return []
 

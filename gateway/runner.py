@@ -36,6 +36,7 @@ from adapters.base import (
     StatusReport,
 )
 from adapters.http import utcnow
+from gateway.capturer import Capturer, Work
 from gateway.events import EventHub
 from gateway.jobs import Job, NewEvent, apply_report, job_events, note_anomaly, transition
 from gateway.leased import LeasedLoop, LeasedWork
@@ -104,6 +105,7 @@ class Runner:
         writer: JobWriter | None = None,
         quota: Quota | None = None,
         owner: str | None = None,
+        capturer: Capturer | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -118,6 +120,7 @@ class Runner:
         self.writer = writer or JobWriter(store, hub, observer=observer)
         self.quota: Quota = quota or LocalQuota(policies, mono)
         self.owner = owner or process_name()
+        self.capturer = capturer
         self.providers = {
             name: _Provider(adapter=adapter, policy=policies[name])
             for name, adapter in adapters.items()
@@ -211,6 +214,8 @@ class Runner:
         pending, self._pending = self._pending, []
         saved = await self.writer.save(pending, self.clock())
         for update, job in zip(pending, saved, strict=True):
+            if job is not None and self.capturer is not None:
+                await self.capturer.forget(update.before, job)
             if job is None:
                 # A user action (cancel, continue, delete) wrote first: its version stands.
                 log.info(
@@ -249,7 +254,10 @@ class Runner:
         """Poll one claimed job and queue its new version for the next flush."""
         now = self.clock()
         provider = self.providers[job.provider]  # claims name only configured providers
-        if now >= job.deadline_at:
+        if job.finished and not job.polling:
+            if await self._vault_work(job, now):
+                return
+        elif now >= job.deadline_at:
             self._finish_with_error(
                 job, "poll_deadline_exceeded", "the job did not finish before its deadline", now
             )
@@ -284,6 +292,24 @@ class Runner:
         self._record_breaker(provider, job.provider, ok=True)
         records = await self._partial_records(job, provider, report)
         self._on_report(job, provider.policy, report, records)
+
+    async def _vault_work(self, job: Job, now: datetime) -> bool:
+        """Do what the vault owes a finished job (a capture, the end of a retention). False when
+        what it owes is a status poll (watching for the provider's ``expired``)."""
+        work = self.capturer.work(job, now) if self.capturer is not None else Work.NONE
+        if work is Work.WATCH:
+            return False
+        if work is Work.CAPTURE:
+            assert self.capturer is not None
+            new, events = await self.capturer.capture(job)
+            self._pending.append(Update(job, new, events))
+        elif work is Work.RETIRE:
+            assert self.capturer is not None
+            new, events = await self.capturer.retire(job)
+            self._pending.append(Update(job, new, events))
+        else:
+            self._pending.append(Update(job, job.stopped(now), events=()))
+        return True
 
     async def _partial_records(
         self, job: Job, provider: _Provider, report: StatusReport
@@ -349,6 +375,8 @@ class Runner:
                     native_status=refused.native_status,
                     detail=refused.describe(),
                 )
+        if self.capturer is not None:
+            new = self.capturer.settle(job, new, now)
         if not new.finished:
             if self.push_expected is not None and self.push_expected(new):
                 # The provider will push the end (a callback polls the job at once), so polling is

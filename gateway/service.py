@@ -8,11 +8,14 @@ lives upstream.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import orjson
@@ -36,7 +39,9 @@ from adapters.base import (
 )
 from adapters.http import utcnow
 from gateway.auth import DEFAULT_TENANT
+from gateway.blobs import BlobError, FilesystemBlobStore
 from gateway.callbacks import callback_url, with_callback
+from gateway.capturer import Capturer, Following
 from gateway.errors import (
     ActionNotSupported,
     IdempotencyKeyInFlight,
@@ -67,6 +72,7 @@ from gateway.store.base import (
     JobStore,
     Page,
 )
+from gateway.vault import StoredCopy, envelope, gone
 from gateway.writer import JobWriter, Update
 
 log = structlog.get_logger("jobgate.service")
@@ -112,7 +118,32 @@ class StreamResult:
     key_header: tuple[str, str] | None
 
 
-ResultAnswer = JsonResult | RedirectResult | StreamResult
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A whole copy in the vault, served from its file (``sendfile``)."""
+
+    path: Path
+    sha256: str
+    size: int
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBytes:
+    """A small answer made from the vault (an inline copy, a page of stored records)."""
+
+    body: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class FollowResult:
+    """A capture streaming in this process: the reader gets its bytes as they are written."""
+
+    following: Following
+
+
+ResultAnswer = JsonResult | RedirectResult | StreamResult | StoredFile | StoredBytes | FollowResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +235,13 @@ class JobService:
         idempotency_lease: float = 120.0,
         limits: Callable[[str], TenantLimits] = lambda tenant: TenantLimits(),
         on_limited: Callable[[str, str], None] = lambda tenant, limit: None,
+        capturer: Capturer | None = None,
+        capture_wait: float = 30.0,
     ) -> None:
         self.store = store
+        # The vault: captured copies are served from it; None serves every result from upstream.
+        self.capturer = capturer
+        self.capture_wait = capture_wait
         self.writer = writer or JobWriter(store, hub)
         self.adapters = adapters
         self.policies = policies
@@ -579,6 +615,9 @@ class JobService:
         )
         if origin.report is not None:
             job = _adopted(job, origin.report, now)
+            if self.capturer is not None:
+                # An adopted job may be finished already: its result is owed a capture too.
+                job = replace(self.capturer.settle(job, job, now), version=1)
         await self.writer.create(job)
         self.wake()
         log.info(
@@ -703,6 +742,12 @@ class JobService:
     async def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> None:
         if not await self.store.delete(job_id, tenant):
             raise JobNotFound(f"no job with id {job_id!r}")
+        if self.capturer is not None:
+            # After the row: a crash between the two leaves files no row points at, never a row
+            # pointing at deleted files. A capture still streaming for it finds its write fenced.
+            removed = await self.capturer.blobs.delete_prefix(f"{tenant}/{job_id}")
+            if removed:
+                log.info("vault.deleted", job_id=job_id, blobs=removed)
         log.info("job.deleted", job_id=job_id)
 
     async def refresh(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
@@ -721,7 +766,16 @@ class JobService:
         tenant: str = DEFAULT_TENANT,
     ) -> ResultAnswer:
         job = await self.get(job_id, tenant)
+        stored = await self._from_vault(job, page=page, page_size=page_size, redirect=redirect)
+        if stored is not None:
+            return stored
+        job = await self.get(job_id, tenant)  # the capture may have ended while it was awaited
         locator = job.result
+        if job.state is JobState.EXPIRED and job.vault.copy is None:
+            raise ResultExpiredError(
+                "the provider's result has expired and jobgate holds no copy of it"
+                + (" (capture is off for this provider)" if not self._captures(job) else "")
+            )
         if locator is None:
             if job.state is JobState.EXPIRED:
                 # The provider's retention ended before jobgate saw a result: it is gone.
@@ -757,17 +811,127 @@ class JobService:
         )
 
     async def wait_result(self, job_id: str, seconds: float, tenant: str = DEFAULT_TENANT) -> None:
-        """Wait up to ``seconds`` for a result to exist (or the job to finish)."""
+        """Wait up to ``seconds`` for a result to exist (or the job to finish), and for a capture
+        under way to end."""
         with self.hub.listen(job_id) as changed:
             deadline = self.clock() + timedelta(seconds=seconds)
             while True:
                 job = await self.get(job_id, tenant)
-                if job.result is not None or job.finished:
+                ready = job.result is not None or job.finished
+                if ready and not (job.vault.pending and job.state is JobState.SUCCEEDED):
                     return
                 left = (deadline - self.clock()).total_seconds()
                 if left <= 0:
                     return
                 await wait_set(changed, left)
+
+    async def result_gone(self, job_id: str, tenant: str = DEFAULT_TENANT) -> None:
+        """The provider answered 410 for the job's result: its copy is gone. With no copy here
+        either, the job is ``expired`` (the rule in ``gateway.vault.gone``)."""
+        job = await self.get(job_id, tenant)
+        if job.vault.upstream_gone:
+            return
+
+        def mark(current: Job) -> Job:
+            now = self.clock()
+            new = replace(
+                current,
+                vault=current.vault.mark_gone(),
+                updated_at=now,
+                version=current.version + 1,
+            )
+            if gone(new):
+                new = transition(new, JobState.EXPIRED, now)
+            return new
+
+        with contextlib.suppress(InvalidState):
+            await self._write(job, mark)
+
+    # -- the vault -----------------------------------------------------------------------------
+
+    def _captures(self, job: Job) -> bool:
+        return self.capturer is not None and self.capturer.policy(job.provider).capture
+
+    async def _from_vault(
+        self, job: Job, *, page: int, page_size: int | None, redirect: bool
+    ) -> ResultAnswer | None:
+        """The answer from jobgate's own copy (no upstream call), or ``None`` to ask upstream."""
+        if self.capturer is None:
+            return None
+        locator = job.result
+        copy = job.vault.copy
+        presigned = (
+            locator is not None
+            and locator.kind is ResultKind.POINTER
+            and locator.url is not None
+            and not locator.needs_provider_key
+            and not job.vault.upstream_gone
+        )
+        if redirect and presigned and locator is not None and locator.url is not None:
+            # The provider's pointer needs no key and may still be valid: it is the client's.
+            return RedirectResult(locator.url)
+        if copy is None and job.vault.pending and locator is not None:
+            if locator.kind is not ResultKind.POINTER:
+                return None  # inline and pages can be read upstream again meanwhile
+            return await self._await_capture(
+                job, page=page, page_size=page_size, single_use=not presigned
+            )
+        if copy is None:
+            return None
+        return await self._stored(job, copy, page=page, page_size=page_size)
+
+    async def _await_capture(
+        self, job: Job, *, page: int, page_size: int | None, single_use: bool
+    ) -> ResultAnswer | None:
+        """A pointer's capture is owed: follow it where it streams here, else wait for it (a
+        single-use pointer must not be fetched twice); a reusable one is read upstream."""
+        assert self.capturer is not None
+        deadline = self.clock() + timedelta(seconds=self.capture_wait)
+        with self.hub.listen(job.id) as changed:
+            while True:
+                following = self.capturer.following(job)
+                if following is not None:
+                    return FollowResult(following)
+                if not single_use:
+                    return None
+                job = await self.get(job.id, job.tenant)
+                if job.vault.copy is not None:
+                    return await self._stored(job, job.vault.copy, page=page, page_size=page_size)
+                if not job.vault.pending:
+                    return None
+                left = (deadline - self.clock()).total_seconds()
+                if left <= 0:
+                    raise ResultNotReady(
+                        "the result is being captured; retry in a moment, or add ?wait=",
+                        state=job.state.value,
+                    )
+                # A capture streaming here nudges the hub; one elsewhere ends with an event.
+                await wait_set(changed, left)
+
+    async def _stored(
+        self, job: Job, copy: StoredCopy, *, page: int, page_size: int | None
+    ) -> ResultAnswer | None:
+        assert self.capturer is not None
+        if copy.key is None:
+            locator = job.result
+            if locator is None or locator.inline is None:
+                return None
+            return StoredBytes(envelope(locator.inline), copy.sha256)
+        blobs = self.capturer.blobs
+        try:
+            if copy.kind is ResultKind.PAGED:
+                return await asyncio.to_thread(
+                    _stored_page, blobs, copy, page, page_size or DEFAULT_PAGE_SIZE
+                )
+            path = blobs.path(copy.key)
+            if not await asyncio.to_thread(path.is_file):
+                raise FileNotFoundError(copy.key)
+        except (OSError, BlobError):
+            # A replica that does not share the vault's volume, or a file removed by hand: the
+            # provider may still have the result.
+            log.warning("vault.blob_missing", job_id=job.id, key=copy.key)
+            return None
+        return StoredFile(path, copy.sha256, copy.size, copy.content_type)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -817,7 +981,50 @@ def _taken_over() -> IdempotencyKeyInFlight:
 
 def _visible(job: Job) -> tuple[object, ...]:
     """What a client can see change (polls and lease bookkeeping excluded)."""
-    return (job.state, job.native_status, job.progress, job.result, job.error, job.eta is None)
+    return (
+        job.state,
+        job.native_status,
+        job.progress,
+        job.result,
+        job.error,
+        job.eta is None,
+        job.vault.copy,
+        job.vault.pending,
+        job.vault.error,
+    )
+
+
+DEFAULT_PAGE_SIZE = 100
+"""Records per page when a client names none: the page size providers default to."""
+
+
+def _stored_page(
+    blobs: FilesystemBlobStore, copy: StoredCopy, page: int, page_size: int
+) -> StoredBytes:
+    """One page of a stored paged result, read with two slices (the offsets, then the records)
+    and spliced without decoding a record. Runs in a thread."""
+    assert copy.key is not None
+    assert copy.index_key is not None
+    total = copy.total_records or 0
+    first = min((page - 1) * page_size, total)
+    last = min(first + page_size, total)
+    offsets = blobs.read_range(copy.index_key, first * 8, (last + 1) * 8)
+    start = int.from_bytes(offsets[:8], "big")
+    end = int.from_bytes(offsets[-8:], "big")
+    lines = blobs.read_range(copy.key, start, end) if last > first else b""
+    records = b"[" + lines[:-1].replace(b"\n", b",") + b"]" if lines else b"[]"
+    head = orjson.dumps(
+        {
+            "kind": "paged",
+            "partial": False,
+            "page": page,
+            "page_size": page_size,
+            "total_pages": max(1, -(-total // page_size)),
+            "total_records": total,
+        }
+    )
+    body = head[:-1] + b',"records":' + records + b',"meta":' + orjson.dumps(dict(copy.meta)) + b"}"
+    return StoredBytes(body, f"{copy.sha256[:32]}-{page}-{page_size}")
 
 
 def _page_body(page: ResultPage) -> dict[str, JSON]:

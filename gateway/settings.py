@@ -15,7 +15,7 @@ import ipaddress
 import os
 import secrets
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ from gateway.auth import DEFAULT_TENANT, TENANT_PATTERN, ApiKey, Scope
 from gateway.limits import TenantLimits
 from gateway.policy import PollPolicy
 from gateway.results import STANDARD_PORTS
+from gateway.vault import CapturePolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "sandbox.toml"
@@ -65,6 +66,42 @@ class PolicySettings(_Section):
         return PollPolicy(**self.model_dump())
 
 
+class ResultSettings(_Section):
+    """The vault, for one provider's results (``providers.NAME.results``)."""
+
+    capture: bool = True
+    """Capture each finished result once and serve it from jobgate's copy. Off: every read goes
+    to the provider, and a result the provider forgets is gone (the job becomes ``expired``)."""
+    max_bytes: int = Field(1024**3, ge=1024)
+    """The largest result captured (and streamed through); a larger one stays upstream."""
+    retention_hours: float | None = Field(168.0, gt=0)
+    """How long a copy is kept after its capture (7 days); unset keeps it while the job exists."""
+    redirect: bool = False
+    """Leave pointers that need no provider key (presigned URLs) with the provider: not captured,
+    and ``?redirect=true`` answers 307 to them."""
+    inline_threshold: int = Field(64 * 1024, ge=0)
+    """Inline results up to this many bytes stay in the job's row; larger ones move to a file."""
+
+    def to_policy(self) -> CapturePolicy:
+        retention = None if self.retention_hours is None else timedelta(hours=self.retention_hours)
+        return CapturePolicy(
+            capture=self.capture,
+            max_bytes=self.max_bytes,
+            retention=retention,
+            redirect=self.redirect,
+            inline_threshold=self.inline_threshold,
+        )
+
+
+class VaultSettings(_Section):
+    path: Path | None = None
+    """Where captured results are kept. Unset: ``results/`` beside the SQLite file, or
+    ``var/results`` with PostgreSQL. Replicas must share it (a ReadWriteMany volume): a copy
+    captured by one is served by all."""
+    capture_wait_seconds: float = Field(30.0, gt=0)
+    """How long a read waits for a capture under way elsewhere before answering 409."""
+
+
 class ProviderSettings(_Section):
     enabled: bool = True
     base_url: str
@@ -81,6 +118,7 @@ class ProviderSettings(_Section):
     """Ports pointers may name besides 80, 443 and the ``base_url``'s own (always allowed)."""
     callback_secret: SecretStr | None = None
     policy: PolicySettings = PolicySettings()
+    results: ResultSettings = ResultSettings()
 
     @field_validator("result_networks")
     @classmethod
@@ -374,6 +412,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
+    vault: VaultSettings = VaultSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -437,6 +476,13 @@ class Settings(BaseSettings):
                 "off: set JOBGATE_AUTH__REQUIRED=true and create keys with `jobgate keys create`"
             )
         return self
+
+    def vault_path(self) -> Path:
+        if self.vault.path is not None:
+            return self.vault.path
+        if self.store.kind == "sqlite":
+            return self.store.path.parent / "results"
+        return Path("var/results")
 
     def auth_required(self) -> bool:
         """Whether callers need keys: as set, else on except for ``make run``'s profile."""

@@ -8,6 +8,7 @@ extraction and the retention stub of an expired job are rendered here; the large
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -103,6 +104,12 @@ class PulseJobs:
 
     jobs: dict[str, PulseJob] = field(default_factory=dict)
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    stall: asyncio.Event | None = None
+    """Tests: while set to an event, a large download sends half its body, sets ``stalled`` and
+    waits for ``stall`` before the rest (a crash or a reader landing mid-download, on cue)."""
+    stalled: asyncio.Event = field(default_factory=asyncio.Event)
+    served: int = 0
+    """Large-result downloads started, presigned and proxy alike."""
 
     def __len__(self) -> int:
         return len(self.jobs)

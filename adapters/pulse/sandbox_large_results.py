@@ -66,11 +66,16 @@ def _large_length(job: PulseJob) -> int:
 
 
 async def _stream_large(request: web.Request, job: PulseJob) -> web.StreamResponse:
+    store = request.app[JOBS_KEY]
+    store.served += 1
     response = web.StreamResponse(status=200)
     response.content_type = "application/json"
     response.content_length = _large_length(job)
     await response.prepare(request)
-    for chunk in _large_chunks(job):
+    for number, chunk in enumerate(_large_chunks(job)):
+        if number == LARGE_PAGES // 2 and store.stall is not None:
+            store.stalled.set()
+            await store.stall.wait()
         await response.write(chunk)
     await response.write_eof()
     return response

@@ -21,13 +21,15 @@ from adapters.registry import PROVIDERS
 from adapters.sandboxes import create_sandbox_app
 from adapters.simulator import SandboxSettings
 from gateway.access import Access
+from gateway.blobs import FilesystemBlobStore
 from gateway.callbacks import CallbackConfig, CallbackInbox, callback_secrets
+from gateway.capturer import Capturer
 from gateway.events import EventHub
 from gateway.feed import RemoteFeed
 from gateway.logs import secrets_of
 from gateway.metrics import Metrics
 from gateway.policy import PollPolicy
-from gateway.quota import SharedQuota
+from gateway.quota import LocalQuota, SharedQuota
 from gateway.results import FetchPolicy, ResultFetcher
 from gateway.runner import Runner
 from gateway.service import JobService
@@ -142,6 +144,7 @@ def _fetch_policy(settings: Settings, name: str) -> FetchPolicy:
     provider = settings.providers[name]
     own_host = api_host(provider.base_url)
     return FetchPolicy(
+        max_bytes=provider.results.max_bytes,
         allowed_hosts=frozenset({own_host, *provider.result_hosts}),
         allowed_networks=tuple(
             ipaddress.ip_network(net, strict=False) for net in provider.result_networks
@@ -182,10 +185,26 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         provider_hosts[name] = api_host(provider.base_url)
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
     writer = JobWriter(store, hub, observer=components.metrics)
+    blobs = FilesystemBlobStore(settings.vault_path())
+    await blobs.open()
+    # The rate-limit quota the runner spends; captured pages spend from it too.
+    quota = SharedQuota(store.quota, policies) if isinstance(store, PostgresStore) else None
+    capturer = Capturer(
+        blobs,
+        adapters,
+        components.fetchers,
+        {name: settings.providers[name].results.to_policy() for name in enabled},
+        policies,
+        quota=quota or LocalQuota(policies),
+        key_headers=key_headers,
+        provider_hosts=provider_hosts,
+        # Inside the claim's lease, with room to write the outcome: a capture that ran past its
+        # lease could meet another replica's capture of the same result.
+        timeout=settings.runner.lease_seconds * 0.8,
+        on_stream=hub.nudge,
+    )
     components.access = access
     components.metrics.add_tenants(settings.known_tenants())
-    # Replicas spend one quota kept in the store; one process keeps its buckets in memory.
-    quota = SharedQuota(store.quota, policies) if isinstance(store, PostgresStore) else None
     runner = Runner(
         store,
         adapters,
@@ -197,7 +216,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         observer=components.metrics,
         push_expected=callbacks.expects_push,
         writer=writer,
-        quota=quota,
+        quota=capturer.quota,
+        capturer=capturer,
     )
     components.metrics.add_providers(adapters)
     components.runner = runner
@@ -216,6 +236,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         idempotency_lease=settings.store.idempotency_lease_seconds,
         limits=settings.limits.of,
         on_limited=components.metrics.limited,
+        capturer=capturer,
+        capture_wait=settings.vault.capture_wait_seconds,
     )
     components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
     # Outbound webhooks tail the persisted event log, so they need no hook in the runner.

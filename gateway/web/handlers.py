@@ -10,13 +10,22 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from gateway.service import JobService, JsonResult, RedirectResult, SubmitCommand
+from gateway.service import (
+    FollowResult,
+    JobService,
+    JsonResult,
+    RedirectResult,
+    StoredBytes,
+    StoredFile,
+    SubmitCommand,
+)
 from gateway.states import JobState
 from gateway.store.base import JobFilter
 from gateway.web.bodies import read_body
 from gateway.web.models import ContinueBody, SubmitBody
 from gateway.web.problems import BadInput
 from gateway.web.state import COMPONENTS_KEY, tenant_of
+from gateway.web.stored import follow_capture, serve_bytes, serve_file
 from gateway.web.streaming import stream_pointer
 
 M = TypeVar("M", bound=BaseModel)
@@ -198,7 +207,13 @@ async def job_result(request: web.Request) -> web.StreamResponse:
         return json_response(answer.body)
     if isinstance(answer, RedirectResult):
         raise web.HTTPTemporaryRedirect(answer.url)
-    return await stream_pointer(request, answer)
+    if isinstance(answer, StoredFile):
+        return await serve_file(request, answer)
+    if isinstance(answer, StoredBytes):
+        return serve_bytes(request, answer)
+    if isinstance(answer, FollowResult):
+        return await follow_capture(request, answer)
+    return await stream_pointer(request, answer, job_id, tenant)
 
 
 # -- providers and health -------------------------------------------------------------------------

@@ -29,7 +29,9 @@ class PointerFailed(ServiceError):
     title = "The provider's result could not be fetched"
 
 
-async def stream_pointer(request: web.Request, answer: StreamResult) -> web.StreamResponse:
+async def stream_pointer(
+    request: web.Request, answer: StreamResult, job_id: str, tenant: str
+) -> web.StreamResponse:
     fetcher = request.app[COMPONENTS_KEY].fetchers[answer.provider]
     response: web.StreamResponse | None = None
     try:
@@ -53,6 +55,8 @@ async def stream_pointer(request: web.Request, answer: StreamResult) -> web.Stre
         mapped = {UnsafeURL: PointerRefused, ResultTooLarge: PointerTooLarge}
         raise mapped.get(type(error), PointerFailed)(str(error)) from error
     except ResultExpired as error:
+        # The provider's copy is gone: the job says so, and with no copy here it is expired.
+        await request.app[COMPONENTS_KEY].require_service().result_gone(job_id, tenant)
         raise ResultExpiredError(
             "the provider's large result has expired (HTTP 410); rerun the job to regenerate it"
         ) from error

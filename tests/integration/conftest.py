@@ -62,6 +62,7 @@ def gateway_settings(
         # Open on loopback, as `make run` is; the auth tests turn keys on (tests/integration/
         # test_auth*.py), and a test stack never binds anything but 127.0.0.1.
         "auth": {"required": False},
+        "vault": {"path": str(db.parent / "results")},
     }
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}

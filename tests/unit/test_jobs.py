@@ -515,6 +515,14 @@ def test_public_shape() -> None:
         "partial": True,
         "kind": "pointer",
         "total_records": 12,
+        # No copy in the vault: the provider serves it.
+        "source": "provider",
+        "stored": False,
+        "capturing": False,
+        "size": None,
+        "sha256": None,
+        "expires_at": None,
+        "error": None,
     }
     assert public["error"] == {"code": "late", "message": "finished after the soft limit"}
     assert public["polls"] == 17
@@ -549,6 +557,13 @@ def test_public_of_a_fresh_job() -> None:
         "partial": False,
         "kind": None,
         "total_records": None,
+        "source": None,
+        "stored": False,
+        "capturing": False,
+        "size": None,
+        "sha256": None,
+        "expires_at": None,
+        "error": None,
     }
     assert public["progress"] == {
         "fraction": None,
