@@ -50,7 +50,7 @@ from adapters.base import (
 )
 from adapters.http import utcnow
 from gateway.blobs import BlobError, BlobWriter, FilesystemBlobStore
-from gateway.jobs import Job, NewEvent, job_events, transition
+from gateway.jobs import Job, NewEvent, transition
 from gateway.policy import PollPolicy, error_delay
 from gateway.quota import Quota
 from gateway.results import ResultFetcher, ResultTooLarge, UnsafeURL
@@ -183,8 +183,21 @@ class Capturer:
 
     # -- the work ------------------------------------------------------------------------------
 
+    def at_finish(self, job: Job) -> bool:
+        """Whether a capture owed by a job that has just succeeded is done in the same poll:
+        a paged result's last records arrive only with completion, and its ``records`` events
+        must reach the log before the stream that follows the job sees it finished."""
+        result = job.result
+        return (
+            job.state is JobState.SUCCEEDED
+            and job.vault.pending
+            and result is not None
+            and result.kind is ResultKind.PAGED
+        )
+
     async def capture(self, job: Job) -> tuple[Job, list[NewEvent]]:
-        """Capture the job's result; the new job version (and its events) to save."""
+        """Capture the job's result: its new version, and the ``records`` events of a paged
+        result's records that no event carried yet (the caller adds the version's own events)."""
         now = self.clock()
         locator = job.result
         assert locator is not None
@@ -230,7 +243,7 @@ class Capturer:
             )
         done = replace(new, vault=vault, updated_at=now, version=job.version + 1)
         done = replace(done, next_poll_at=self._next_due(done, now))
-        return done, [*job_events(job, done), *events]
+        return done, events
 
     def _failed(
         self, job: Job, failure: CaptureFailed, now: datetime
@@ -265,11 +278,11 @@ class Capturer:
                     "the provider's result is gone and jobgate could not capture a copy",
                 ),
             )
-            return expired, job_events(job, expired)
+            return expired, []
         new = replace(new, next_poll_at=self._next_due(new, now, retry_in))
-        return new, job_events(job, new)
+        return new, []
 
-    async def retire(self, job: Job) -> tuple[Job, list[NewEvent]]:
+    async def retire(self, job: Job) -> Job:
         """Delete a copy past its retention."""
         now = self.clock()
         copy = job.vault.copy
@@ -288,7 +301,7 @@ class Capturer:
             new = transition(new, JobState.EXPIRED, now)
         else:
             new = replace(new, next_poll_at=self._next_due(new, now))
-        return new, job_events(job, new)
+        return new
 
     async def forget(self, before: Job, after: Job) -> None:
         """Delete the blobs of a copy that a saved version no longer holds (a continue's newer

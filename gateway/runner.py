@@ -291,7 +291,23 @@ class Runner:
             raise
         self._record_breaker(provider, job.provider, ok=True)
         records = await self._partial_records(job, provider, report)
-        self._on_report(job, provider.policy, report, records)
+        update = self._on_report(job, provider.policy, report, records)
+        if self.capturer is not None and self.capturer.at_finish(update.after):
+            update = await self._capture_at_finish(update)
+        self._pending.append(update)
+
+    async def _capture_at_finish(self, update: Update) -> Update:
+        """Capture a paged result in the poll that saw it complete, and save both as one version:
+        the success, the last ``records`` events and the stored copy arrive together."""
+        assert self.capturer is not None
+        done, records = await self.capturer.capture(update.after)
+        done = replace(done, version=update.after.version)
+        return Update(
+            update.before,
+            done,
+            [*job_events(update.before, done), *records],
+            refused=update.refused,
+        )
 
     async def _vault_work(self, job: Job, now: datetime) -> bool:
         """Do what the vault owes a finished job (a capture, the end of a retention). False when
@@ -301,12 +317,11 @@ class Runner:
             return False
         if work is Work.CAPTURE:
             assert self.capturer is not None
-            new, events = await self.capturer.capture(job)
-            self._pending.append(Update(job, new, events))
+            new, records = await self.capturer.capture(job)
+            self._pending.append(Update(job, new, [*job_events(job, new), *records]))
         elif work is Work.RETIRE:
             assert self.capturer is not None
-            new, events = await self.capturer.retire(job)
-            self._pending.append(Update(job, new, events))
+            self._pending.append(Update(job, await self.capturer.retire(job)))
         else:
             self._pending.append(Update(job, job.stopped(now), events=()))
         return True
@@ -355,7 +370,7 @@ class Runner:
         policy: PollPolicy,
         report: StatusReport,
         records: ResultPage | None = None,
-    ) -> None:
+    ) -> Update:
         now = self.clock()
         applied = apply_report(job, report, now)
         new = applied.job
@@ -400,7 +415,7 @@ class Runner:
         events = job_events(job, new)
         if records is not None:
             new, events = _add_records(new, events, records)
-        self._pending.append(Update(job, new, events, refused=applied.refused))
+        return Update(job, new, events, refused=applied.refused)
 
     def _on_error(self, job: Job, policy: PollPolicy, error: AdapterError) -> None:
         now = self.clock()

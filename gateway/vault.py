@@ -285,7 +285,7 @@ def next_due(
 
 
 def watch_delay(poll: PollPolicy, unchanged: int) -> float:
-    return float(min(WATCH_MAX, max(poll.max_interval, 1.0) * 2 ** min(unchanged, 16)))
+    return float(min(WATCH_MAX, poll.max_interval * 2 ** min(unchanged, 16)))
 
 
 def gone(job: Job) -> bool:

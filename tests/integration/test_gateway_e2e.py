@@ -39,14 +39,19 @@ async def test_extract_job_to_inline_result(make_stack: StackFactory) -> None:
     assert done["state"] == "succeeded"
     assert done["native_status"] == "completed"
     assert done["progress"]["fraction"] == 1.0
-    assert done["result"] == {
+    summary = done["result"]
+    assert {k: summary[k] for k in ("available", "partial", "kind", "total_records")} == {
         "available": True,
         "partial": False,
         "kind": "inline",
         "total_records": None,
     }
+    # A small inline result is kept in the job's row: stored from the moment the job succeeds.
+    assert summary["stored"] is True
+    assert summary["source"] == "jobgate"
     async with stack.client.get(f"{stack.url}/v1/jobs/{job['id']}/result") as response:
         assert response.status == 200
+        assert response.headers["ETag"] == f'"{summary["sha256"]}"'
         result = await response.json()
     assert result["kind"] == "inline"
     assert result["data"]["pagesScraped"] == 3
@@ -101,16 +106,17 @@ async def test_pulse_inline_and_large_results(make_stack: StackFactory) -> None:
         assert response.status == 200
         assert hashlib.sha256(await response.read()).hexdigest() == digest.hexdigest()
 
-    # The proxy pointer needs the provider key: never redirected, always streamed with the key.
+    # The proxy pointer needs the provider key: never redirected. jobgate fetched it once, into
+    # its vault, so every read gets the same bytes although the pointer upstream is single-use.
     async with stack.client.get(
         f"{stack.url}/v1/jobs/{proxied['id']}/result?redirect=true", allow_redirects=False
     ) as response:
         assert response.status == 200
-        assert len(await response.read()) > 1_000_000
-    # ... and it is single-use upstream, which the gateway reports as an expired result.
+        first = await response.read()
+    assert len(first) > 1_000_000
     async with stack.client.get(f"{stack.url}/v1/jobs/{proxied['id']}/result") as response:
-        assert response.status == 410
-        assert (await response.json())["code"] == "result_expired"
+        assert response.status == 200
+        assert await response.read() == first
 
 
 async def test_pulse_cancel(make_stack: StackFactory) -> None:

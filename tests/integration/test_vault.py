@@ -6,10 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
 from adapters.pulse.sandbox import JOBS_KEY as PULSE_JOBS
-from adapters.sandboxes import SUBAPPS_KEY
+from adapters.sandboxes import SUBAPPS_KEY, create_sandbox_app
+from adapters.simulator import SandboxSettings
+from tests.conftest import Serve
 from tests.integration.conftest import Stack, StackFactory
+from tests.integration.test_sse import Frame, read_until_end
+
+pytestmark = [pytest.mark.integration]
 
 PROXY_LARGE = "https://example.com/c.pdf?sandbox=large&sandbox_pointer=proxy"
 
@@ -55,3 +67,208 @@ async def test_a_single_use_pointer_is_fetched_once_and_served_to_every_reader(
     assert stored["result"]["sha256"] == digest
     assert stored["result"]["size"] == sequential[0][2]
     assert sequential[-1][3]["ETag"] == f'"{digest}"'
+
+
+def _pulse_store(stack: Stack) -> Any:
+    return stack.sandbox[SUBAPPS_KEY]["pulse"][PULSE_JOBS]
+
+
+async def _until(stack: Stack, job_id: str, check: Any, *, rounds: int = 200) -> dict[str, Any]:
+    """Long-poll the job until ``check(job)``; bounded by ``rounds`` waits of at most 1 s. A
+    finished job's long poll answers at once, so then the rounds are 50 ms apart."""
+    for _ in range(rounds):
+        job = await stack.job(job_id, wait=1)
+        if check(job):
+            return job
+        if job["state"] in ("succeeded", "failed", "canceled", "expired"):
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never got there: {job}")
+
+
+async def test_readers_during_the_capture_follow_it(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    store = _pulse_store(stack)
+    store.stall = asyncio.Event()
+    job = await stack.submit("pulse", {"fileUrl": PROXY_LARGE})
+    async with asyncio.timeout(30):
+        await store.stalled.wait()  # the capture has half the body
+    current = await stack.job(job["id"])
+    assert current["state"] == "succeeded"
+    assert current["result"]["capturing"] is True
+    assert current["result"]["stored"] is False
+
+    readers = [asyncio.create_task(_download(stack, job["id"])) for _ in range(20)]
+    await asyncio.sleep(0)  # let them connect; they follow the capture and wait for more bytes
+    store.stall.set()
+    answers = await asyncio.gather(*readers)
+    assert {status for status, *_ in answers} == {200}
+    assert len({digest for _, digest, *_ in answers}) == 1
+    assert store.jobs[job["upstream_id"]].downloads == 1
+    done = await _until(stack, job["id"], lambda j: j["result"]["stored"])
+    assert done["result"]["sha256"] == answers[0][1]
+    # Every reader was served by jobgate: by the capture as it streamed, or by the copy after.
+    assert all(headers["X-Jobgate-Result-Source"] == "jobgate" for *_, headers in answers)
+
+
+async def test_range_resumes_and_if_none_match_answers_304(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    job = await stack.submit("pulse", {"fileUrl": "https://example.com/r.pdf?sandbox=large"})
+    done = await _until(stack, job["id"], lambda j: j["result"]["stored"])
+    size, sha = done["result"]["size"], done["result"]["sha256"]
+    url = f"{stack.url}/v1/jobs/{job['id']}/result"
+
+    # A download cut halfway: the first half, then the rest with Range.
+    half = size // 2
+    async with stack.client.get(url) as response:
+        first = await response.content.readexactly(half)
+    async with stack.client.get(url, headers={"Range": f"bytes={half}-"}) as response:
+        assert response.status == 206
+        assert response.headers["Content-Range"] == f"bytes {half}-{size - 1}/{size}"
+        assert response.headers["ETag"] == f'"{sha}"'
+        rest = await response.read()
+    assert hashlib.sha256(first + rest).hexdigest() == sha
+
+    async with stack.client.get(url, headers={"If-None-Match": f'"{sha}"'}) as response:
+        assert response.status == 304
+        assert response.headers["ETag"] == f'"{sha}"'
+    async with stack.client.get(url, headers={"If-None-Match": '"something-else"'}) as response:
+        assert response.status == 200
+        assert len(await response.read()) == size
+
+
+class PullCounter:
+    """Counts catchall ``pull`` calls reaching the sandbox."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if "/pull/" in request.path:
+            self.pulls += 1
+        return await handler(request)
+
+
+async def _counted_sandbox(serve: Serve, counter: PullCounter) -> tuple[web.Application, str]:
+    app = create_sandbox_app(SandboxSettings(speed=400.0, seed=11))
+    app.middlewares.append(counter.middleware)
+    return app, await serve(app)
+
+
+async def _page(stack: Stack, job_id: str, page: int, size: int) -> dict[str, Any]:
+    async with stack.client.get(
+        f"{stack.url}/v1/jobs/{job_id}/result", params={"page": page, "page_size": size}
+    ) as response:
+        assert response.status == 200, await response.text()
+        body: dict[str, Any] = await response.json()
+        return body
+
+
+async def test_catchall_pages_come_from_the_copy_even_after_the_provider_forgets(
+    make_stack: StackFactory, serve: Serve, tmp_path: Path
+) -> None:
+    counter = PullCounter()
+    db = tmp_path / "vault.db"
+    stack = await make_stack(db=db, sandbox=await _counted_sandbox(serve, counter))
+    job = await stack.submit("catchall", {"query": "vault: seed rounds in climate", "limit": 40})
+    done = await _until(stack, job["id"], lambda j: j["result"]["stored"])
+    total = done["result"]["total_records"]
+    assert total == 40
+    pulls = counter.pulls
+
+    size = 7
+    pages = -(-total // size)
+    answers = await asyncio.gather(
+        *(_page(stack, job["id"], 1 + n % pages, size) for n in range(100))
+    )
+    assert counter.pulls == pulls  # not one upstream call for 100 reads
+    by_page = {answer["page"]: answer for answer in answers}
+    records = [r for p in sorted(by_page) for r in by_page[p]["records"]]
+    assert len(records) == total
+    assert len({r["record_id"] for r in records}) == total
+    assert all(a["total_pages"] == pages and a["total_records"] == total for a in answers)
+    assert all(not a["partial"] for a in answers)
+
+    # A restart, against a sandbox that never heard of the job: every page is still served.
+    await stack.server.close()
+    again = await make_stack(db=db)
+    assert again.upstream_jobs("catchall") == 0
+    for page in range(1, pages + 1):
+        assert (await _page(again, job["id"], page, size))["records"] == by_page[page]["records"]
+    whole = await _page(again, job["id"], 1, 1000)
+    assert whole["records"] == records
+    past = await _page(again, job["id"], pages + 1, size)
+    assert past["records"] == []
+
+
+async def test_pulse_expiry_with_a_copy_and_without(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    kept = await make_stack()
+    job = await kept.submit("pulse", {"fileUrl": "https://example.com/e.pdf?sandbox=expire"})
+    done = await kept.until_finished(job["id"])
+    assert done["state"] == "succeeded"
+    assert done["result"]["stored"] is True
+    # The provider forgets it (its status says expired); jobgate's copy keeps the job succeeded.
+    async with kept.client.get(
+        f"{kept.sandbox_url}/pulse/job/{job['upstream_id']}", headers={"x-api-key": "k"}
+    ) as response:
+        upstream = await response.json()
+    for _ in range(100):
+        if upstream["status"] == "expired":
+            break
+        await asyncio.sleep(0.05)
+        async with kept.client.get(
+            f"{kept.sandbox_url}/pulse/job/{job['upstream_id']}", headers={"x-api-key": "k"}
+        ) as response:
+            upstream = await response.json()
+    assert upstream["status"] == "expired"
+    current = await kept.job(job["id"])
+    assert current["state"] == "succeeded"
+    assert current["result"]["source"] == "jobgate"
+    async with kept.client.get(f"{kept.url}/v1/jobs/{job['id']}/result") as response:
+        assert response.status == 200
+        assert "markdown" in (await response.json())["data"]
+
+    off = await make_stack(db=tmp_path / "off.db", provider_options={"results": {"capture": False}})
+    job = await off.submit("pulse", {"fileUrl": "https://example.com/e.pdf?sandbox=expire"})
+    expired = await _until(off, job["id"], lambda j: j["state"] == "expired")
+    assert expired["result"]["stored"] is False
+    assert expired["result"]["available"] is False
+    async with off.client.get(f"{off.url}/v1/jobs/{job['id']}/result") as response:
+        assert response.status == 410
+        problem = await response.json()
+    assert problem["code"] == "result_expired"
+    assert "capture is off" in problem["detail"]
+
+
+async def _records_over_sse(stack: Stack, job_id: str) -> tuple[list[Any], list[Frame]]:
+    async with stack.client.get(f"{stack.url}/v1/jobs/{job_id}/events") as response:
+        async with asyncio.timeout(60):
+            stream = await read_until_end(response)
+    delivered: list[Any] = []
+    for frame in stream:
+        if frame.kind == "records":
+            assert frame.data["offset"] == len(delivered)
+            delivered.extend(frame.data["records"])
+    return delivered, stream
+
+
+async def test_sse_records_add_up_to_the_stored_result(make_stack: StackFactory) -> None:
+    stack = await make_stack(speed=150)
+    small = await stack.submit("catchall", {"query": "vault sse: succeed", "limit": 25})
+    large = await stack.submit("catchall", {"query": "vault sse: sandbox=large"})
+    for job in (small, large):
+        delivered, stream = await _records_over_sse(stack, job["id"])
+        assert stream[-1].kind == "end"
+        done = await stack.job(job["id"])
+        assert done["result"]["stored"] is True
+        total = done["result"]["total_records"]
+        assert len(delivered) == total
+        whole: list[Any] = []
+        for page in range(1, -(-total // 1000) + 1):
+            whole.extend((await _page(stack, job["id"], page, 1000))["records"])
+        assert delivered == whole
+    assert len(delivered) == 2500  # the large scenario, over several upstream pages
