@@ -79,16 +79,30 @@ class Progress(BaseModel):
     step_count: int | None
 
 
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
 class ResultSummary(BaseModel):
+    """Whether a result can be read, and where it comes from (``GET /v1/jobs/{id}/result``)."""
+
     available: bool
     partial: bool
     kind: Literal["inline", "paged", "pointer"] | None
     total_records: int | None
-
-
-class JobError(BaseModel):
-    code: str
-    message: str
+    source: Literal["jobgate", "provider"] | None = Field(
+        description="``jobgate``: served from jobgate's copy, with no upstream call; "
+        "``provider``: read from the provider on each request; null: no result to serve"
+    )
+    stored: bool = Field(description="jobgate holds a whole copy of the result")
+    capturing: bool = Field(
+        description="a capture of the result is under way or owed (retried after a failure)"
+    )
+    size: int | None = Field(description="bytes of the stored copy")
+    sha256: str | None = Field(description="SHA-256 of the stored copy: its ETag")
+    expires_at: str | None = Field(description="when the stored copy is deleted (retention)")
+    error: JobError | None = Field(description="why the last capture failed, if it did")
 
 
 class JobOut(BaseModel):

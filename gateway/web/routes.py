@@ -219,20 +219,26 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/jobs/{job_id}/result",
         h.job_result,
-        "The result: inline, a page of records, or a large result streamed (or 307 with "
-        "?redirect=true)",
+        "The result: inline, a page of records, or a large result (or 307 with "
+        "?redirect=true). Once jobgate holds a copy (the job's result.source is jobgate) it is "
+        "served from that copy with no upstream call: ETag (the SHA-256 of the copy, or of the "
+        "page), If-None-Match, and Range on large results",
         responses={
             200: OrStreamed(
                 ResultOut,
                 "An inline result or a page of records; a large result (is_url) is the "
-                "provider's own document, streamed through with its Content-Type",
+                "provider's own document with its Content-Type, from jobgate's copy (or, while "
+                "it is being captured, as the capture writes it)",
             ),
+            206: "A byte range of a stored large result (Range)",
+            304: "Not modified: If-None-Match named the stored copy's ETag",
             307: "Redirect to a presigned large-result URL",
             400: BAD_QUERY,
             404: NO_JOB,
-            409: "result_not_ready: no result yet, or the job ended without one",
-            410: "result_expired: the provider's result expired (a large result's pointer, or the "
-            "job expired upstream before its result was fetched)",
+            409: "result_not_ready: no result yet, the job ended without one, or a capture of a "
+            "single-use result is under way on another replica (retry, or add ?wait=)",
+            410: "result_expired: the provider's result is gone and jobgate holds no copy (capture "
+            "off, failed, or past its retention)",
             422: UPSTREAM_REFUSED,
             429: UPSTREAM[429],
             502: "unsafe_result_url, result_too_large or result_fetch_failed (the pointer was "
