@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_replicas.py
 	$(BIN)/python bench/bench_kill.py
 	$(BIN)/python bench/bench_fairness.py
+	$(BIN)/python bench/bench_vault.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
