@@ -68,6 +68,12 @@ class BlobWriter(Protocol):
         (the iterator ends) or an abort (it raises :class:`BlobError`)."""
         ...
 
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Aborts unless committed."""
+        ...
+
 
 class BlobStore(Protocol):
     async def open(self) -> None: ...
@@ -283,6 +289,11 @@ class _FileWriter:
         except FileNotFoundError:
             handle = None
         if handle is None:
+            # Gone: renamed by a commit (maybe still finishing in its thread) or removed by an
+            # abort. Which one, the writer says once it is closed.
+            while not self.closed:
+                changed = self._changed
+                await changed.wait()
             if self.committed:
                 async for chunk in self.store.read(self.key):
                     yield chunk

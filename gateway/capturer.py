@@ -437,6 +437,7 @@ class Capturer:
                 content_type = stream.content_type or "application/json"
                 async with self._writing(key) as writer:
                     self._following[job.id] = Following(writer, content_type, stream.content_length)
+                    self.on_stream(job.id)
                     try:
                         async for chunk in stream.iter_chunks():
                             if writer.size + len(chunk) > policy.max_bytes:

@@ -229,8 +229,8 @@ def envelope(data: JSON, *, partial: bool = False) -> bytes:
 def settle(before: Job, after: Job, policy: CapturePolicy, now: datetime, *, pages: bool) -> Job:
     """What the vault owes once a report has been folded in (``before`` -> ``after``). Pure.
 
-    A complete result seen for the first time (a success, a success again after a continue, an
-    adoption of a finished job) is owed a capture; a small inline one is kept in the record at
+    A complete result seen on entering ``succeeded`` (a success, a success again after a
+    continue, an adoption of a finished job: ``settle(job, job)``) is owed a capture; a small inline one is kept in the record at
     once. ``pages``: the provider's paged results also feed ``records`` events, so their pages are
     read at the end even with capture off (the last records arrive only with completion).
     """
@@ -238,9 +238,12 @@ def settle(before: Job, after: Job, policy: CapturePolicy, now: datetime, *, pag
     locator = after.result
     if after.state is not JobState.SUCCEEDED:
         return replace(after, vault=vault.dropped()) if vault.pending else after
+    if before.state is JobState.SUCCEEDED and before is not after:
+        # Still succeeded (a watch poll, a continue the provider did not act on): the result is
+        # the one already settled. Its record stays as the vault left it (an inline body moved to
+        # a file, or deleted at the end of its retention), not as the provider repeats it.
+        return replace(after, result=before.result)
     if locator is None or locator.partial:
-        return after
-    if before.state is JobState.SUCCEEDED and before.result == locator and before is not after:
         return after
     if locator.kind is ResultKind.INLINE and locator.inline is not None:
         body = envelope(locator.inline)

@@ -145,6 +145,8 @@ def _fetch_policy(settings: Settings, name: str) -> FetchPolicy:
     own_host = api_host(provider.base_url)
     return FetchPolicy(
         max_bytes=provider.results.max_bytes,
+        # Large reads: each chunk of a capture is a write, a hash update and a follower's wake-up.
+        chunk_size=256 * 1024,
         allowed_hosts=frozenset({own_host, *provider.result_hosts}),
         allowed_networks=tuple(
             ipaddress.ip_network(net, strict=False) for net in provider.result_networks

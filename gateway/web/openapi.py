@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 import gateway
 from gateway.web.models import Problem
-from gateway.web.routes import ROUTES, Answer, EventStream, OrStreamed, Route
+from gateway.web.routes import ROUTES, Answer, Bytes, EventStream, OrStreamed, Route
 
 REF = "#/components/schemas/{model}"
 JSON_DATA = {"contentMediaType": "application/json"}
@@ -41,6 +41,12 @@ def build_spec() -> dict[str, Any]:
             either = {"anyOf": [ref(answer.model), {"description": "the provider's document"}]}
             content = {"application/json": {"schema": either}}
             return {"description": answer.description, "content": content}
+        if isinstance(answer, Bytes):
+            binary = {"schema": {"type": "string", "format": "binary"}}
+            return {
+                "description": answer.description,
+                "content": {"application/octet-stream": binary},
+            }
         if isinstance(answer, str):
             if status < 400:
                 return {"description": answer}

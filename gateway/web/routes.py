@@ -60,7 +60,14 @@ class OrStreamed:
     description: str
 
 
-Answer = type[BaseModel] | str | EventStream | OrStreamed
+@dataclass(frozen=True, slots=True)
+class Bytes:
+    """Raw bytes: a range of a stored large result."""
+
+    description: str
+
+
+Answer = type[BaseModel] | str | EventStream | OrStreamed | Bytes
 """A model (JSON), a description (a problem for 4xx/5xx, no body otherwise), or one of the above."""
 
 
@@ -230,7 +237,7 @@ ROUTES: tuple[Route, ...] = (
                 "provider's own document with its Content-Type, from jobgate's copy (or, while "
                 "it is being captured, as the capture writes it)",
             ),
-            206: "A byte range of a stored large result (Range)",
+            206: Bytes("A byte range of a stored large result (Range)"),
             304: "Not modified: If-None-Match named the stored copy's ETag",
             307: "Redirect to a presigned large-result URL",
             400: BAD_QUERY,

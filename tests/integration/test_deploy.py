@@ -4,6 +4,9 @@
   unknown or misspelt field fails), the kustomization lists exactly those manifests, the
   Deployment runs three replicas with the DSN and the auth secret from Secrets, and the ConfigMap
   is config/production.example.toml with the PostgreSQL store.
+- The result vault: every pod mounts one ReadWriteMany claim, at the vault path the pods' settings
+  name; in compose, every replica mounts one named volume at its vault path, handed to the image's
+  user before the replicas start.
 - Compose: the gateway replicas share the ``postgres`` service and one ``sandbox`` service, every
   dependency names a service, and Prometheus scrapes every replica.
 - ``docker compose config``, where a docker binary with the compose plugin is installed.
@@ -39,6 +42,7 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 PRODUCTION = ROOT / "config" / "production.example.toml"
+DOCKERFILE = DEPLOY / "Dockerfile"
 
 # The oldest Kubernetes minor that kubernetes-validate>=1.30 (pyproject.toml) ships schemas for:
 # manifests valid there are valid on every later one that still serves these API versions.
@@ -50,6 +54,11 @@ AUTH_SECRET = {"name": "jobgate-auth", "key": "secret"}
 NEW_SETTINGS = {"store.dsn", "store.dsn_file"}
 NEW_STORE_KINDS = {"postgres"}
 SECRET_ENV = re.compile(r"(API_KEY|DSN|SECRET|PASSWORD|TOKEN)$")
+# Stand-ins for the values the Deployment takes from Secrets, to load the pods' settings.
+SECRET_STAND_INS = {
+    "JOBGATE_STORE__DSN": "postgresql://jobgate:password@postgres.example.internal:5432/jobgate",
+    "JOBGATE_AUTH__SECRET": "a-stand-in-for-the-jobgate-auth-secret-0123456789",
+}
 
 
 def load_yaml(path: Path) -> Any:
@@ -81,6 +90,33 @@ def deployment_container() -> dict[str, Any]:
 def configmap_settings() -> dict[str, Any]:
     text: str = resource("ConfigMap")["data"]["config.toml"]
     return tomllib.loads(text)
+
+
+def clear_jobgate_env(patch: pytest.MonkeyPatch) -> None:
+    for key in [key for key in os.environ if key.startswith("JOBGATE_")]:
+        patch.delenv(key)
+
+
+def pod_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """The settings a pod runs with: the ConfigMap's file under the Deployment's environment, each
+    value from a Secret given a stand-in."""
+    config = tmp_path / "config.toml"
+    config.write_text(resource("ConfigMap")["data"]["config.toml"])
+    with monkeypatch.context() as patch:
+        clear_jobgate_env(patch)
+        for item in deployment_container()["env"]:
+            name = item["name"]
+            value = item["value"] if "value" in item else SECRET_STAND_INS.get(name, "stand-in")
+            patch.setenv(name, str(value))
+        return load_settings(config)
+
+
+def image_user() -> str:
+    """The ``uid:gid`` the image runs as (the Dockerfile's last ``USER``)."""
+    users = re.findall(r"^USER\s+(\S+)\s*$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert users, "deploy/Dockerfile sets no USER"
+    user: str = users[-1]
+    return user
 
 
 # -- Kubernetes: the schemas ----------------------------------------------------------------------
@@ -135,9 +171,14 @@ def test_the_deployment_runs_three_replicas_on_the_shared_store() -> None:
     # Recreate would take every replica down at each rollout; it was only for the SQLite file.
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
-    assert not [volume for volume in volumes if "persistentVolumeClaim" in volume], (
-        "a volume claim is per-pod state; the replicas share PostgreSQL"
-    )
+    # The one claim is the vault, shared by every pod (below); anything else per pod would be
+    # state one replica holds and the others miss: the replicas share PostgreSQL.
+    claims = [
+        volume["persistentVolumeClaim"]["claimName"]
+        for volume in volumes
+        if "persistentVolumeClaim" in volume
+    ]
+    assert claims == [resource("PersistentVolumeClaim")["metadata"]["name"]]
     declared = {volume["name"] for volume in volumes}
     mounted = {mount["name"] for mount in deployment_container()["volumeMounts"]}
     assert mounted <= declared
@@ -171,6 +212,54 @@ def test_the_disruption_budget_and_service_select_the_pods() -> None:
     assert service["selector"].items() <= labels.items()
     ports = {port["name"] for port in deployment_container()["ports"]}
     assert {port["targetPort"] for port in service["ports"]} <= ports
+
+
+# -- Kubernetes: the result vault ----------------------------------------------------------------
+
+
+def test_every_pod_mounts_one_read_write_many_vault_at_the_vault_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    claim = resource("PersistentVolumeClaim")
+    spec = claim["spec"]
+    # Three pods on several nodes mount it at once, and each serves the copies the others captured.
+    assert spec["accessModes"] == ["ReadWriteMany"]
+    # The cluster's default class is usually block storage, ReadWriteOnce only: one is named.
+    assert spec.get("storageClassName"), "no storageClassName: the default class is seldom RWX"
+    assert spec["resources"]["requests"]["storage"]
+
+    pod = resource("Deployment")["spec"]["template"]["spec"]
+    [volume] = [
+        volume
+        for volume in pod["volumes"]
+        if volume.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+    ]
+    assert not volume["persistentVolumeClaim"].get("readOnly", False)
+    [mount] = [m for m in deployment_container()["volumeMounts"] if m["name"] == volume["name"]]
+    assert not mount.get("readOnly", False), "the replicas write captured results there"
+    assert "subPath" not in mount, "every pod sees the whole vault"
+
+    settings = pod_settings(monkeypatch, tmp_path)
+    assert settings.store.kind == "postgres"
+    assert str(settings.vault_path()) == mount["mountPath"], (
+        "the vault path the pods use is not where the claim is mounted"
+    )
+    # The root file system is read-only: the vault must be on the claim, never beside it.
+    assert deployment_container()["securityContext"]["readOnlyRootFilesystem"] is True
+    # The pods may write it: their group owns it where the driver applies fsGroup.
+    uid, gid = image_user().split(":")
+    security = pod["securityContext"]
+    assert (str(security["runAsUser"]), str(security["fsGroup"])) == (uid, gid)
+
+
+def test_the_production_example_keeps_the_vault_in_the_images_volume() -> None:
+    """The example, on SQLite in one container, names the vault's default place: results/ beside
+    the database, in the image's volume (so a container's restart keeps the copies)."""
+    production = tomllib.loads(PRODUCTION.read_text())
+    vault = Path(production["vault"]["path"])
+    assert vault == Path(production["store"]["path"]).parent / "results"
+    [volume] = re.findall(r"^VOLUME\s+\[\"([^\"]+)\"\]", DOCKERFILE.read_text(), re.MULTILINE)
+    assert vault.is_relative_to(volume)
 
 
 # -- Kubernetes: the ConfigMap against the settings and the production example --------------------
@@ -330,6 +419,50 @@ def test_the_replicas_share_the_postgres_service() -> None:
         str(mapping).rsplit(":", 1)[0] for s in gateways.values() for mapping in s["ports"]
     ]
     assert len(published) == len(set(published)), "two replicas publish the same host port"
+
+
+def replica_settings(service: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A compose replica's settings: its mounted config under its environment, with defaults."""
+    [mounted] = [v for v in service["volumes"] if ":/etc/jobgate/config.toml" in v]
+    config = (DEPLOY / mounted.split(":", 1)[0]).resolve()
+    with monkeypatch.context() as patch:
+        clear_jobgate_env(patch)
+        for key, value in service["environment"].items():
+            patch.setenv(key, interpolate(str(value)))
+        return load_settings(config)
+
+
+def test_the_replicas_share_one_vault_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy captured by one replica is served by the other: both mount one named volume at their
+    vault path. A new named volume belongs to root, and the gateways run as the image's user, so a
+    one-shot service hands it over before they start."""
+    data = compose()
+    services = data["services"]
+    gateways = replicas()
+    mounts = set()
+    for name, service in gateways.items():
+        settings = replica_settings(service, monkeypatch)
+        assert settings.store.kind == "postgres", name
+        path = str(settings.vault_path())
+        [volume] = [v for v in service["volumes"] if v.split(":")[1:2] == [path]]
+        source, _, *options = volume.split(":")
+        assert source in (data.get("volumes") or {}), f"{name}: the vault is not a named volume"
+        assert "ro" not in options, f"{name} mounts the vault read-only"
+        mounts.add((source, path))
+    assert len(mounts) == 1, f"the replicas mount different vaults: {sorted(mounts)}"
+    [(volume, path)] = mounts
+
+    [owner] = [
+        name
+        for name, service in services.items()
+        if name not in gateways and f"{volume}:{path}" in service.get("volumes", [])
+    ]
+    assert str(services[owner]["user"]) in {"0", "0:0", "root"}
+    assert services[owner]["entrypoint"] == ["chown", image_user(), path]
+    assert "command" not in services[owner], "an entrypoint of its own clears the image's command"
+    assert services[owner].get("restart", "no") == "no"
+    for name, service in gateways.items():
+        assert depends_on(service)[owner] == {"condition": "service_completed_successfully"}, name
 
 
 def test_the_replicas_poll_one_shared_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,6 +84,13 @@ async def test_a_missed_completion_ends_expired_at_the_first_poll_after_a_restar
         "partial": False,
         "kind": None,
         "total_records": None,
+        "source": None,
+        "stored": False,
+        "capturing": False,
+        "size": None,
+        "sha256": None,
+        "expires_at": None,
+        "error": None,
     }
     # Its result is gone for good: 410, not "not ready" (which would invite a wait).
     async with second.client.get(f"{second.url}/v1/jobs/{job_id}/result") as response:

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from adapters.pulse.sandbox import JOBS_KEY as PULSE_JOBS
 from adapters.sandboxes import SUBAPPS_KEY, create_sandbox_app
 from adapters.simulator import SandboxSettings
+from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve
 from tests.integration.conftest import Stack, StackFactory
 from tests.integration.test_sse import Frame, read_until_end
@@ -272,3 +273,50 @@ async def test_sse_records_add_up_to_the_stored_result(make_stack: StackFactory)
             whole.extend((await _page(stack, job["id"], page, 1000))["records"])
         assert delivered == whole
     assert len(delivered) == 2500  # the large scenario, over several upstream pages
+
+
+class Gate:
+    """Holds large-result downloads before the sandbox answers, until ``opened``."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if "/large_results/" in request.path:
+            self.reached.set()
+            await self.opened.wait()
+        return await handler(request)
+
+
+async def test_readers_waiting_before_the_capture_starts_follow_it(
+    make_stack: StackFactory, serve: Serve
+) -> None:
+    gate = Gate()
+    app = create_sandbox_app(SandboxSettings(speed=400.0, seed=11))
+    app.middlewares.append(gate.middleware)
+    stack = await make_stack(sandbox=(app, await serve(app)))
+    store = _pulse_store(stack)
+    store.stall = asyncio.Event()
+    job = await stack.submit("pulse", {"fileUrl": PROXY_LARGE})
+    async with asyncio.timeout(30):
+        await gate.reached.wait()  # the capture asked; the provider has not answered yet
+    readers = [asyncio.create_task(_download(stack, job["id"])) for _ in range(5)]
+    hub = stack.app[COMPONENTS_KEY].require_service().hub
+    async with asyncio.timeout(30):
+        # Every reader waits for the capture to start (the hub has no event for a new listener).
+        while hub.listeners < len(readers):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    gate.opened.set()
+    async with asyncio.timeout(30):
+        await store.stalled.wait()  # the capture streams; its readers have joined it
+    store.stall.set()
+    answers = await asyncio.gather(*readers)
+    assert {status for status, *_ in answers} == {200}
+    assert len({digest for _, digest, *_ in answers}) == 1
+    assert store.jobs[job["upstream_id"]].downloads == 1
+    # Followed, not served the copy afterwards: a copy carries its ETag, a stream in flight none.
+    assert all("ETag" not in headers for *_, headers in answers)

@@ -262,12 +262,6 @@ async def test_a_follower_after_the_commit_reads_the_blob(store: FilesystemBlobS
     assert await collect(writer.follow()) == BIG
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="follow() opens the temporary file and, if it is gone, trusts `committed`; but "
-    "commit() sets `committed` only after its thread returns, so between the rename and the "
-    "end of the directory fsync a new follower reads 'the capture was abandoned'",
-)
 async def test_a_follower_arriving_while_the_commit_finishes_gets_the_blob(
     store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -357,12 +357,6 @@ def test_a_new_capture_clears_the_last_one_s_failure() -> None:
     assert settled.vault.attempts == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settle compares the report's locator with the job's, whose inline jobgate itself "
-    "removed (retire, or a capture moving it to a blob): the same result looks new and is "
-    "stored again",
-)
 def test_a_retired_inline_copy_is_not_stored_again_by_a_watch_poll() -> None:
     # A small inline result, kept in the record, reaches the end of its retention: the capturer's
     # retire() removes the copy and the inline data from the record.
@@ -377,6 +371,9 @@ def test_a_retired_inline_copy_is_not_stored_again_by_a_watch_poll() -> None:
     settled = settle(retired, watched, CAPTURING, end + timedelta(minutes=1), pages=False)
     assert settled.vault.copy is None
     assert settled.vault.retired
+    # Nor does the provider's repeat put the deleted body back into the record.
+    assert settled.result is not None
+    assert settled.result.inline is None
 
 
 # --------------------------------------------------------------------------------------------------
