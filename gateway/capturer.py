@@ -120,6 +120,7 @@ class Capturer:
         clock: Callable[[], datetime] = utcnow,
         rand: Callable[[], float] = random.random,
         on_stream: Callable[[str], None] = lambda job_id: None,
+        observe: Callable[[str, str, int], None] = lambda provider, outcome, size: None,
     ) -> None:
         self.blobs = blobs
         self.adapters = adapters
@@ -134,6 +135,8 @@ class Capturer:
         self.rand = rand
         # Tells readers waiting for a job's capture that they can follow it now.
         self.on_stream = on_stream
+        # (provider, outcome, bytes) for the metrics: stored, failed, gave_up, retired.
+        self.observe = observe
         self._following: dict[str, Following] = {}
 
     # -- rules, with this deployment's settings ----------------------------------------------
@@ -233,6 +236,7 @@ class Capturer:
             vault = new.vault.dropped()
         else:
             vault = new.vault.stored(copy, upstream_gone=spent)
+            self.observe(job.provider, "stored", copy.size)
             log.info(
                 "vault.stored",
                 job_id=job.id,
@@ -259,6 +263,7 @@ class Capturer:
         retry_in = 0.0
         if vault.pending and poll is not None:
             retry_in = error_delay(poll, failures=vault.attempts, rand=self.rand())
+        self.observe(job.provider, "failed" if vault.pending else "gave_up", 0)
         log.warning(
             "vault.capture_failed",
             job_id=job.id,
@@ -296,6 +301,7 @@ class Capturer:
         new = replace(
             job, result=result, vault=job.vault.retire(), updated_at=now, version=job.version + 1
         )
+        self.observe(job.provider, "retired", 0)
         log.info("vault.retired", job_id=job.id, provider=job.provider, size=copy.size)
         if gone(new):
             new = transition(new, JobState.EXPIRED, now)

@@ -35,6 +35,7 @@ from gateway.states import TRANSITIONS, Anomaly, JobState, Refused
 __all__ = ["CIRCUIT_VALUES", "CONTENT_TYPE_LATEST", "HTTP_METHODS", "Metrics"]
 
 CIRCUIT_VALUES: dict[Circuit, int] = {Circuit.CLOSED: 0, Circuit.HALF_OPEN: 1, Circuit.OPEN: 2}
+VAULT_OUTCOMES = ("stored", "failed", "gave_up", "retired")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods kept as label values; a client can send any token, so the rest become ``OTHER``."""
 
@@ -174,6 +175,19 @@ class Metrics:
             ["tenant", "limit"],
             registry=registry,
         )
+        self.vault_captures = Counter(
+            "jobgate_vault_captures",
+            "Result captures into the vault by outcome: stored, failed (retried later), gave_up "
+            "(no more attempts), retired (a copy deleted at the end of its retention)",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self.vault_bytes = Counter(
+            "jobgate_vault_captured_bytes",
+            "Bytes written to the vault by captures that were stored",
+            ["provider"],
+            registry=registry,
+        )
         self._tenants: frozenset[str] = frozenset()
 
     # -- set-up and scrape ---------------------------------------------------------------------
@@ -188,6 +202,11 @@ class Metrics:
     def limited(self, tenant: str, limit: str) -> None:
         label = tenant if tenant in self._tenants else "other"
         self.tenant_limited.labels(label, limit).inc()
+
+    def vault(self, provider: str, outcome: str, size: int = 0) -> None:
+        self.vault_captures.labels(provider, outcome).inc()
+        if size:
+            self.vault_bytes.labels(provider).inc(size)
 
     def auth_rejected(self, reason: str) -> None:
         self.auth_rejections.labels(reason).inc()
@@ -204,6 +223,9 @@ class Metrics:
             self.polls.labels(name)
             self.time_to_terminal.labels(name)
             self.detection_lag.labels(name)
+            self.vault_bytes.labels(name)
+            for outcome in VAULT_OUTCOMES:
+                self.vault_captures.labels(name, outcome)
             for kind in Anomaly:
                 self.anomalies.labels(name, kind.value)
             for src, targets in TRANSITIONS.items():

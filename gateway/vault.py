@@ -230,9 +230,10 @@ def settle(before: Job, after: Job, policy: CapturePolicy, now: datetime, *, pag
     """What the vault owes once a report has been folded in (``before`` -> ``after``). Pure.
 
     A complete result seen on entering ``succeeded`` (a success, a success again after a
-    continue, an adoption of a finished job: ``settle(job, job)``) is owed a capture; a small inline one is kept in the record at
-    once. ``pages``: the provider's paged results also feed ``records`` events, so their pages are
-    read at the end even with capture off (the last records arrive only with completion).
+    continue, an adoption of a finished job: ``settle(job, job)``) is owed a capture; a small
+    inline one is kept in the record at once. ``pages``: the provider's paged results also feed
+    ``records`` events, so their pages are read at the end even with capture off (the last
+    records arrive only with completion).
     """
     vault = after.vault
     locator = after.result

@@ -204,6 +204,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         # lease could meet another replica's capture of the same result.
         timeout=settings.runner.lease_seconds * 0.8,
         on_stream=hub.nudge,
+        observe=components.metrics.vault,
     )
     components.access = access
     components.metrics.add_tenants(settings.known_tenants())

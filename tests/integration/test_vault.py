@@ -68,6 +68,12 @@ async def test_a_single_use_pointer_is_fetched_once_and_served_to_every_reader(
     assert stored["result"]["sha256"] == digest
     assert stored["result"]["size"] == sequential[0][2]
     assert sequential[-1][3]["ETag"] == f'"{digest}"'
+    async with stack.client.get(f"{stack.url}/metrics") as response:
+        scrape = await response.text()
+    assert 'jobgate_vault_captures_total{outcome="stored",provider="pulse"} 1.0' in scrape
+    series = 'jobgate_vault_captured_bytes_total{provider="pulse"} '
+    line = next(x for x in scrape.splitlines() if x.startswith(series))
+    assert float(line.removeprefix(series)) == stored["result"]["size"]
 
 
 def _pulse_store(stack: Stack) -> Any:
