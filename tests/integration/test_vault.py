@@ -326,3 +326,70 @@ async def test_readers_waiting_before_the_capture_starts_follow_it(
     assert store.jobs[job["upstream_id"]].downloads == 1
     # Followed, not served the copy afterwards: a copy carries its ETag, a stream in flight none.
     assert all("ETag" not in headers for *_, headers in answers)
+
+
+def _files(stack: Stack, job: dict[str, Any]) -> list[Path]:
+    root = stack.settings.vault_path() / "default" / job["id"]
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+async def test_a_continue_keeps_the_copy_until_the_new_one_is_stored(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(speed=200)
+    job = await stack.submit("catchall", {"query": "vault: continue", "limit": 10})
+    first = await _until(stack, job["id"], lambda j: j["result"]["stored"])
+    assert first["result"]["total_records"] == 10
+    old_files = _files(stack, job)
+    assert [p.suffix for p in old_files] == [".idx", ".jsonl"]
+
+    async with stack.client.post(
+        f"{stack.url}/v1/jobs/{job['id']}/continue", json={"new_limit": 30}
+    ) as response:
+        assert response.status == 202, await response.text()
+    # While it runs again, the earlier copy is still what /result serves.
+    running = await stack.job(job["id"])
+    if running["state"] == "running":
+        assert running["result"]["stored"] is True
+        assert (await _page(stack, job["id"], 1, 100))["total_records"] == 10
+    second = await _until(
+        stack,
+        job["id"],
+        lambda j: j["state"] == "succeeded" and j["result"]["total_records"] == 30,
+    )
+    assert second["result"]["stored"] is True
+    assert second["result"]["sha256"] != first["result"]["sha256"]
+    assert len((await _page(stack, job["id"], 1, 100))["records"]) == 30
+    # The earlier copy's files went once the new copy was saved.
+    new_files = _files(stack, job)
+    assert len(new_files) == 2
+    assert not set(old_files) & set(new_files)
+
+
+async def test_deleting_a_job_deletes_its_copy(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    job = await stack.submit("pulse", {"fileUrl": "https://example.com/d.pdf?sandbox=large"})
+    await _until(stack, job["id"], lambda j: j["result"]["stored"])
+    assert _files(stack, job)
+    async with stack.client.delete(f"{stack.url}/v1/jobs/{job['id']}") as response:
+        assert response.status == 204
+    assert _files(stack, job) == []
+    assert not (stack.settings.vault_path() / "default" / job["id"]).exists()
+
+
+async def test_a_result_over_the_cap_stays_upstream_and_says_why(make_stack: StackFactory) -> None:
+    stack = await make_stack(provider_options={"results": {"max_bytes": 1_000_000}})
+    job = await stack.submit("pulse", {"fileUrl": "https://example.com/big.pdf?sandbox=large"})
+    done = await _until(stack, job["id"], lambda j: j["result"]["error"] is not None)
+    assert done["state"] == "succeeded"
+    assert done["result"]["stored"] is False
+    assert done["result"]["capturing"] is False  # a cap is not retried: it would not shrink
+    assert done["result"]["source"] == "provider"
+    assert done["result"]["error"]["code"] == "result_too_large"
+    assert "1000000" in done["result"]["error"]["message"]
+    assert _files(stack, job) == []
+    # The presigned pointer needs no key: the client may still fetch it from the provider.
+    async with stack.client.get(
+        f"{stack.url}/v1/jobs/{job['id']}/result?redirect=true", allow_redirects=False
+    ) as response:
+        assert response.status == 307
