@@ -9,6 +9,7 @@ provider's rate) is ``test_replicas.py``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -149,3 +150,31 @@ async def test_a_clean_stop_hands_its_leases_to_the_other_gateway(
     assert len(hold.calls) >= 2
     hold.released.set()
     assert (await until_finished(http_session, second, job_id))["state"] == "succeeded"
+
+
+async def test_a_copy_captured_by_one_gateway_is_served_by_another(
+    gateway: Gateway, serve: Serve, http_session: aiohttp.ClientSession
+) -> None:
+    # The two gateways share the vault's directory, as replicas share a ReadWriteMany volume.
+    capturing, _ = await gateway()
+    reading, _ = await gateway(enabled=False)  # no runner: it never captures anything itself
+    job_id = await submit(
+        http_session,
+        capturing,
+        {"fileUrl": "https://example.com/shared.pdf?sandbox=large&sandbox_pointer=proxy"},
+    )
+    # A read on the other gateway while the single-use pointer is being captured waits for the
+    # copy (it cannot follow a stream in another process) and gets it.
+    async with http_session.get(f"{reading}/v1/jobs/{job_id}/result?wait=30") as response:
+        assert response.status == 200, await response.text()
+        assert response.headers["X-Jobgate-Result-Source"] == "jobgate"
+        first = await response.read()
+    async with http_session.get(f"{reading}/v1/jobs/{job_id}") as response:
+        job = await response.json()
+    assert job["result"]["stored"] is True
+    assert hashlib.sha256(first).hexdigest() == job["result"]["sha256"]
+    for url in (capturing, reading):
+        async with http_session.get(f"{url}/v1/jobs/{job_id}/result") as response:
+            assert response.status == 200
+            assert response.headers["ETag"] == f'"{job["result"]["sha256"]}"'
+            assert await response.read() == first
