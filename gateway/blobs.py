@@ -113,7 +113,12 @@ class FilesystemBlobStore:
         self._writers: dict[str, _FileWriter] = {}
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._prepare)
+        try:
+            await asyncio.to_thread(self._prepare)
+        except OSError as exc:
+            raise BlobError(
+                f"the result vault at {self.root} cannot be used: {exc.strerror or exc}"
+            ) from exc
 
     def _prepare(self) -> None:
         tmp = self.root / _TMP

@@ -14,6 +14,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from gateway.access import AuthNotConfigured
+    from gateway.blobs import BlobError
     from gateway.logs import configure_logging, secrets_of
     from gateway.settings import load_settings
     from gateway.store.base import StoreUnavailable
@@ -69,6 +70,10 @@ def _serve(args: argparse.Namespace) -> int:
     except StoreUnavailable as exc:
         # An operator's problem (a wrong DSN, a server down, a file in use), not a bug: one line.
         print(f"jobgate: cannot open the store: {exc}", file=sys.stderr)
+        return 1
+    except BlobError as exc:
+        # The same for the vault's directory (a volume not mounted, no permission).
+        print(f"jobgate: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         # The same for a listening socket (the API's or the embedded sandbox's): a port in use, an

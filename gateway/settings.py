@@ -74,8 +74,8 @@ class ResultSettings(_Section):
     to the provider, and a result the provider forgets is gone (the job becomes ``expired``)."""
     max_bytes: int = Field(1024**3, ge=1024)
     """The largest result captured (and streamed through); a larger one stays upstream."""
-    retention_hours: float | None = Field(168.0, gt=0)
-    """How long a copy is kept after its capture (7 days); unset keeps it while the job exists."""
+    retention_hours: float = Field(168.0, ge=0)
+    """How long a copy is kept after its capture (7 days); 0 keeps it while the job exists."""
     redirect: bool = False
     """Leave pointers that need no provider key (presigned URLs) with the provider: not captured,
     and ``?redirect=true`` answers 307 to them."""
@@ -83,7 +83,7 @@ class ResultSettings(_Section):
     """Inline results up to this many bytes stay in the job's row; larger ones move to a file."""
 
     def to_policy(self) -> CapturePolicy:
-        retention = None if self.retention_hours is None else timedelta(hours=self.retention_hours)
+        retention = timedelta(hours=self.retention_hours) if self.retention_hours else None
         return CapturePolicy(
             capture=self.capture,
             max_bytes=self.max_bytes,

@@ -161,6 +161,9 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     store = components.require_store()
     # First: it is what refuses to start without a secret, and nothing is open yet to leak.
     access = Access.from_settings(settings, store, components.metrics.auth_rejected)
+    # Before anything is opened too: a vault that cannot be written stops start-up with one line.
+    blobs = FilesystemBlobStore(settings.vault_path())
+    await blobs.open()
     session = aiohttp.ClientSession()
     hub = EventHub()
     adapters: dict[str, Adapter] = {}
@@ -187,8 +190,6 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         provider_hosts[name] = api_host(provider.base_url)
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
     writer = JobWriter(store, hub, observer=components.metrics)
-    blobs = FilesystemBlobStore(settings.vault_path())
-    await blobs.open()
     # The rate-limit quota the runner spends; captured pages spend from it too.
     quota = SharedQuota(store.quota, policies) if isinstance(store, PostgresStore) else None
     capturer = Capturer(

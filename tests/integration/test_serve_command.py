@@ -119,3 +119,15 @@ async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert last.startswith("jobgate: cannot listen: ")
     assert last.endswith(f"('127.0.0.1', {port}): address already in use")
     assert "Traceback" not in output
+
+
+async def test_a_vault_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the vault should be")
+    code, output = await refusal(
+        await serve(tmp_path, free_port(), JOBGATE_VAULT__PATH=str(blocker / "results"))
+    )
+    assert code == 1
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"jobgate: the result vault at {blocker / 'results'} cannot be used: ")
+    assert "Traceback" not in output
