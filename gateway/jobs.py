@@ -261,8 +261,9 @@ class Job:
             "available": servable,
             "partial": bool(result and result.partial and copy is None),
             "kind": kind.value if kind else None,
-            "total_records": (copy.total_records if copy else None)
-            or (result.total_records if result else None),
+            "total_records": copy.total_records
+            if copy is not None and copy.total_records is not None
+            else (result.total_records if result else None),
             "source": source,
             "stored": copy is not None,
             "capturing": vault.pending,

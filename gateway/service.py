@@ -769,7 +769,8 @@ class JobService:
         stored = await self._from_vault(job, page=page, page_size=page_size, redirect=redirect)
         if stored is not None:
             return stored
-        job = await self.get(job_id, tenant)  # the capture may have ended while it was awaited
+        if job.vault.pending:
+            job = await self.get(job_id, tenant)  # the capture may have ended while it was awaited
         locator = job.result
         if job.state is JobState.EXPIRED and job.vault.copy is None:
             raise ResultExpiredError(
