@@ -89,6 +89,8 @@ def test_every_jobgate_series_is_named_and_process_series_are_optional() -> None
         "jobgate_rate_limit_waits",
         "jobgate_rate_limit_wait_seconds",
         "jobgate_upstream_retry_after_seconds",
+        "jobgate_vault_captured_bytes",
+        "jobgate_vault_captures",
         "jobgate_circuit_state",
         "jobgate_http_requests",
         "jobgate_http_request_duration_seconds",
