@@ -31,7 +31,7 @@ sandbox: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jobgate demo
 
-# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~6 minutes.
+# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~7 minutes.
 bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_detection.py
