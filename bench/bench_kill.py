@@ -49,6 +49,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from processes import free_port, to_toml  # bench/ is sys.path[0]
 
 from adapters.catchall import sandbox as catchall_sandbox
 from adapters.extract import sandbox as extract_sandbox
@@ -207,25 +208,6 @@ async def serve_sandbox(stack: contextlib.AsyncExitStack, app: web.Application) 
 # The gateway process
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def gateway_config(sandbox_url: str, db: Path) -> str:
     tables: dict[str, dict[str, Any]] = {
         "server": {"host": "127.0.0.1"},
@@ -249,12 +231,7 @@ def gateway_config(sandbox_url: str, db: Path) -> str:
             "result_networks": ["127.0.0.1/32"],
         }
         tables[f"providers.{name}.policy"] = dict(POLICY)
-    lines: list[str] = []
-    for name, values in tables.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
+    return to_toml(tables)
 
 
 @dataclass

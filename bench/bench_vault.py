@@ -57,7 +57,6 @@ import json
 import os
 import pstats
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -74,6 +73,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from processes import free_port, to_toml  # bench/ is sys.path[0]
 
 SCRIPT: Final = Path(__file__).resolve()
 ROOT: Final = SCRIPT.parents[1]
@@ -264,13 +264,6 @@ def serve_main(args: argparse.Namespace) -> None:
 # Processes, /proc
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -412,18 +405,6 @@ class Server:
             await self.process.wait()
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def gateway_config(origin: str, directory: Path, size: int) -> str:
     port = int(origin.rsplit(":", 1)[1])
     tables: dict[str, dict[str, Any]] = {
@@ -443,12 +424,7 @@ def gateway_config(origin: str, directory: Path, size: int) -> str:
         "providers.pulse.results": {"max_bytes": 2 * size},
         "vault": {"path": str(directory / "results")},
     }
-    lines: list[str] = []
-    for name, values in tables.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
+    return to_toml(tables)
 
 
 @dataclass
