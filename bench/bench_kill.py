@@ -49,7 +49,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
-from processes import free_port, to_toml  # bench/ is sys.path[0]
+from processes import free_port, spawn_serve, to_toml  # bench/ is sys.path[0]
 
 from adapters.catchall import sandbox as catchall_sandbox
 from adapters.extract import sandbox as extract_sandbox
@@ -61,7 +61,6 @@ from adapters.simulator import SandboxSettings
 from gateway.logs import configure_logging
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ROOT: Final = Path(__file__).resolve().parents[1]
 KINDS: Final = ("catchall", "pulse", "extract", "platform")
 API_KEY: Final = "bench-kill-key"
 SUBMIT_PATHS: Final = {
@@ -257,17 +256,7 @@ class Gateway:
         log = self.directory / f"gateway.{self.starts}.stderr.log"
         self.logs.append(log)
         self.starts += 1
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)]
-        command += ["--port", str(self.port)]
-        with log.open("wb") as err:
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-            )
+        self.process = spawn_serve(self.config, self.port, env, log)
 
     async def start(self, session: aiohttp.ClientSession) -> float:
         """Start and wait for /readyz; returns the seconds that took. A port taken meanwhile by

@@ -73,7 +73,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
-from processes import free_port, to_toml  # bench/ is sys.path[0]
+from processes import free_port, spawn_serve, to_toml  # bench/ is sys.path[0]
 
 SCRIPT: Final = Path(__file__).resolve()
 ROOT: Final = SCRIPT.parents[1]
@@ -449,20 +449,8 @@ class Gateway:
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
         env["PYTHONUNBUFFERED"] = "1"
         env["JOBGATE_PROVIDERS__PULSE__API_KEY"] = API_KEY
-        command = [sys.executable]
-        if self.profile is not None:
-            command += ["-m", "cProfile", "-o", str(self.profile)]
-        command += ["-m", "gateway.cli", "serve", "--config", str(self.config)]
-        command += ["--port", str(self.port)]
-        with self.log.open("wb") as err:
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-            )
+        profile = ["-m", "cProfile", "-o", str(self.profile)] if self.profile is not None else []
+        self.process = spawn_serve(self.config, self.port, env, self.log, python_args=profile)
 
     async def start(self, session: aiohttp.ClientSession) -> float:
         """Start and wait for /readyz; returns the seconds that took."""

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Mapping
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -36,3 +41,26 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
         lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
         lines.append("")
     return "\n".join(lines)
+
+
+def spawn_serve(
+    config: Path,
+    port: int,
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    python_args: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """``jobgate serve`` on ``config`` and ``port`` from the repository's root, its stderr (the
+    log) in ``log``. ``python_args`` go before ``-m`` (``-m cProfile -o FILE``)."""
+    command = [sys.executable, *python_args, "-m", "gateway.cli", "serve", "--config", str(config)]
+    command += ["--port", str(port)]
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=dict(env),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
