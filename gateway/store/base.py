@@ -50,6 +50,15 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionPage:
+    """A listing page as (job id, version) pairs: what a reader holding encoded snapshots needs
+    to know which of them are current, without decoding a single row."""
+
+    versions: list[tuple[str, int]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TenantUsage:
     """What a tenant holds, for its limits: unfinished jobs, and jobs made since a moment."""
 
@@ -225,6 +234,18 @@ class JobRows(Protocol):
 
     async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
         """Newest first by id; ``cursor`` is opaque and comes from a previous page."""
+        ...
+
+    async def list_versions(
+        self, where: JobFilter, *, limit: int, cursor: str | None
+    ) -> VersionPage:
+        """The same page as :meth:`list_jobs` (same order, filters and cursors), as each job's
+        id and current version only."""
+        ...
+
+    async def get_many(self, job_ids: Sequence[str], tenant: str = DEFAULT_TENANT) -> list[Job]:
+        """The jobs of ``tenant`` among ``job_ids``, in no particular order; ids of other tenants'
+        jobs and of jobs that do not exist are left out."""
         ...
 
     async def save_many(
@@ -480,6 +501,12 @@ class Signals(Protocol):
     def subscribe(self, callback: Callable[[Signal], None]) -> None:
         """Call ``callback`` for each signal, and with every kind after any gap in listening (a
         reconnect), since signals sent meanwhile are lost."""
+        ...
+
+    def subscribe_jobs(self, callback: Callable[[Sequence[str] | None], None]) -> None:
+        """Call ``callback`` with the ids of jobs whose rows another process changed (saved,
+        claimed, deleted; this process's own changes may be told too), and with ``None`` after
+        any gap in listening: then any job may have changed."""
         ...
 
 

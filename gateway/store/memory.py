@@ -39,6 +39,7 @@ from gateway.store.base import (
     Page,
     Signal,
     TenantUsage,
+    VersionPage,
     decode_cursor,
     encode_cursor,
 )
@@ -108,6 +109,10 @@ class MemoryStore:
         """One process only: the in-process hub hears every change, so there is never a signal."""
         return None
 
+    def subscribe_jobs(self, callback: Callable[[Sequence[str] | None], None]) -> None:
+        """One process only: there is never another writer."""
+        return None
+
     # -- jobs ----------------------------------------------------------------------------------
 
     async def create(self, job: Job, events: Sequence[NewEvent]) -> list[Event]:
@@ -160,6 +165,16 @@ class MemoryStore:
                 return Page(jobs=page, next_cursor=encode_cursor(page[-1].id, where.tenant))
             page.append(job)
         return Page(jobs=page, next_cursor=None)
+
+    async def list_versions(
+        self, where: JobFilter, *, limit: int, cursor: str | None
+    ) -> VersionPage:
+        page = await self.list_jobs(where, limit=limit, cursor=cursor)
+        return VersionPage([(job.id, job.version) for job in page.jobs], page.next_cursor)
+
+    async def get_many(self, job_ids: Sequence[str], tenant: str = DEFAULT_TENANT) -> list[Job]:
+        found = (self._jobs.get(job_id) for job_id in dict.fromkeys(job_ids))
+        return [job for job in found if job is not None and job.tenant == tenant]
 
     async def save_many(
         self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]

@@ -50,6 +50,7 @@ from gateway.store.base import (
     Signal,
     StoreUnavailable,
     TenantUsage,
+    VersionPage,
     decode_cursor,
     encode_cursor,
 )
@@ -102,6 +103,7 @@ from gateway.store.sqlite_sql import (
     SELECT_FOR_SAVE,
     SELECT_IDEMPOTENCY,
     SELECT_JOB,
+    SELECT_JOBS,
     SELECT_JOBS_BY_UPSTREAM,
     SELECT_NEXT_DUE,
     SELECT_RECORDS,
@@ -223,6 +225,23 @@ class SqliteStore:
             return Page(jobs=jobs, next_cursor=encode_cursor(jobs[-1].id, where.tenant))
         return Page(jobs=jobs, next_cursor=None)
 
+    async def list_versions(
+        self, where: JobFilter, *, limit: int, cursor: str | None
+    ) -> VersionPage:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        before = decode_cursor(cursor, where.tenant) if cursor is not None else None
+        found = await self._call(self._list_versions_sync, where, limit + 1, before)
+        if len(found) > limit:
+            del found[limit:]
+            return VersionPage(found, encode_cursor(found[-1][0], where.tenant))
+        return VersionPage(found, None)
+
+    async def get_many(self, job_ids: Sequence[str], tenant: str = DEFAULT_TENANT) -> list[Job]:
+        if not job_ids:
+            return []
+        return await self._call(self._get_many_sync, job_ids, tenant)
+
     async def save_many(
         self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]
     ) -> list[tuple[Job, list[Event]] | None]:
@@ -251,6 +270,10 @@ class SqliteStore:
 
     def subscribe(self, callback: Callable[[Signal], None]) -> None:
         """One process only (the file is locked): the in-process hub hears every change."""
+        return None
+
+    def subscribe_jobs(self, callback: Callable[[Sequence[str] | None], None]) -> None:
+        """One process only (the file is locked): there is never another writer."""
         return None
 
     async def next_due(self) -> datetime | None:
@@ -582,6 +605,24 @@ class SqliteStore:
         return _job(newest[1]) if newest else None
 
     def _list_sync(self, where: JobFilter, limit: int, before: str | None) -> list[Job]:
+        sql, params = self._listing(where, limit, before)
+        return [_job(record) for (record,) in self._db.execute(sql, params)]
+
+    def _list_versions_sync(
+        self, where: JobFilter, limit: int, before: str | None
+    ) -> list[tuple[str, int]]:
+        sql, params = self._listing(where, limit, before)
+        # The same walk, reading two columns instead of decoding each record.
+        sql = sql.replace("SELECT jobs.record", "SELECT jobs.id, jobs.version", 1)
+        return [(job_id, version) for job_id, version in self._db.execute(sql, params)]
+
+    def _get_many_sync(self, job_ids: Sequence[str], tenant: str) -> list[Job]:
+        ids = orjson.dumps(list(dict.fromkeys(job_ids))).decode()
+        return [_job(record) for (record,) in self._db.execute(SELECT_JOBS, (ids, tenant))]
+
+    def _listing(
+        self, where: JobFilter, limit: int, before: str | None
+    ) -> tuple[str, dict[str, Any]]:
         labels = sorted(where.labels.items())
         params: dict[str, Any] = {
             "tenant": where.tenant,
@@ -595,7 +636,7 @@ class SqliteStore:
             (key, value), others = labels[0], dict(labels[1:])
             params.update(key=key, value=value, others=_dumps(others))
             sql = LIST_JOBS_BY_LABELS
-        return [_job(record) for (record,) in self._db.execute(sql, params)]
+        return sql, params
 
     def _save_many_sync(
         self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]

@@ -414,6 +414,9 @@ ORDER BY first.job_id DESC
 LIMIT :limit
 """
 NO_CURSOR: Final = "~"
+SELECT_JOBS: Final = """
+SELECT record FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND tenant = ?
+"""
 
 LAST_EVENT_ID: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 INSERT_EVENT: Final = """

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, get_args
 
 import structlog
@@ -22,7 +22,16 @@ from gateway.store.base import Signal
 from gateway.store.postgres import driver
 from gateway.store.postgres.driver import CONNECT_ERRORS, CONNECTION_LOST, Connection
 from gateway.store.postgres.dsn import redact_dsn, unavailable
-from gateway.store.postgres.sql import DUE_CHANNEL, EVENTS_CHANNEL, KEYS_CHANNEL, PING, channel
+from gateway.store.postgres.sql import (
+    DUE_CHANNEL,
+    EVENTS_CHANNEL,
+    JOBS_CHANNEL,
+    KEYS_CHANNEL,
+    NOTIFY_JOBS,
+    NOTIFY_PAYLOAD_BYTES,
+    PING,
+    channel,
+)
 
 log = structlog.get_logger("jobgate.store")
 
@@ -42,9 +51,13 @@ class Listener:
         schema: str,
         backoff: tuple[float, float] = (0.1, 10.0),
         keepalive: float = 30.0,
+        on_jobs: Callable[[Sequence[str] | None], None] = lambda job_ids: None,
     ) -> None:
         self._dsn = dsn
         self._on_signal = on_signal
+        # Job ids travel in the payload (the other channels' payloads are only hints).
+        self._on_jobs = on_jobs
+        self._jobs_channel = channel(JOBS_CHANNEL, schema)
         # Only this schema's channels: other deployments in the database are not our business.
         self._signals: dict[str, Signal] = {
             channel(EVENTS_CHANNEL, schema): "events",
@@ -92,6 +105,7 @@ class Listener:
             conn.add_termination_listener(lambda _conn: lost.set())
             for name in self._signals:
                 await conn.add_listener(name, self._notified)
+            await conn.add_listener(self._jobs_channel, self._jobs_notified)
         except BaseException:
             conn.terminate()
             raise
@@ -101,6 +115,9 @@ class Listener:
         signal = self._signals.get(name)
         if signal is not None:
             self._on_signal(signal)
+
+    def _jobs_notified(self, _conn: Any, _pid: int, _name: str, payload: str) -> None:
+        self._on_jobs(payload.split(",") if payload else [])
 
     async def _watch(self) -> None:
         while True:
@@ -112,6 +129,7 @@ class Listener:
             # Whatever was signalled during the gap is gone: have everyone re-read everything.
             for signal in _EVERY_SIGNAL:
                 self._on_signal(signal)
+            self._on_jobs(None)
 
     async def _until_lost(self) -> None:
         conn = self._conn
@@ -149,3 +167,17 @@ class Listener:
                 continue
             log.info("store.listener_reconnected", dsn=redact_dsn(self._dsn), attempts=attempt)
             return listening
+
+
+async def notify_jobs(conn: Connection, job_ids: Iterable[str]) -> None:
+    """Tell every replica (this one too) that these jobs' rows changed, in payloads that fit."""
+    chunk: list[str] = []
+    size = 0
+    for job_id in job_ids:
+        if size + len(job_id) + 1 > NOTIFY_PAYLOAD_BYTES:
+            await conn.execute(NOTIFY_JOBS, ",".join(chunk))
+            chunk, size = [], 0
+        chunk.append(job_id)
+        size += len(job_id) + 1
+    if chunk:
+        await conn.execute(NOTIFY_JOBS, ",".join(chunk))

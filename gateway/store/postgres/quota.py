@@ -25,6 +25,7 @@ from gateway.jobs import Job
 from gateway.store.base import QuotaWant
 from gateway.store.postgres import rows
 from gateway.store.postgres.driver import Pool
+from gateway.store.postgres.listen import notify_jobs
 from gateway.store.postgres.sql import (
     ASYNC_COMMIT,
     CLAIM_WITHIN_QUOTA,
@@ -130,4 +131,6 @@ class PostgresQuota:
                     [float(w.burst) for w in wanted],
                     [w.concurrency for w in wanted],
                 )
-        return [rows.job(row) for row in claimed]
+                jobs = [rows.job(row) for row in claimed]
+                await notify_jobs(conn, [job.id for job in jobs])
+        return jobs

@@ -31,6 +31,12 @@ DUE_CHANNEL: Final = "jobgate_due_"
 """Payload: empty. A write left a job due now (a user action, a handed-back lease)."""
 KEYS_CHANNEL: Final = "jobgate_keys_"
 """Payload: the id of the API key just revoked (every replica's key cache must forget it)."""
+JOBS_CHANNEL: Final = "jobgate_jobs_"
+"""Payload: ids of jobs whose row a transaction changed (saved, claimed, deleted), comma-separated:
+every replica's cache of encoded job snapshots drops them."""
+NOTIFY_JOBS: Final = "SELECT pg_notify('jobgate_jobs_' || substr(md5(current_schema()), 1, 16), $1)"
+NOTIFY_PAYLOAD_BYTES: Final = 7900
+"""PostgreSQL refuses a payload of 8000 bytes or more."""
 
 
 def channel(prefix: str, schema: str) -> str:
@@ -374,6 +380,9 @@ WHERE provider = $1 AND upstream_id = $2 AND ($3::text IS NULL OR tenant = $3)
 ORDER BY id DESC
 LIMIT 1
 """
+SELECT_JOBS: Final = """
+SELECT record, version, next_poll_at FROM jobs WHERE id = ANY ($1::text[]) AND tenant = $2
+"""
 DELETE_JOB: Final = "DELETE FROM jobs WHERE id = $1 AND tenant = $2"
 
 # Four listings rather than one with optional parts: a cursor bound only when present would keep
@@ -415,6 +424,14 @@ WHERE tenant = $1
 ORDER BY id DESC
 LIMIT $4
 """
+
+# The same walks, as ids and versions: a reader holding encoded snapshots decodes no record.
+_VERSIONS = ("SELECT record, version, next_poll_at", "SELECT id, version")
+LIST_VERSIONS: Final = LIST_JOBS.replace(*_VERSIONS)
+LIST_VERSIONS_BEFORE: Final = LIST_JOBS_BEFORE.replace(*_VERSIONS)
+LIST_VERSIONS_LABELLED: Final = LIST_JOBS_LABELLED.replace(*_VERSIONS)
+LIST_VERSIONS_LABELLED_BEFORE: Final = LIST_JOBS_LABELLED_BEFORE.replace(*_VERSIONS)
+
 
 # A claim is one statement that picks due jobs, locks them and leases them.
 #

@@ -45,6 +45,7 @@ from gateway.store.base import (
     Page,
     Signal,
     TenantUsage,
+    VersionPage,
     decode_cursor,
     encode_cursor,
 )
@@ -52,7 +53,7 @@ from gateway.store.postgres import driver, rows
 from gateway.store.postgres import sql as q
 from gateway.store.postgres.driver import CONNECT_ERRORS, Connection, Pool, UniqueViolation
 from gateway.store.postgres.dsn import check_schema, unavailable
-from gateway.store.postgres.listen import Listener
+from gateway.store.postgres.listen import Listener, notify_jobs
 from gateway.store.postgres.migrate import migrate
 from gateway.store.postgres.quota import PostgresQuota
 
@@ -81,7 +82,14 @@ class PostgresStore:
         self._timeout = connect_timeout
         self._pool: Pool | None = None
         self._callbacks: list[Callable[[Signal], None]] = []
-        self._listener = Listener(dsn, self._signal, timeout=connect_timeout, schema=self.schema)
+        self._job_callbacks: list[Callable[[Sequence[str] | None], None]] = []
+        self._listener = Listener(
+            dsn,
+            self._signal,
+            timeout=connect_timeout,
+            schema=self.schema,
+            on_jobs=self._jobs_changed,
+        )
         self.quota = PostgresQuota(lambda: self._db)
         """The providers' rate limits and concurrency, shared by every replica."""
 
@@ -146,6 +154,9 @@ class PostgresStore:
     def subscribe(self, callback: Callable[[Signal], None]) -> None:
         self._callbacks.append(callback)
 
+    def subscribe_jobs(self, callback: Callable[[Sequence[str] | None], None]) -> None:
+        self._job_callbacks.append(callback)
+
     # -- jobs ----------------------------------------------------------------------------------
 
     async def create(self, job: Job, events: Sequence[NewEvent]) -> list[Event]:
@@ -187,6 +198,35 @@ class PostgresStore:
             return Page(jobs=jobs, next_cursor=encode_cursor(jobs[-1].id, where.tenant))
         return Page(jobs=jobs, next_cursor=None)
 
+    async def list_versions(
+        self, where: JobFilter, *, limit: int, cursor: str | None
+    ) -> VersionPage:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        before = decode_cursor(cursor, where.tenant) if cursor is not None else None
+        state = where.state.value if where.state is not None else None
+        args: list[object] = [where.tenant, where.provider, state, limit + 1]
+        if where.labels:
+            args.append(rows.dumps(dict(where.labels)))
+            sql = q.LIST_VERSIONS_LABELLED if before is None else q.LIST_VERSIONS_LABELLED_BEFORE
+        else:
+            sql = q.LIST_VERSIONS if before is None else q.LIST_VERSIONS_BEFORE
+        if before is not None:
+            args.append(before)
+        async with self._db.acquire() as conn:
+            found = [(row[0], row[1]) for row in await conn.fetch(sql, *args)]
+        if len(found) > limit:
+            del found[limit:]
+            return VersionPage(found, encode_cursor(found[-1][0], where.tenant))
+        return VersionPage(found, None)
+
+    async def get_many(self, job_ids: Sequence[str], tenant: str = DEFAULT_TENANT) -> list[Job]:
+        if not job_ids:
+            return []
+        async with self._db.acquire() as conn:
+            found = await conn.fetch(q.SELECT_JOBS, list(dict.fromkeys(job_ids)), tenant)
+        return [rows.job(row) for row in found]
+
     async def save_many(
         self, changes: Sequence[tuple[Job, Sequence[NewEvent]]]
     ) -> list[tuple[Job, list[Event]] | None]:
@@ -216,6 +256,7 @@ class PostgresStore:
                     # Cannot happen while we hold the rows' locks; never report a write not made.
                     raise RuntimeError(f"fenced save wrote {count} of {len(writes)} rows")
             numbered = iter(await append_events(conn, applied))
+            await notify_jobs(conn, latest)
         return [
             (job, next(numbered)) if ok else None
             for (job, _), ok in zip(changes, passed, strict=True)
@@ -223,8 +264,11 @@ class PostgresStore:
 
     async def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         # The foreign key cascades to the job's events.
-        async with self._db.acquire() as conn:
-            return rows.command_count(await conn.execute(q.DELETE_JOB, job_id, tenant)) > 0
+        async with self._transaction() as conn:
+            deleted = rows.command_count(await conn.execute(q.DELETE_JOB, job_id, tenant)) > 0
+            if deleted:
+                await notify_jobs(conn, [job_id])
+            return deleted
 
     async def claim_due(
         self,
@@ -253,7 +297,11 @@ class PostgresStore:
                     list(caps),
                     list(caps.values()),
                 )
-        return [rows.job(row) for row in claimed]
+            jobs = [rows.job(row) for row in claimed]
+            # After the claim's commit: a process that dies in between leaves other replicas
+            # serving the version before the lease, which no client has read from this one.
+            await notify_jobs(conn, [job.id for job in jobs])
+        return jobs
 
     async def next_due(self) -> datetime | None:
         async with self._db.acquire() as conn:
@@ -557,6 +605,13 @@ class PostgresStore:
                 return await append_events(conn, items)
         except UniqueViolation as exc:
             raise ValueError(f"job already exists: {exc}") from exc
+
+    def _jobs_changed(self, job_ids: Sequence[str] | None) -> None:
+        for callback in list(self._job_callbacks):
+            try:
+                callback(job_ids)
+            except Exception:  # one subscriber's bug must not silence the others
+                log.exception("store.signal_callback_failed", signal="jobs")
 
     def _signal(self, signal: Signal) -> None:
         for callback in list(self._callbacks):

@@ -166,6 +166,59 @@ async def test_cursor_is_stable_when_newer_jobs_arrive(store: JobStore) -> None:
 async def test_list_rejects_a_foreign_cursor(store: JobStore, cursor: str) -> None:
     with pytest.raises(ValueError, match="cursor"):
         await store.list_jobs(JobFilter(), limit=5, cursor=cursor)
+    with pytest.raises(ValueError, match="cursor"):
+        await store.list_versions(JobFilter(), limit=5, cursor=cursor)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        JobFilter(),
+        JobFilter(provider="pulse"),
+        JobFilter(state=JobState.RUNNING),
+        JobFilter(labels={"team": "x"}),
+        JobFilter(labels={"team": "x", "env": "prod"}),
+        JobFilter(tenant="acme"),
+    ],
+)
+async def test_version_pages_walk_the_same_pages_as_job_pages(
+    store: JobStore, where: JobFilter
+) -> None:
+    jobs = [
+        make_job(
+            provider=("pulse", "catchall")[n % 2],
+            state=(JobState.QUEUED, JobState.RUNNING)[n % 3 == 0],
+            labels={"team": "xy"[n % 2], **({"env": "prod"} if n % 4 == 0 else {})},
+            tenant=("default", "acme")[n % 5 == 0],
+        )
+        for n in range(17)
+    ]
+    await create_all(store, jobs)
+    # A saved job: the version listed is the current one, not the created one.
+    first = sorted(jobs, key=lambda job: job.id)[-1]
+    await store.save_many([(bumped(first, T0 + timedelta(seconds=1)), [])])
+    cursor: str | None = None
+    while True:
+        page = await store.list_jobs(where, limit=3, cursor=cursor)
+        versions = await store.list_versions(where, limit=3, cursor=cursor)
+        assert versions.versions == [(job.id, job.version) for job in page.jobs]
+        assert versions.next_cursor == page.next_cursor
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+
+
+async def test_get_many_returns_the_tenants_jobs_it_names(store: JobStore) -> None:
+    mine = [make_job() for _ in range(3)]
+    theirs = make_job(tenant="acme")
+    await create_all(store, [*mine, theirs])
+    saved = bumped(mine[0], T0 + timedelta(seconds=1))
+    await store.save_many([(saved, [])])
+    asked = [mine[0].id, mine[1].id, theirs.id, "job_missing", mine[1].id]
+    found = sorted(await store.get_many(asked), key=lambda job: job.id)
+    assert found == sorted([saved, mine[1]], key=lambda job: job.id)
+    assert await store.get_many([theirs.id], "acme") == [theirs]
+    assert await store.get_many([]) == []
 
 
 # -- fenced writes -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ number events and take idempotency keys without stepping on each other."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -583,3 +583,50 @@ async def test_each_delivery_is_claimed_by_one_replica(pg_stores: PgStores) -> N
     claimed = await asyncio.gather(*(claim_all(store) for store in replicas))
     every = [delivery_id for batch in claimed for delivery_id in batch]
     assert len(every) == len(set(every)) == 60  # all sent, none by two replicas
+
+
+class JobNotices:
+    """What ``subscribe_jobs`` told: each call's ids (``None``: anything may have changed)."""
+
+    def __init__(self) -> None:
+        self.told: list[list[str] | None] = []
+        self._arrived = asyncio.Event()
+
+    def __call__(self, job_ids: Sequence[str] | None) -> None:
+        self.told.append(None if job_ids is None else list(job_ids))
+        self._arrived.set()
+
+    def ids(self) -> set[str]:
+        return {job_id for told in self.told if told is not None for job_id in told}
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not done():
+                await self._arrived.wait()
+                self._arrived.clear()
+
+
+async def test_saves_claims_and_deletes_name_their_jobs_to_every_replica(
+    pg_stores: PgStores, raw: asyncpg.Connection
+) -> None:
+    a, b = await pg_stores(), await pg_stores()
+    notices = JobNotices()
+    b.subscribe_jobs(notices)
+    now = datetime.now(UTC)
+    saved, claimed, deleted, untouched = (make_job(next_poll_at=None) for _ in range(4))
+    await create_all(a, [saved, claimed, deleted, untouched])
+    await a.save_many([(bumped(saved, now), []), (bumped(claimed, now, next_poll_at=now), [])])
+    [lease] = await a.claim_due(now, limit=5, lease_until=now + LEASE)
+    assert lease.id == claimed.id
+    assert await a.delete(deleted.id)
+    await notices.until(lambda: {saved.id, claimed.id, deleted.id} <= notices.ids())
+    assert untouched.id not in notices.ids()  # a creation is nobody's stale copy
+    # Many ids are split over payloads PostgreSQL accepts (under 8,000 bytes each).
+    many = [make_job(next_poll_at=None) for _ in range(600)]
+    await create_all(a, many)
+    await a.save_many([(bumped(job, now), []) for job in many])
+    await notices.until(lambda: {job.id for job in many} <= notices.ids())
+    # A gap in listening: anything may have changed meanwhile.
+    pid = b._listener.server_pid
+    assert await raw.fetchval("SELECT pg_terminate_backend($1)", pid)
+    await notices.until(lambda: None in notices.told)
