@@ -28,12 +28,14 @@ class RemoteFeed:
         hub: EventHub,
         *,
         on_due: Callable[[], None] = lambda: None,
+        on_changed: Callable[[list[str]], None] = lambda job_ids: None,
         interval: float = 1.0,
         batch: int = 1000,
     ) -> None:
         self.store = store
         self.hub = hub
         self.on_due = on_due
+        self.on_changed = on_changed
         self.interval = interval
         self.batch = batch
         self.cursor = 0
@@ -58,6 +60,8 @@ class RemoteFeed:
             if not events:
                 return published
             self.cursor = events[-1].id
+            # Cached snapshots of these jobs go first, so the readers woken next read the store.
+            self.on_changed([event.job_id for event in events])
             self.hub.publish(events)
             published += len(events)
             if len(events) < self.batch:

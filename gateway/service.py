@@ -61,6 +61,7 @@ from gateway.events import EventHub, wait_set
 from gateway.jobs import Job, apply_report, new_id, transition
 from gateway.limits import WINDOW, TenantLimits, breach
 from gateway.policy import PollPolicy
+from gateway.snapshots import Snapshot
 from gateway.states import Action, IllegalTransition, JobState, is_allowed
 from gateway.store.base import (
     ClaimedIdempotency,
@@ -70,7 +71,6 @@ from gateway.store.base import (
     IdempotencyRecord,
     JobFilter,
     JobStore,
-    Page,
 )
 from gateway.vault import StoredCopy, envelope, gone
 from gateway.writer import JobWriter, Update
@@ -243,6 +243,8 @@ class JobService:
         self.capturer = capturer
         self.capture_wait = capture_wait
         self.writer = writer or JobWriter(store, hub)
+        # Shared with the writer, which refreshes each version it saves.
+        self.snapshots = self.writer.snapshots
         self.adapters = adapters
         self.policies = policies
         self.hub = hub
@@ -271,31 +273,68 @@ class JobService:
         return adapter
 
     async def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
-        # Another tenant's job is "not found", word for word: no oracle for ids that exist.
-        job = await self.store.get(job_id, tenant)
-        if job is None:
-            raise JobNotFound(f"no job with id {job_id!r}")
-        return job
+        return (await self.snapshot(job_id, tenant)).job
 
-    async def list(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
-        return await self.store.list_jobs(where, limit=limit, cursor=cursor)
+    async def snapshot(
+        self, job_id: str, tenant: str = DEFAULT_TENANT, *, at_least: int = 0
+    ) -> Snapshot:
+        """The job's newest version known here, encoded; from the store only when this process
+        holds none, or holds one older than ``at_least`` (a version the client has seen)."""
+        cached = self.snapshots.get(job_id)
+        if cached is not None and cached.job.version >= at_least:
+            if cached.job.tenant != tenant:
+                raise _not_found(job_id)
+            return cached
+        with self.snapshots.reading() as ticket:
+            job = await self.store.get(job_id, tenant)
+            if job is None:
+                raise _not_found(job_id)
+            return self.snapshots.fill(job, ticket)
+
+    async def list(self, where: JobFilter, *, limit: int, cursor: str | None) -> SnapshotPage:
+        """A page of jobs, encoded: the store names the page's jobs and their versions, and only
+        the rows this process holds no current snapshot of are read and decoded."""
+        snapshots = self.snapshots
+        with snapshots.reading() as ticket:
+            page = await self.store.list_versions(where, limit=limit, cursor=cursor)
+            found: dict[str, Snapshot] = {}
+            missing: list[str] = []
+            for job_id, version in page.versions:
+                cached = snapshots.get(job_id)
+                if cached is not None and cached.job.version >= version:
+                    found[job_id] = cached
+                else:
+                    missing.append(job_id)
+            if missing:
+                for job in await self.store.get_many(missing, where.tenant):
+                    found[job.id] = snapshots.fill(job, ticket)
+        # A job deleted between the two reads is left out of the page.
+        listed = [found[job_id] for job_id, _ in page.versions if job_id in found]
+        return SnapshotPage(listed, page.next_cursor)
 
     async def wait(self, job_id: str, seconds: float, tenant: str = DEFAULT_TENANT) -> Job:
         """The job as soon as it visibly changes, or as it is after ``seconds``."""
+        return (await self.watch(job_id, seconds, tenant)).job
+
+    async def watch(
+        self, job_id: str, seconds: float, tenant: str = DEFAULT_TENANT, *, at_least: int = 0
+    ) -> Snapshot:
+        """:meth:`wait`, encoded: the snapshot as soon as the job visibly changes, or as it is
+        after ``seconds``."""
         with self.hub.listen(job_id) as changed:
-            job = await self.get(job_id, tenant)
-            if seconds <= 0 or job.finished:
-                return job
-            seen = _visible(job)
+            current = await self.snapshot(job_id, tenant, at_least=at_least)
+            if seconds <= 0 or current.job.finished:
+                return current
+            seen = _visible(current.job)
             deadline = self.clock() + timedelta(seconds=seconds)
             while True:
                 left = (deadline - self.clock()).total_seconds()
                 if left <= 0:
-                    return job
+                    return current
                 await wait_set(changed, left)
-                job = await self.get(job_id, tenant)
-                if _visible(job) != seen:
-                    return job
+                current = await self.snapshot(job_id, tenant)
+                if _visible(current.job) != seen:
+                    return current
 
     # -- submit and adopt ----------------------------------------------------------------------
 
@@ -742,6 +781,7 @@ class JobService:
     async def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> None:
         if not await self.store.delete(job_id, tenant):
             raise JobNotFound(f"no job with id {job_id!r}")
+        self.snapshots.drop([job_id])
         if self.capturer is not None:
             # After the row: a crash between the two leaves files no row points at, never a row
             # pointing at deleted files. A capture still streaming for it finds its write fenced.
@@ -971,6 +1011,17 @@ class JobService:
                 return saved
             job = await self.get(job.id, job.tenant)
         raise InvalidState("the job changed too often to update; retry", state=job.state.value)
+
+
+def _not_found(job_id: str) -> JobNotFound:
+    # Another tenant's job is "not found", word for word: no oracle for ids that exist.
+    return JobNotFound(f"no job with id {job_id!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPage:
+    jobs: list[Snapshot]
+    next_cursor: str | None
 
 
 def _taken_over() -> IdempotencyKeyInFlight:

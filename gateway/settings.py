@@ -167,6 +167,9 @@ class ServerSettings(_Section):
     """An idle connection between requests is closed after this, and so is one whose next request
     head is still incomplete. Above the 60 s idle timeout of common load balancers, so that they
     close first and never send on a connection the gateway is closing."""
+    job_cache_size: int = Field(10_000, ge=1)
+    """Jobs whose encoded public form is kept in memory for reads (least recently read go first;
+    about 1-2 KiB each). A read of a cached job touches no database."""
 
 
 class StoreSettings(_Section):

@@ -1,9 +1,11 @@
 """The one place job changes are committed.
 
 The runner (its observations and verdicts) and the service (creations and user actions) hand their
-changes here. Each is saved with its events in one fenced transaction, then published to this
-process's waiters, and every change of state is logged once (``job.transition``) and counted once
-(``jobgate_job_transitions_total``), whoever made it: a ``continue`` counts like a poll's finish.
+changes here. Each is saved with its events in one fenced transaction; then the encoded snapshot
+that reads serve is refreshed (``gateway.snapshots``) and the events are published to this
+process's waiters, which so read the new version. Every change of state is logged once
+(``job.transition``) and counted once (``jobgate_job_transitions_total``), whoever made it: a
+``continue`` counts like a poll's finish.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import structlog
 
 from gateway.events import EventHub
 from gateway.jobs import Job, NewEvent, job_events
+from gateway.snapshots import Snapshots
 from gateway.states import JobState, Refused
 from gateway.store.base import Event, JobStore
 
@@ -49,11 +52,18 @@ class Update:
 
 class JobWriter:
     def __init__(
-        self, store: JobStore, hub: EventHub, *, observer: ChangeObserver | None = None
+        self,
+        store: JobStore,
+        hub: EventHub,
+        *,
+        observer: ChangeObserver | None = None,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.observer = observer
+        self.snapshots = snapshots if snapshots is not None else Snapshots()
+        """Encoded public forms for reads: refreshed here before any waiter wakes."""
 
     async def create(self, job: Job) -> Job:
         """Insert a new job with its ``created`` event."""
@@ -71,9 +81,12 @@ class JobWriter:
         saved: list[Job | None] = []
         for update, result in zip(updates, results, strict=True):
             if result is None:
+                # Another writer got there first: whatever is cached of this job may be behind.
+                self.snapshots.drop([update.after.id])
                 saved.append(None)
                 continue
             job, events = result
+            self.snapshots.put(job)
             published.extend(events)
             saved.append(job)
             self._observe(update, now)

@@ -34,6 +34,7 @@ from gateway.results import FetchPolicy, ResultFetcher
 from gateway.runner import Runner
 from gateway.service import JobService
 from gateway.settings import Settings
+from gateway.snapshots import Snapshots
 from gateway.store.base import JobStore
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore
@@ -189,7 +190,12 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         key_headers[name] = next(iter(adapter.auth_headers().items()))
         provider_hosts[name] = api_host(provider.base_url)
         components.fetchers[name] = ResultFetcher(_fetch_policy(settings, name))
-    writer = JobWriter(store, hub, observer=components.metrics)
+    snapshots = Snapshots(settings.server.job_cache_size)
+    # Another replica's writes and claims, named by the store (NOTIFY): drop what they changed.
+    store.subscribe_jobs(
+        lambda job_ids: snapshots.drop_all() if job_ids is None else snapshots.drop(job_ids)
+    )
+    writer = JobWriter(store, hub, observer=components.metrics, snapshots=snapshots)
     # The rate-limit quota the runner spends; captured pages spend from it too.
     quota = SharedQuota(store.quota, policies) if isinstance(store, PostgresStore) else None
     capturer = Capturer(
@@ -258,7 +264,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     )
     if settings.store.kind == "postgres":
         # Other replicas' changes reach this one's waiters, streams and runner.
-        feed = RemoteFeed(store, hub, on_due=runner.wake)
+        feed = RemoteFeed(store, hub, on_due=runner.wake, on_changed=snapshots.drop)
         await feed.start()
         store.subscribe(feed.signal)
         tasks.append(asyncio.create_task(feed.run(), name="jobgate-feed"))

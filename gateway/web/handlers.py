@@ -155,15 +155,44 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise BadInput(
             "invalid_query", f"cursor must be a next_cursor from a previous page, got {cursor!r}"
         ) from exc
-    return json_response(
-        {"jobs": [job.public() for job in page.jobs], "next_cursor": page.next_cursor}
+    # Spliced from each job's encoded snapshot: the same bytes as encoding the page whole.
+    body = b'{"jobs":[%s],"next_cursor":%s}' % (
+        b",".join(snapshot.body for snapshot in page.jobs),
+        orjson.dumps(page.next_cursor),
     )
+    return web.Response(body=body, headers=_JSON)
 
 
 async def get_job(request: web.Request) -> web.Response:
     wait = query_number(request, "wait", 0, 0, max_wait(request))
-    job = await service(request).wait(request.match_info["job_id"], wait, tenant_of(request))
-    return json_response(job.public())
+    held, anything = if_none_match(request)
+    snapshot = await service(request).watch(
+        request.match_info["job_id"], wait, tenant_of(request), at_least=max(held, default=0)
+    )
+    if anything or snapshot.job.version in held:
+        return web.Response(status=304, headers={"ETag": snapshot.etag})
+    return web.Response(body=snapshot.body, headers={**_JSON, "ETag": snapshot.etag})
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def if_none_match(request: web.Request) -> tuple[set[int], bool]:
+    """The job versions ``If-None-Match`` names (``"7"``, ``W/"7"``, a list of them), and whether
+    it is ``*``. The client holds those versions, so a read may not answer with anything older.
+    Tags that are not ours are ignored, as RFC 9110 has it."""
+    raw = request.headers.get("If-None-Match")
+    held: set[int] = set()
+    if not raw:
+        return held, False
+    for item in raw.split(","):
+        tag = item.strip().removeprefix("W/")
+        if tag == "*":
+            return held, True
+        digits = tag[1:-1]
+        if tag[:1] == tag[-1:] == '"' and digits.isascii() and digits.isdigit() and len(tag) < 21:
+            held.add(int(digits))
+    return held, False
 
 
 async def delete_job(request: web.Request) -> web.Response:

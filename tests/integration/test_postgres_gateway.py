@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from adapters.sandboxes import create_sandbox_app
 from adapters.simulator import SandboxSettings
 from gateway.web.app import create_app
+from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve
 from tests.integration.conftest import gateway_settings
 
@@ -178,3 +179,48 @@ async def test_a_copy_captured_by_one_gateway_is_served_by_another(
             assert response.status == 200
             assert response.headers["ETag"] == f'"{job["result"]["sha256"]}"'
             assert await response.read() == first
+
+
+async def test_a_gateway_never_serves_a_cached_job_another_one_changed(
+    gateway: Gateway, http_session: aiohttp.ClientSession
+) -> None:
+    writing, _ = await gateway(enabled=False)
+    reading, server = await gateway(enabled=False)  # nobody polls: only the writes below change it
+    snapshots = server.app[COMPONENTS_KEY].require_service().snapshots
+    job_id = await submit(http_session, writing, {"fileUrl": "https://example.com/a.pdf"})
+
+    async def read(url: str) -> tuple[int, dict[str, Any]]:
+        async with http_session.get(f"{url}/v1/jobs/{job_id}") as response:
+            return response.status, await response.json()
+
+    # The reader holds it once a read is not overtaken by the notices of the submit's own writes.
+    for _ in range(20):
+        _, seen = await read(reading)
+        if snapshots.get(job_id) is not None:
+            break
+    assert snapshots.get(job_id) is not None
+    # A write on the other gateway (a cancel asks for a poll now): its NOTIFY drops the copy.
+    async with http_session.post(f"{writing}/v1/jobs/{job_id}/cancel") as response:
+        assert response.status == 202, await response.text()
+        changed = (await response.json())["version"]
+    assert changed > seen["version"]
+    await dropped(server, job_id)
+    status, body = await read(reading)
+    assert (status, body["version"]) == (200, changed)
+    async with http_session.delete(f"{writing}/v1/jobs/{job_id}") as response:
+        assert response.status == 204
+    await dropped(server, job_id)
+    status, body = await read(reading)
+    assert status == 404, body
+
+
+async def dropped(server: TestServer, job_id: str) -> None:
+    """Until the gateway has heard the other's NOTIFY and dropped its copy of the job."""
+    heard = asyncio.Event()
+    # After the app's own subscriber, which drops the copy: when this one is told, it is gone.
+    server.app[COMPONENTS_KEY].require_store().subscribe_jobs(lambda job_ids: heard.set())
+    snapshots = server.app[COMPONENTS_KEY].require_service().snapshots
+    async with asyncio.timeout(10):
+        while snapshots.get(job_id) is not None:
+            await heard.wait()
+            heard.clear()

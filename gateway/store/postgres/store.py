@@ -255,8 +255,10 @@ class PostgresStore:
                 if count != len(writes):
                     # Cannot happen while we hold the rows' locks; never report a write not made.
                     raise RuntimeError(f"fenced save wrote {count} of {len(writes)} rows")
-            numbered = iter(await append_events(conn, applied))
+            # Before the events' notice: a replica drops its stale copies before its feed wakes
+            # the readers who will read them.
             await notify_jobs(conn, latest)
+            numbered = iter(await append_events(conn, applied))
         return [
             (job, next(numbered)) if ok else None
             for (job, _), ok in zip(changes, passed, strict=True)
