@@ -160,6 +160,7 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=registry,
         )
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
         self.auth_rejections = Counter(
             "jobgate_auth_rejections",
@@ -287,7 +288,19 @@ class Metrics:
     def http_request(
         self, method: str, route: str, status: int, seconds: float, *, timed: bool = True
     ) -> None:
-        method = method if method in HTTP_METHODS else "OTHER"
-        self.http_requests.labels(method, route, str(status)).inc()
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:
+            # Bound once per (method, route, status): a label lookup per request took locks and
+            # built tuples on the hot path. Routes are templates and methods a fixed set, so the
+            # map stays as small as the scrape.
+            label = method if method in HTTP_METHODS else "OTHER"
+            children = (
+                self.http_requests.labels(label, route, str(status)),
+                self.http_latency.labels(label, route),
+            )
+            if len(self._http_children) < 10_000:
+                self._http_children[key] = children
+        children[0].inc()
         if timed:
-            self.http_latency.labels(method, route).observe(max(0.0, seconds))
+            children[1].observe(max(0.0, seconds))

@@ -396,9 +396,17 @@ class LimitSettings(TenantLimitSettings):
         )
 
 
+AccessLog = Literal["all", "reads", "off"]
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "console"
     level: str = "INFO"
+    access: AccessLog = "reads"
+    """Which requests get an ``http.request`` line: ``all``; ``reads`` (the default): all but
+    successful reads (GET, HEAD, OPTIONS below 400) quicker than ``slow_request_seconds``; or
+    ``off``. The HTTP metrics count every request whatever this says."""
+    slow_request_seconds: float = Field(1.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -45,8 +45,7 @@ from gateway.web.cors import setup_cors
 from gateway.web.observability import (
     echo_request_id,
     metrics_endpoint,
-    metrics_middleware,
-    request_id_middleware,
+    observe_middleware,
 )
 from gateway.web.openapi import docs_page, openapi_json
 from gateway.web.problems import MAX_BODY_KEY, problem_middleware
@@ -62,12 +61,7 @@ log = structlog.get_logger("jobgate.app")
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[
-            request_id_middleware,
-            metrics_middleware,
-            problem_middleware,
-            auth_middleware,
-        ],
+        middlewares=[observe_middleware, problem_middleware, auth_middleware],
         # Carried by the app, so every runner (jobgate serve, the tests' servers) applies it; the
         # timeout before a first request is GatewayRunner's (gateway/web/server.py).
         handler_args={"keepalive_timeout": settings.server.keepalive_timeout_seconds},

@@ -84,9 +84,12 @@ class CorsPolicy:
         )
 
     def decorate(self, request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None:
+            return  # not a browser's cross-origin call: most requests stop here
         if hdrs.ACCESS_CONTROL_ALLOW_ORIGIN in response.headers:
             return  # a preflight answer, complete already
-        allow = self.allowed(request.headers.get(hdrs.ORIGIN))
+        allow = self.allowed(origin)
         if allow is None:
             return
         response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = allow

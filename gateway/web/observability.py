@@ -1,24 +1,27 @@
 """Request ids, HTTP metrics, the access log and ``GET /metrics``.
 
-``request_id_middleware`` runs outermost: it takes a sane ``X-Request-ID`` or makes one, binds it
-into structlog's context for everything logged while the request is served, and the
-``on_response_prepare`` hook echoes it on every response, including problem+json errors, streams
-and the 500s that aiohttp renders itself. ``metrics_middleware`` sits just outside the
-problem+json middleware, so it sees the status the client receives.
+``observe_middleware`` runs outermost: it takes a sane ``X-Request-ID`` or makes one, binds it
+into structlog's context for everything logged while the request is served, counts and times the
+request and writes its access-log line (``log.access`` says which requests get one). It sits just
+outside the problem+json middleware, so it sees the status the client receives. The
+``on_response_prepare`` hook echoes the id on every response, including problem+json errors,
+streams and the 500s that aiohttp renders itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
 from gateway.metrics import CONTENT_TYPE_LATEST
+from gateway.settings import AccessLog
 from gateway.web.state import COMPONENTS_KEY
 
 log = structlog.get_logger("jobgate.http")
@@ -39,9 +42,20 @@ CLIENT_CLOSED = 499
 def request_id_of(request: web.Request) -> str:
     """The client's id if it is short and plain enough to log and echo safely, else a new one."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    if _SANE_ID.fullmatch(given):
+    if given and _SANE_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return _new_request_id()
+
+
+def _request_ids() -> Callable[[], str]:
+    # 32 hex digits like a uuid4's, without a system call per request (os.urandom, which showed
+    # long GIL waits under load): a random per-process half, then a counter.
+    prefix = secrets.token_hex(8)
+    counter = itertools.count(secrets.randbits(32))
+    return lambda: f"{prefix}{next(counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_new_request_id = _request_ids()
 
 
 def route_template(request: web.Request) -> str:
@@ -51,14 +65,58 @@ def route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
+def logged(access: AccessLog, method: str, status: int, seconds: float, slow: float) -> bool:
+    """Whether a request gets an access-log line. ``reads`` leaves out successful, quick reads:
+    on a busy gateway they are most of the lines and most of the logging cost, and the HTTP
+    metrics count every one of them anyway."""
+    if access == "all":
+        return True
+    if access == "off":
+        return False
+    return method not in _READS or status >= 400 or seconds >= slow
+
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 @web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: the request id (bound into structlog's context for everything logged while the
+    request is served), the HTTP metrics and the access log, in one layer."""
     request_id = request_id_of(request)
     request[REQUEST_ID] = request_id
+    components = request.app[COMPONENTS_KEY]
+    started = time.perf_counter()
+    status = 500
     # bound_contextvars restores the previous values: a keep-alive connection serves its requests
     # in one task, so a plain bind would leak this id into the next request's logs.
     with structlog.contextvars.bound_contextvars(request_id=request_id):
-        return await handler(request)
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            route = route_template(request)
+            components.metrics.http_request(
+                request.method, route, status, seconds, timed=not _waits_by_design(request, route)
+            )
+            config = components.settings.log
+            if logged(config.access, request.method, status, seconds, config.slow_request_seconds):
+                emit = log.debug if route in QUIET_ROUTES else log.info
+                emit(
+                    "http.request",
+                    method=request.method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(seconds * 1000, 2),
+                )
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -66,37 +124,6 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
     request_id = request.get(REQUEST_ID)
     if isinstance(request_id, str):
         response.headers[REQUEST_ID_HEADER] = request_id
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[COMPONENTS_KEY].metrics
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED
-        raise
-    finally:
-        seconds = time.perf_counter() - started
-        route = route_template(request)
-        metrics.http_request(
-            request.method, route, status, seconds, timed=not _waits_by_design(request, route)
-        )
-        emit = log.debug if route in QUIET_ROUTES else log.info
-        emit(
-            "http.request",
-            method=request.method,
-            route=route,
-            status=status,
-            duration_ms=round(seconds * 1000, 2),
-        )
 
 
 def _waits_by_design(request: web.Request, route: str) -> bool:

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from structlog.typing import EventDict, WrappedLogger
@@ -26,12 +27,13 @@ from adapters.sandboxes import create_sandbox_app
 from adapters.simulator import SandboxSettings
 from gateway.logs import configure_logging, stdlib_handler
 from gateway.metrics import Metrics
-from gateway.settings import load_settings
+from gateway.settings import AccessLog, load_settings
 from gateway.web.observability import (
     REQUEST_ID_HEADER,
     echo_request_id,
-    metrics_middleware,
-    request_id_middleware,
+    logged,
+    observe_middleware,
+    request_id_of,
 )
 from gateway.web.problems import MAX_BODY_KEY, problem_middleware
 from gateway.web.state import COMPONENTS_KEY, Components
@@ -332,9 +334,7 @@ async def test_request_ids_on_crashes_and_across_keep_alive(
     """The gateway's middlewares on a small app: a crash still echoes the id, and a keep-alive
     connection (one task for all its requests) never carries one request's id into the next."""
     metrics = Metrics(process=False)
-    app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware, problem_middleware]
-    )
+    app = web.Application(middlewares=[observe_middleware, problem_middleware])
     app.on_response_prepare.append(echo_request_id)
     app[COMPONENTS_KEY] = Components(settings=load_settings(tmp_path / "no.toml"), metrics=metrics)
     app[MAX_BODY_KEY] = 1024
@@ -387,3 +387,28 @@ async def test_long_polls_and_streams_are_counted_but_not_timed(make_stack: Stac
     events = route + "/events"
     assert total(text, "jobgate_http_requests_total", route=events) == 1
     assert total(text, "jobgate_http_request_duration_seconds_count", route=events) == 0
+
+
+@pytest.mark.parametrize(
+    ("access", "method", "status", "seconds", "expected"),
+    [
+        ("all", "GET", 200, 0.001, True),
+        ("reads", "GET", 200, 0.001, False),  # the bulk of a busy gateway's lines
+        ("reads", "GET", 304, 0.001, False),
+        ("reads", "GET", 404, 0.001, True),
+        ("reads", "GET", 200, 2.0, True),  # slow: worth a line
+        ("reads", "POST", 201, 0.001, True),
+        ("reads", "DELETE", 204, 0.001, True),
+        ("off", "POST", 500, 0.001, False),
+    ],
+)
+def test_which_requests_get_an_access_log_line(
+    access: AccessLog, method: str, status: int, seconds: float, expected: bool
+) -> None:
+    assert logged(access, method, status, seconds, slow=1.0) is expected
+
+
+def test_made_request_ids_look_like_uuids_and_never_repeat() -> None:
+    made = {request_id_of(make_mocked_request("GET", "/")) for _ in range(1000)}
+    assert len(made) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", request_id) for request_id in made)
