@@ -208,9 +208,25 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/jobs/{job_id}",
         h.get_job,
-        "The canonical job; ?wait=N long-polls",
-        responses={200: JobOut, 400: BAD_QUERY, 404: NO_JOB},
-        params=(JOB_ID, WAIT),
+        "The canonical job; ?wait=N long-polls. ETag is the job's version: with If-None-Match "
+        "naming it the answer is 304, and a read never answers with a version older than one "
+        "If-None-Match names (whichever replica serves it)",
+        responses={
+            200: JobOut,
+            304: "Not modified: If-None-Match named the job's current version",
+            400: BAD_QUERY,
+            404: NO_JOB,
+        },
+        params=(
+            JOB_ID,
+            WAIT,
+            Param(
+                "If-None-Match",
+                "header",
+                {"type": "string"},
+                'ETags of versions the client holds ("7", W/"7", or *)',
+            ),
+        ),
         scope=Scope.READ,
     ),
     Route(
