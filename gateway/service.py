@@ -312,6 +312,22 @@ class JobService:
         listed = [found[job_id] for job_id, _ in page.versions if job_id in found]
         return SnapshotPage(listed, page.next_cursor)
 
+    async def list_encoded(self, where: JobFilter, *, limit: int, cursor: str | None) -> bytes:
+        """A list page as the API's JSON, spliced from the jobs' snapshots; while nothing
+        changes, the same page is answered from memory."""
+        labels = tuple(sorted(where.labels.items()))
+        key = (where.tenant, where.provider, where.state, labels, limit, cursor)
+        body = self.snapshots.page(key)
+        if body is None:
+            generation = self.snapshots.generation
+            page = await self.list(where, limit=limit, cursor=cursor)
+            body = b'{"jobs":[%s],"next_cursor":%s}' % (
+                b",".join(snapshot.body for snapshot in page.jobs),
+                orjson.dumps(page.next_cursor),
+            )
+            self.snapshots.keep_page(key, generation, body)
+        return body
+
     async def wait(self, job_id: str, seconds: float, tenant: str = DEFAULT_TENANT) -> Job:
         """The job as soon as it visibly changes, or as it is after ``seconds``."""
         return (await self.watch(job_id, seconds, tenant)).job
@@ -321,9 +337,11 @@ class JobService:
     ) -> Snapshot:
         """:meth:`wait`, encoded: the snapshot as soon as the job visibly changes, or as it is
         after ``seconds``."""
+        if seconds <= 0:
+            return await self.snapshot(job_id, tenant, at_least=at_least)
         with self.hub.listen(job_id) as changed:
             current = await self.snapshot(job_id, tenant, at_least=at_least)
-            if seconds <= 0 or current.job.finished:
+            if current.job.finished:
                 return current
             seen = _visible(current.job)
             deadline = self.clock() + timedelta(seconds=seconds)

@@ -26,7 +26,7 @@ served from the store whenever the cache is older than that ETag.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 
 import orjson
@@ -52,6 +52,10 @@ class Snapshot:
         return body
 
 
+PAGES = 256
+"""Encoded list pages kept (the most recently read), for dashboards re-reading an idle list."""
+
+
 class Snapshots:
     """A bounded, least-recently-used map of job id to its newest known :class:`Snapshot`.
 
@@ -73,6 +77,10 @@ class Snapshots:
         have found the older row, so it may not fill that job."""
         self.hits = 0
         self.misses = 0
+        self.generation = 0
+        """Moves on with every change this process hears of: a list page encoded at one
+        generation is current while it stays."""
+        self._pages: OrderedDict[Hashable, tuple[int, bytes]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -112,8 +120,27 @@ class Snapshots:
             return Snapshot(job)
         return self._set(job)
 
+    def page(self, key: Hashable) -> bytes | None:
+        """A list page encoded since the last change, or ``None``."""
+        found = self._pages.get(key)
+        if found is None or found[0] != self.generation:
+            return None
+        self._pages.move_to_end(key)
+        return found[1]
+
+    def keep_page(self, key: Hashable, generation: int, body: bytes) -> None:
+        """Keep a page read from the store at ``generation`` (taken before the read), unless
+        something changed since."""
+        if generation != self.generation:
+            return
+        self._pages[key] = (generation, body)
+        self._pages.move_to_end(key)
+        if len(self._pages) > PAGES:
+            self._pages.popitem(last=False)
+
     def put(self, job: Job) -> None:
-        """A version this process saved: refresh the entry if there is one."""
+        """A version this process saved (or created): refresh the entry if there is one."""
+        self.generation += 1
         entry = self._entries.get(job.id)
         if entry is not None:
             if entry.job.version < job.version:
@@ -123,12 +150,14 @@ class Snapshots:
 
     def drop(self, job_ids: Iterable[str]) -> None:
         """These jobs changed elsewhere (or may have): the next read of each goes to the store."""
+        self.generation += 1
         for job_id in job_ids:
             self._entries.pop(job_id, None)
             self._changing(job_id)
 
     def drop_all(self) -> None:
         """Anything may have changed (a gap in listening to other replicas)."""
+        self.generation += 1
         self._seq += 1
         self._floor = self._seq
         self._entries.clear()

@@ -68,6 +68,7 @@ class JobWriter:
     async def create(self, job: Job) -> Job:
         """Insert a new job with its ``created`` event."""
         events = await self.store.create(job, job_events(None, job))
+        self.snapshots.put(job)  # new on list pages
         self.hub.publish(events)
         return job
 

@@ -39,16 +39,15 @@ from gateway.store.base import JobStore
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
-from gateway.web.auth import auth_middleware
 from gateway.web.bodies import close_after_a_broken_body
 from gateway.web.cors import setup_cors
+from gateway.web.middleware import gateway_middleware
 from gateway.web.observability import (
     echo_request_id,
     metrics_endpoint,
-    observe_middleware,
 )
 from gateway.web.openapi import docs_page, openapi_json
-from gateway.web.problems import MAX_BODY_KEY, problem_middleware
+from gateway.web.problems import MAX_BODY_KEY
 from gateway.web.routes import ROUTES
 from gateway.web.sse import setup_sse
 from gateway.web.state import COMPONENTS_KEY, Components
@@ -61,7 +60,7 @@ log = structlog.get_logger("jobgate.app")
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[observe_middleware, problem_middleware, auth_middleware],
+        middlewares=[gateway_middleware],
         # Carried by the app, so every runner (jobgate serve, the tests' servers) applies it; the
         # timeout before a first request is GatewayRunner's (gateway/web/server.py).
         handler_args={"keepalive_timeout": settings.server.keepalive_timeout_seconds},

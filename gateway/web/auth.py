@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from gateway.access import Access
-from gateway.auth import Scope
+from gateway.auth import Principal, Scope
 from gateway.errors import Forbidden
 from gateway.web.routes import ROUTES, Route
 from gateway.web.state import COMPONENTS_KEY, PRINCIPAL
@@ -48,11 +48,12 @@ def required_scope(request: web.Request) -> tuple[Scope | None, bool]:
     return Scope.ADMIN, False
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def authorize(request: web.Request) -> Principal | None:
+    """Authenticate the caller and check the scope the matched route needs; ``None`` for a public
+    route. Raises the problem (401, 403) otherwise."""
     scope, stream = required_scope(request)
     if scope is None:
-        return await handler(request)
+        return None
     access: Access = request.app[COMPONENTS_KEY].require_access()
     token = request.query.get(ACCESS_TOKEN) if stream else None
     if token is not None and "Authorization" not in request.headers:
@@ -65,5 +66,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             f"this operation needs the {scope.value} scope; the key has {granted}", scope.value
         )
     request[PRINCIPAL] = principal
+    return principal
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    principal = await authorize(request)
+    if principal is None:
+        return await handler(request)
     with structlog.contextvars.bound_contextvars(tenant=principal.tenant):
         return await handler(request)

@@ -126,13 +126,13 @@ def setup_cors(app: web.Application, origins: Iterable[str]) -> None:
     """Answer preflights before routing, and mark allowed responses. With no origins configured
     nothing is installed: same-origin callers need none of it.
 
-    The middleware goes just before the problem+json one, so a preflight still gets a request id,
-    a log line and a place in the HTTP metrics.
+    The middleware goes inside the others (the gateway's own answers a preflight's route as
+    public), so a preflight still gets a request id, a log line and a place in the HTTP metrics.
     """
     policy = CorsPolicy(origins)
     if not policy.any and not policy.origins:
         return
-    app.middlewares.insert(max(0, len(app.middlewares) - 1), cors_middleware(policy))
+    app.middlewares.append(cors_middleware(policy))
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         policy.decorate(request, response)

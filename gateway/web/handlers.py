@@ -148,18 +148,13 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 50, 1, 500)
     cursor = request.query.get("cursor")
     try:
-        page = await service(request).list(where, limit=limit, cursor=cursor)
+        body = await service(request).list_encoded(where, limit=limit, cursor=cursor)
     except ValueError as exc:  # the store's answer to a cursor it did not make
         if cursor is None:
             raise
         raise BadInput(
             "invalid_query", f"cursor must be a next_cursor from a previous page, got {cursor!r}"
         ) from exc
-    # Spliced from each job's encoded snapshot: the same bytes as encoding the page whole.
-    body = b'{"jobs":[%s],"next_cursor":%s}' % (
-        b",".join(snapshot.body for snapshot in page.jobs),
-        orjson.dumps(page.next_cursor),
-    )
     return web.Response(body=body, headers=_JSON)
 
 

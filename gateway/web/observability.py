@@ -81,42 +81,50 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: the request id (bound into structlog's context for everything logged while the
-    request is served), the HTTP metrics and the access log, in one layer."""
+    """The request id (bound into structlog's context for everything logged while the request is
+    served), the HTTP metrics and the access log, for an app of its own (the gateway's middleware,
+    ``gateway.web.middleware``, does the same around its problems and auth in one layer)."""
     request_id = request_id_of(request)
     request[REQUEST_ID] = request_id
-    components = request.app[COMPONENTS_KEY]
     started = time.perf_counter()
     status = 500
-    # bound_contextvars restores the previous values: a keep-alive connection serves its requests
-    # in one task, so a plain bind would leak this id into the next request's logs.
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            raise
-        finally:
-            seconds = time.perf_counter() - started
-            route = route_template(request)
-            components.metrics.http_request(
-                request.method, route, status, seconds, timed=not _waits_by_design(request, route)
-            )
-            config = components.settings.log
-            if logged(config.access, request.method, status, seconds, config.slow_request_seconds):
-                emit = log.debug if route in QUIET_ROUTES else log.info
-                emit(
-                    "http.request",
-                    method=request.method,
-                    route=route,
-                    status=status,
-                    duration_ms=round(seconds * 1000, 2),
-                )
+    # Reset after: a keep-alive connection serves its requests in one task, so a plain bind would
+    # leak this id into the next request's logs.
+    tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        record(request, status, started)
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+def record(request: web.Request, status: int, started: float) -> None:
+    """Count and time a served request, and write its access-log line if ``log.access`` wants
+    one."""
+    components = request.app[COMPONENTS_KEY]
+    seconds = time.perf_counter() - started
+    route = route_template(request)
+    components.metrics.http_request(
+        request.method, route, status, seconds, timed=not _waits_by_design(request, route)
+    )
+    config = components.settings.log
+    if logged(config.access, request.method, status, seconds, config.slow_request_seconds):
+        emit = log.debug if route in QUIET_ROUTES else log.info
+        emit(
+            "http.request",
+            method=request.method,
+            route=route,
+            status=status,
+            duration_ms=round(seconds * 1000, 2),
+        )
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:

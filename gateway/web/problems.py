@@ -118,13 +118,12 @@ _HTTP_CODES = {
 }
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ValidationError as error:
+def problem_for(request: web.Request, error: Exception) -> web.StreamResponse | None:
+    """The problem+json answer for ``error``, or ``None`` for one that is not a problem (not ours,
+    or an HTTP exception below 400: a redirect)."""
+    if isinstance(error, ValidationError):
         return validation_problem(request, error)
-    except ServiceError as error:
+    if isinstance(error, ServiceError):
         headers = None
         retry_after = error.extra.get("retry_after")
         if isinstance(retry_after, int | float):
@@ -142,9 +141,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             headers=headers,
             **error.extra,
         )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(error, web.HTTPException) and error.status >= 400:
+        exc = error
         code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
         detail = exc.text or exc.reason
         if exc.status == 413:
@@ -162,3 +160,19 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             detail=detail,
             headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"} or None,
         )
+    return None
+
+
+PROBLEMS = (ValidationError, ServiceError, web.HTTPException)
+"""What :func:`problem_for` may turn into an answer."""
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except PROBLEMS as error:
+        answer = problem_for(request, error)
+        if answer is None:
+            raise
+        return answer

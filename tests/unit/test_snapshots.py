@@ -14,7 +14,7 @@ from gateway.events import EventHub
 from gateway.jobs import Job
 from gateway.service import JobService
 from gateway.snapshots import Snapshots
-from gateway.store.base import JobFilter
+from gateway.store.base import JobFilter, VersionPage
 from gateway.store.memory import MemoryStore
 from gateway.writer import JobWriter, Update
 from tests.unit.store.factories import T0, make_job
@@ -216,3 +216,39 @@ async def test_a_list_page_decodes_only_the_rows_it_lacks() -> None:
     assert stale.job.version == 1
     refreshed = await service.snapshot(jobs[2].id)
     assert refreshed.job.version == 2  # the listing's newer row replaced the stale one
+
+
+async def test_an_unchanged_list_page_is_answered_from_memory_until_a_change() -> None:
+    store = MemoryStore()
+    service = await service_over(store)
+    jobs = [await service.writer.create(make_job()) for _ in range(3)]
+    listed: list[int] = []
+    original = store.list_versions
+
+    async def counted(where: JobFilter, *, limit: int, cursor: str | None) -> VersionPage:
+        listed.append(limit)
+        return await original(where, limit=limit, cursor=cursor)
+
+    store.list_versions = counted  # type: ignore[method-assign]
+    first = await service.list_encoded(JobFilter(), limit=10, cursor=None)
+    assert await service.list_encoded(JobFilter(), limit=10, cursor=None) == first
+    assert listed == [10]
+    assert [job["id"] for job in orjson.loads(first)["jobs"]] == sorted(
+        (job.id for job in jobs), reverse=True
+    )
+    # Another tenant's listing is its own page.
+    assert (
+        orjson.loads(await service.list_encoded(JobFilter(tenant="acme"), limit=10, cursor=None))[
+            "jobs"
+        ]
+        == []
+    )
+    # A save (here, a creation) moves the generation on: the page is read again.
+    await service.writer.create(make_job())
+    again = await service.list_encoded(JobFilter(), limit=10, cursor=None)
+    assert len(orjson.loads(again)["jobs"]) == 4
+    assert listed == [10, 10, 10]
+    # A drop (another replica's change) does too.
+    service.snapshots.drop([jobs[0].id])
+    await service.list_encoded(JobFilter(), limit=10, cursor=None)
+    assert listed == [10, 10, 10, 10]
