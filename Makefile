@@ -31,8 +31,10 @@ sandbox: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jobgate demo
 
-# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~7 minutes.
+# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~12 minutes.
+# bench_reads drives the gateway with wrk (Debian's package), installed here when missing.
 bench: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_scale.py
@@ -40,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_kill.py
 	$(BIN)/python bench/bench_fairness.py
 	$(BIN)/python bench/bench_vault.py
+	$(BIN)/python bench/bench_reads.py --store both
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
