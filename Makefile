@@ -31,13 +31,14 @@ sandbox: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jobgate demo
 
-# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~12 minutes.
+# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~14 minutes.
 # bench_reads drives the gateway with wrk (Debian's package), installed here when missing.
 bench: $(STAMP)
 	command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_polls.py
 	$(BIN)/python bench/bench_replicas.py
 	$(BIN)/python bench/bench_kill.py
 	$(BIN)/python bench/bench_fairness.py

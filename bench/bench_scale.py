@@ -1,7 +1,8 @@
 """Scale: a million tracked jobs in one process, polled by the real runner from a real store.
 
     python bench/bench_scale.py [--jobs 1000000] [--due-per-second 2000] [--seconds 20]
-                                [--tick 0.02] [--batch 500] [--event-share 0.1] [--dir DIR]
+                                [--tick 0.02] [--batch 500] [--event-share 0.1]
+                                [--task-sample 200000] [--dir DIR]
 
 Issue 3's target: a task per job costs ~1.7 KB and stalls the GC for seconds at 1M; a heap of due
 times ~100 bytes a job; a loop wake-up ~100 us, so due work is coalesced into 10-50 ms ticks; single
@@ -22,6 +23,11 @@ batches, and a tick's outcomes are written in one transaction.
    that share of polls also writes a ``progress`` event. The runner's clock is virtual: it reads
    T0 when the run starts and then follows the monotonic clock, so the load time does not matter.
    Lateness is measured against the due time encoded in each due job's upstream id.
+4. Baselines (issue 11), in the same run: lateness against a plain heap scheduler holding the same
+   ``--jobs`` due times (the same random draws) that wakes every ``--tick``, pops what is due and
+   calls the same in-process adapter, for the same ``--seconds`` (goal: jobgate's p99 at most 3x
+   the heap's); memory per job against one asyncio task per job (each sleeping until its due
+   time), measured in a fresh process with ``--task-sample`` tasks (goal: at most 0.25x).
 
 Prints figures and one verdict per design target; asserts nothing.
 """
@@ -32,9 +38,13 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import heapq
+import json
 import math
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -75,6 +85,10 @@ MIN_TICK: Final = 0.010
 MAX_TICK: Final = 0.050
 SLOW_CALL: Final = 0.050
 """A store call longer than this (on the worker thread) counts as a stall."""
+# Issue 11's goals against the baselines.
+LATENESS_GOAL: Final = 3.0
+MEMORY_GOAL: Final = 0.25
+TEAMS: Final = ("search", "ingest", "ml")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +195,7 @@ class TimedStore(SqliteStore):
     executor hop and the wait for the loop to resume."""
 
     def __init__(self, path: Path, clock: VirtualClock) -> None:
-        super().__init__(path)
+        super().__init__(path, exclusive=True)  # as the gateway opens it
         self.clock = clock
         self.measuring = False
         self.loop: dict[str, Timer] = {}
@@ -304,14 +318,21 @@ class Load:
     """(jobs loaded, RSS KiB) at the last progress report in the first half of the load."""
 
 
-def make_job(rng: random.Random, index: int, due_share: float, window: float) -> tuple[Job, bool]:
-    due = rng.random() < due_share
-    if due:
+def draw(rng: random.Random, index: int, due_share: float, window: float) -> tuple[float, str, str]:
+    """A job's due time (seconds after T0), upstream id and team: the load and the heap baseline
+    make the same draws from the same seed, so both schedule the same due times."""
+    if rng.random() < due_share:
         offset = rng.uniform(0.0, window)
         upstream_id = f"due-{round(offset * 1e6):012d}-{index}"
     else:
         offset = FAR_FROM + rng.uniform(0.0, FAR_SPREAD)
         upstream_id = f"far-{index}"
+    return offset, upstream_id, rng.choice(TEAMS)
+
+
+def make_job(rng: random.Random, index: int, due_share: float, window: float) -> tuple[Job, bool]:
+    offset, upstream_id, team = draw(rng, index, due_share, window)
+    due = upstream_id.startswith("due-")
     started = T0 - timedelta(hours=1)
     job = Job(
         id=new_id(),
@@ -327,16 +348,19 @@ def make_job(rng: random.Random, index: int, due_share: float, window: float) ->
         next_poll_at=T0 + timedelta(seconds=offset),
         polls=3,
         unchanged_polls=2,
-        labels={"team": rng.choice(("search", "ingest", "ml")), "env": "prod"},
+        labels={"team": team, "env": "prod"},
         request={"query": "companies hiring in Berlin", "limit": 100},
         version=4,
     )
     return job, due
 
 
+LOAD_SEED: Final = 7
+
+
 async def load(store: TimedStore, total: int, due_wanted: int, window: float) -> Load:
     """Insert ``total`` jobs; the next batch is built while the store's thread inserts this one."""
-    rng = random.Random(7)
+    rng = random.Random(LOAD_SEED)
     share = min(1.0, due_wanted / total) if total else 0.0
     result = Load()
     started = time.perf_counter()
@@ -429,6 +453,63 @@ async def run_runner(
     result.polls = runner.status_calls[PROVIDER]
     result.rss_max = max(result.rss_samples, default=rss_kib())
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines (issue 11)
+
+
+async def heap_baseline(
+    total: int, due_wanted: int, window: float, tick: float, event_share: float
+) -> FakeAdapter:
+    """The same due times in a plain heap that a loop pops every ``tick``, calling the same
+    in-process adapter for each due job and pushing its next poll after the window, as the
+    runner's policy does: what a bare scheduler's lateness is, with nothing stored."""
+    rng = random.Random(LOAD_SEED)
+    share = min(1.0, due_wanted / total) if total else 0.0
+    heap = [draw(rng, index, share, window)[:2] for index in range(total)]
+    heapq.heapify(heap)
+    clock = VirtualClock()
+    adapter = FakeAdapter(clock, event_share, seed=11)
+    clock.start()
+    while (now := clock.elapsed()) < window:
+        while heap and heap[0][0] <= now:
+            _, upstream_id = heap[0]
+            await adapter.fetch_status(upstream_id)
+            heapq.heapreplace(heap, (now + FAR_FROM, upstream_id))
+        await asyncio.sleep(tick)
+    return adapter
+
+
+async def task_per_job(count: int) -> float:
+    """Bytes of RSS per asyncio task that sleeps until its job's due time (one task per job)."""
+
+    async def wait_until_due(delay: float) -> None:
+        await asyncio.sleep(delay)
+
+    gc.collect()
+    before = rss_kib()
+    tasks = [asyncio.create_task(wait_until_due(FAR_FROM + index)) for index in range(count)]
+    await asyncio.sleep(0)  # every task runs to its sleep: its frame, future and timer exist
+    gc.collect()
+    after = rss_kib()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return (after - before) * 1024 / count
+
+
+def task_baseline(count: int) -> float:
+    """:func:`task_per_job` in a fresh interpreter, so this process's freed memory is not reused."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--task-sample-worker", str(count)],
+        capture_output=True,
+        timeout=300,
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    value: float = json.loads(done.stdout.decode().strip().splitlines()[-1])["bytes_per_task"]
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -602,6 +683,23 @@ async def bench(args: argparse.Namespace, directory: Path) -> None:
     line("close() (WAL checkpoint)", f"{closing:.2f} s", f"file {mib(size / 1024)}")
 
     print()
+    print(
+        f"4. Baselines: a plain heap with a {args.tick * 1000:g} ms tick over the same due times "
+        f"for {args.seconds:g} s; one asyncio task per job",
+        flush=True,
+    )
+    heap = await heap_baseline(loaded.jobs, due_wanted, args.seconds, args.tick, args.event_share)
+    heap_p99, _ = print_lateness("heap: lateness at the adapter call", heap.late)
+    task_bytes = task_baseline(args.task_sample)
+    line(
+        "one task per job (RSS, a fresh process)",
+        f"{task_bytes:,.0f} B/job",
+        f"{args.task_sample:,} sleeping tasks",
+    )
+    late_ratio = p99_call / heap_p99 if heap_p99 > 0 else math.nan
+    memory_ratio = per_job / task_bytes if task_bytes > 0 else math.nan
+
+    print()
     print("Summary")
     rows = (
         ("tracked jobs", f"{loaded.jobs:,}"),
@@ -622,6 +720,10 @@ async def bench(args: argparse.Namespace, directory: Path) -> None:
             "store thread busy / awaited by the loop",
             f"{worked / run.wall:.1%} / {awaited / run.wall:.1%}",
         ),
+        ("lateness p99, heap with a tick (baseline)", f"{heap_p99 * 1000:.1f} ms"),
+        ("lateness p99, jobgate / heap", f"{late_ratio:.1f}x"),
+        ("RAM per job, one task per job (baseline)", f"{task_bytes:,.0f} B/job"),
+        ("RAM per job, jobgate / one task per job", f"{memory_ratio:.2f}x"),
     )
     for name, value in rows:
         print(f"  {name:<50} {value:>20}")
@@ -659,6 +761,19 @@ async def bench(args: argparse.Namespace, directory: Path) -> None:
         f"{p99_saved * 1000:.1f} ms at commit); ok within two ticks"
     )
 
+    print()
+    print("Verdicts (issue 11, against the baselines of this run)")
+    print(
+        f"  [{'ok' if late_ratio <= LATENESS_GOAL else 'MISS'}] lateness p99 at the call: "
+        f"jobgate {p99_call * 1000:.1f} ms / heap with a {args.tick * 1000:g} ms tick "
+        f"{heap_p99 * 1000:.1f} ms = {late_ratio:.1f}x; goal <= {LATENESS_GOAL:g}x"
+    )
+    print(
+        f"  [{'ok' if memory_ratio <= MEMORY_GOAL else 'MISS'}] memory per tracked job: "
+        f"jobgate {per_job:,.0f} B / one task per job {task_bytes:,.0f} B = {memory_ratio:.2f}x; "
+        f"goal <= {MEMORY_GOAL:g}x"
+    )
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -673,8 +788,21 @@ def main() -> None:
         default=0.1,
         help="share of polls whose report moves the progress, writing an event (default 0.1)",
     )
+    parser.add_argument(
+        "--task-sample",
+        type=int,
+        default=200_000,
+        help="tasks made for the one-task-per-job memory baseline (default 200000)",
+    )
     parser.add_argument("--dir", type=Path, help="where to put the database (default: a temp dir)")
+    parser.add_argument("--task-sample-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.task_sample_worker:
+        per_task = asyncio.run(task_per_job(args.task_sample_worker))
+        print(json.dumps({"bytes_per_task": per_task}))
+        return
+    if args.task_sample < 1000:
+        parser.error("need --task-sample >= 1000")
     if args.jobs < 1 or args.due_per_second < 1 or not 1 <= args.seconds <= 600:
         parser.error("need --jobs >= 1, --due-per-second >= 1 and 1 <= --seconds <= 600")
     if not 0 <= args.event_share <= 1:
