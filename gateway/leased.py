@@ -44,8 +44,14 @@ class LeasedWork(Generic[T]):
 
 
 class LeasedLoop(Generic[T]):
-    """Runs ``work`` until cancelled, at most ``capacity`` rows at a time, waking at least every
-    ``tick`` while busy and every second otherwise (the safety net for wake-ups it never hears)."""
+    """Runs ``work`` until cancelled, at most ``capacity`` rows at a time, stepping every ``tick``
+    while busy and at least every second otherwise (the safety net for wake-ups it never hears).
+
+    A tick is a period, not a pause: the next step is due a tick after the last one STARTED, so
+    the time a step spends in the store (its claim, its write) is not added to every tick. A pause
+    after each step made the cycle tick + step: with fast upstreams a provider's slots sat idle
+    for most of it, and under a busy store the loop woke far less often than its tick.
+    """
 
     def __init__(self, work: LeasedWork[T], *, capacity: int, tick: float) -> None:
         self.work = work
@@ -53,6 +59,8 @@ class LeasedLoop(Generic[T]):
         self.tick = tick
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], T] = {}
+        self._stepped = 0.0
+        """When the last step started (the event loop's clock)."""
         self.steps = 0
         """Loop iterations so far (benchmarks read how often the loop woke)."""
         self.claimed = 0
@@ -93,6 +101,7 @@ class LeasedLoop(Generic[T]):
             raise
 
     async def _step(self) -> int:
+        self._stepped = asyncio.get_running_loop().time()
         room = self.capacity - len(self._inflight)
         claimed = await self.work.claim(room) if room > 0 else []
         self.steps += 1
@@ -137,19 +146,22 @@ class LeasedLoop(Generic[T]):
         self._wake.set()
 
     async def _sleep(self) -> None:
+        # What is left of this tick (nothing, when the step took longer than a tick).
+        rest = max(0.0, self._stepped + self.tick - asyncio.get_running_loop().time())
         pending = self.work.pending()
         if pending or self._wake.is_set():
             self._wake.clear()
-            # Outcomes wait one tick, so the polls finishing together are written together.
-            await asyncio.sleep(self.tick if pending else 0)
+            # Outcomes wait for the next tick, so the polls finishing together are written
+            # together.
+            await asyncio.sleep(rest if pending else 0)
             return
         if len(self._inflight) >= self.capacity:
             await wait_set(self._wake, 1.0)
             return
         due = await self.work.next_due()
         delay = 1.0 if due is None else (due - self.work.clock()).total_seconds()
-        # Coalesce: never wake more often than a tick, and re-check at least every second.
-        delay = min(1.0, max(self.tick, delay))
+        # Coalesce: never step more often than a tick, and re-check at least every second.
+        delay = min(1.0, max(rest, delay))
         if self.work.pending():
-            delay = self.tick  # a run finished during the read above
+            delay = rest  # a run finished during the read above
         await wait_set(self._wake, delay)
