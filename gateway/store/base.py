@@ -283,6 +283,16 @@ class JobRows(Protocol):
         Claimed jobs get ``next_poll_at = lease_until`` (and ``version + 1``) so that no other
         claim takes them until the lease runs out: a crashed poll is retried when its lease
         expires. ``owner`` names the claiming process (for operators; fencing is by version).
+
+        Where the claim is kept is the store's choice, as long as no caller can tell: a store
+        shared by processes (PostgreSQL, a SQLite file opened without ``exclusive``) writes it to
+        the row; a store whose file one process holds (SQLite opened ``exclusive``, as the gateway
+        opens it) may keep it in memory, so that a poll writes its job's row once, with its save.
+        Then every read (``get``, ``get_by_upstream``, ``get_many``, ``list_jobs``,
+        ``list_versions``) shows the claimed version and ``next_poll_at``, ``next_due`` counts the
+        lease's end, and saves are fenced against the claimed version, exactly as if it had been
+        written. The difference is a crash: such claims end with their process, and the next one
+        finds those jobs due at their old time, at once, instead of at the lease's end.
         """
         ...
 

@@ -239,8 +239,7 @@ class MemoryStore:
         for pair in [pair for pair, heap in self._due.items() if not heap]:
             del self._due[pair]
         claimed = [
-            replace(item.payload, next_poll_at=lease_until, version=item.payload.version + 1)
-            for item in sorted(chosen, key=lambda item: item.order)
+            item.payload.leased(lease_until) for item in sorted(chosen, key=lambda item: item.order)
         ]
         # Pushed only now, so that a lease already due (lease_until <= now) is not claimed twice.
         for job in claimed:

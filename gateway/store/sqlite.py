@@ -10,6 +10,17 @@ compare (a float would not round-trip every microsecond, ISO text is three times
 
 Crash safety comes from WAL with ``synchronous=NORMAL``: a killed process loses nothing it
 committed; only a power cut can drop the last few commits, never corrupt the file.
+
+Checkpoints (where ``synchronous=NORMAL`` fsyncs, copying the WAL back into the file) run on a
+second thread and connection (:class:`_Checkpointer`), never inside the worker's transactions: a
+checkpoint of a busy WAL took a few hundred milliseconds, and every claim and save queued behind it.
+
+Opened ``exclusive`` (the gateway), the file is this process's alone, so a claim's lease is kept in
+the worker's memory rather than written to the row: a poll writes its job's row once (its save),
+not twice. Every read shows a held claim as if it had been written (the claimed version, the lease
+as ``next_poll_at``) and every save is fenced against it, so callers cannot tell the difference,
+except after a crash: the claims die with the process, and a restart finds those jobs due at once
+instead of waiting out the leases.
 """
 
 from __future__ import annotations
@@ -19,15 +30,17 @@ import fcntl
 import functools
 import os
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
 import orjson
+import structlog
 
 from adapters.base import JSON
 from gateway.auth import DEFAULT_TENANT, ApiKey, Scope
@@ -100,6 +113,7 @@ from gateway.store.sqlite_sql import (
     SELECT_API_KEY_BY_DIGEST,
     SELECT_DUE_DELIVERIES,
     SELECT_DUE_OF_TENANT,
+    SELECT_DUE_ROWS,
     SELECT_FOR_SAVE,
     SELECT_IDEMPOTENCY,
     SELECT_JOB,
@@ -115,6 +129,8 @@ from gateway.store.sqlite_sql import (
     UPDATE_JOB_AND_STATE,
 )
 
+log = structlog.get_logger("jobgate.store.sqlite")
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -125,17 +141,38 @@ _PRAGMAS: Final = (
     # 64 MiB: the hot part of a million-job table (the due index and recently polled rows).
     "PRAGMA cache_size = -65536",
     "PRAGMA temp_store = MEMORY",
-    # Checkpoints are where synchronous=NORMAL fsyncs. A poll batch dirties a page or more per job
-    # (rows are due in random order), so the default 1000-page threshold checkpointed after nearly
-    # every batch; 16384 pages (64 MiB) measured about twice the save_many throughput.
-    "PRAGMA wal_autocheckpoint = 16384",
+    # Checkpoints are the checkpointer's (_Checkpointer), on its own thread: never a commit's.
+    "PRAGMA wal_autocheckpoint = 0",
     "PRAGMA journal_size_limit = 67108864",
 )
+
+CHECKPOINT_EVERY: Final = 0.2
+"""Seconds between the checkpointer's passes while the worker writes. Short, so that each pass
+copies little and often finishes between two transactions: the WAL restarts from its beginning
+only when a write begins with every frame copied back."""
+WAL_FRAMES_CAP: Final = 32768
+"""WAL frames (pages; 128 MiB at 4 KiB) past which the checkpointer waits for the writer to pause
+(``RESTART``) instead of copying around it: passes that never catch up must not let the WAL grow
+without bound. Seen only when writes outrun the disk."""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
 _JobRow = tuple[str, str, str, str, int | None, int, int, str, str, str]
+
+
+class _Lease(NamedTuple):
+    """A claim held in memory (an exclusive store's): what the claim would have written."""
+
+    job_id: str
+    rowid: int
+    until: int
+    """The lease's end, in microseconds: the job's ``next_poll_at`` while it is held."""
+    until_at: datetime
+    version: int
+    """The version the claim gave the job: saves are fenced against it, reads show it."""
+
+
 _EventRow = tuple[int, str, str, str, str, str, str, int]
 _KeyRow = tuple[str, str, str, str, str, str, int, int | None, int | None, int | None]
 
@@ -154,8 +191,13 @@ class SqliteStore:
         self.exclusive = exclusive
         self._lock: int | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._checkpointer: _Checkpointer | None = None
         # Touched only on the worker thread.
         self._conn: sqlite3.Connection | None = None
+        self._leases: dict[str, _Lease] = {}
+        """Claims held in memory (exclusive stores only), by job id; ended by a save or a delete."""
+        self._leased_rows: dict[int, _Lease] = {}
+        """The same claims by row id, for the claim's and next_due's walks of the due index."""
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -172,12 +214,18 @@ class SqliteStore:
                 self._executor.shutdown(wait=True)
                 self._executor = None
                 self._unlock()
+        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer.start()
 
     async def close(self) -> None:
         executor = self._executor
         if executor is None:
             return
+        checkpointer, self._checkpointer = self._checkpointer, None
         try:
+            if checkpointer is not None:
+                # Off the event loop: a pass in progress may be in the middle of an fsync.
+                await asyncio.get_running_loop().run_in_executor(None, checkpointer.stop)
             await self._call(self._close_sync)
         finally:
             self._executor = None
@@ -551,6 +599,9 @@ class SqliteStore:
         if conn is None:
             return
         self._conn = None
+        # Claims held in memory end with the store (a clean stop has handed their jobs back).
+        self._leases.clear()
+        self._leased_rows.clear()
         try:
             # Folds the WAL back into the main file so the next open starts from one small file.
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -576,7 +627,7 @@ class SqliteStore:
                     job.version,
                     _to_us(job.created_at),
                     _labels(job.labels),
-                    _dumps(job.to_record()),
+                    job.to_json(),
                     job.upstream_id,
                 )
             )
@@ -592,9 +643,16 @@ class SqliteStore:
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"job already exists: {exc}") from exc
 
+    def _job(self, record: str) -> Job:
+        """A stored record as a job, with the claim this store holds on it, if any, applied: what
+        the row would say had the claim been written to it."""
+        job = Job.from_json(record)
+        lease = self._leases.get(job.id) if self._leases else None
+        return job if lease is None else job.leased(lease.until_at, lease.version)
+
     def _get_sync(self, job_id: str, tenant: str) -> Job | None:
         row = self._db.execute(SELECT_JOB, (job_id, tenant)).fetchone()
-        return _job(row[0]) if row else None
+        return self._job(row[0]) if row else None
 
     def _get_by_upstream_sync(
         self, provider: str, upstream_id: str, tenant: str | None
@@ -602,11 +660,11 @@ class SqliteStore:
         params = {"provider": provider, "upstream_id": upstream_id, "tenant": tenant}
         rows = self._db.execute(SELECT_JOBS_BY_UPSTREAM, params)
         newest = max(rows, default=None)
-        return _job(newest[1]) if newest else None
+        return self._job(newest[1]) if newest else None
 
     def _list_sync(self, where: JobFilter, limit: int, before: str | None) -> list[Job]:
         sql, params = self._listing(where, limit, before)
-        return [_job(record) for (record,) in self._db.execute(sql, params)]
+        return [self._job(record) for (record,) in self._db.execute(sql, params)]
 
     def _list_versions_sync(
         self, where: JobFilter, limit: int, before: str | None
@@ -614,11 +672,15 @@ class SqliteStore:
         sql, params = self._listing(where, limit, before)
         # The same walk, reading two columns instead of decoding each record.
         sql = sql.replace("SELECT jobs.record", "SELECT jobs.id, jobs.version", 1)
-        return [(job_id, version) for job_id, version in self._db.execute(sql, params)]
+        leases = self._leases
+        return [
+            (job_id, lease.version if (lease := leases.get(job_id)) else version)
+            for job_id, version in self._db.execute(sql, params)
+        ]
 
     def _get_many_sync(self, job_ids: Sequence[str], tenant: str) -> list[Job]:
         ids = orjson.dumps(list(dict.fromkeys(job_ids))).decode()
-        return [_job(record) for (record,) in self._db.execute(SELECT_JOBS, (ids, tenant))]
+        return [self._job(record) for (record,) in self._db.execute(SELECT_JOBS, (ids, tenant))]
 
     def _listing(
         self, where: JobFilter, limit: int, before: str | None
@@ -646,7 +708,12 @@ class SqliteStore:
             stored = {row[1]: row for row in cursor.execute(SELECT_FOR_SAVE, (ids,))}
             # The fences are checked here, in batch order, so that two versions of one job in one
             # batch behave as if saved one after the other; only each job's last version is written.
-            versions = {job_id: row[2] for job_id, row in stored.items()}
+            # A claim held in memory stands for a write of its version.
+            leases = self._leases
+            versions = {
+                job_id: lease.version if (lease := leases.get(job_id)) else row[2]
+                for job_id, row in stored.items()
+            }
             applied: list[tuple[Job, Sequence[NewEvent]]] = []
             passed: list[bool] = []
             latest: dict[str, Job] = {}
@@ -659,6 +726,9 @@ class SqliteStore:
                     applied.append((job, events))
             _write_saved(cursor, [(stored[job_id], job) for job_id, job in latest.items()])
             numbered = iter(_insert_events(cursor, applied))
+        if leases:
+            for job_id in latest:  # committed: a save ends any claim on the job
+                self._release(job_id)
         results: list[tuple[Job, list[Event]] | None] = []
         for (job, _), ok in zip(changes, passed, strict=True):
             results.append((job, next(numbered)) if ok else None)
@@ -669,6 +739,8 @@ class SqliteStore:
         with self._transaction() as cursor:
             deleted = cursor.execute(DELETE_JOB, (job_id, tenant)).fetchall()
             _add_counts(cursor, Counter({(provider, state): -1 for provider, state in deleted}))
+        if deleted:
+            self._release(job_id)
         return bool(deleted)
 
     def _claim_due_sync(
@@ -678,55 +750,110 @@ class SqliteStore:
         lease_us = _to_us(lease_until)
         lease_iso = _iso(lease_until)
         claimed: list[Job] = []
+        if self.exclusive:
+            # Nothing is written, so no write lock: this connection is the file's only writer, and
+            # this thread runs one call at a time, so nothing changes between the reads below.
+            chosen, records = self._choose(self._db, now_us, limit, caps)
+            leases = self._leases
+            for item in chosen:
+                job = Job.from_json(records[item.payload])
+                held = leases.get(job.id)  # a lease that ran out: claimed again on top of it
+                version = (held.version if held is not None else job.version) + 1
+                claimed.append(job.leased(lease_until, version))
+                self._hold(_Lease(job.id, item.payload, lease_us, lease_until, version))
+            return claimed
         updates: list[tuple[int, int, str, int]] = []
         with self._transaction() as cursor:
-            if caps is None:
-                providers = [p for (p,) in cursor.execute(SCHEDULED_PROVIDERS).fetchall()]
-                wants = {provider: limit for provider in providers}
-            else:
-                wants = {provider: min(cap, limit) for provider, cap in caps.items()}
-            # Each (provider, tenant)'s soonest due jobs from the index alone (next_poll_at and
-            # rowid), each read only as far as the turns ask (gateway.store.fair).
-            streams: dict[str, list[Generator[Due[tuple[int, int], int], None, None]]] = {}
-            for provider, want in wants.items():
-                tenants = cursor.execute(SCHEDULED_TENANTS, {"provider": provider}).fetchall()
-                for (tenant,) in tenants:
-                    stream = self._due_rows(provider, tenant, now_us, want)
-                    streams.setdefault(tenant, []).append(stream)
-            try:
-                chosen = take_turns(streams, limit=limit, caps=caps)
-            finally:
-                for tenant_streams in streams.values():
-                    for stream in tenant_streams:
-                        stream.close()
-            if not chosen:
-                return []
-            wanted = _dumps([item.payload for item in chosen])
-            records = dict(cursor.execute(SELECT_RECORDS, (wanted,)).fetchall())
-            for item in sorted(chosen, key=lambda item: item.order):
+            chosen, records = self._choose(cursor, now_us, limit, caps)
+            for item in chosen:
                 record = orjson.loads(records[item.payload])
                 record["version"] += 1
                 record["next_poll_at"] = lease_iso
                 claimed.append(Job.from_record(record))
                 updates.append((lease_us, record["version"], _dumps(record), item.payload))
-            cursor.executemany(LEASE_JOB, updates)
+            if updates:
+                cursor.executemany(LEASE_JOB, updates)
         return claimed
+
+    def _choose(
+        self,
+        cursor: sqlite3.Cursor | sqlite3.Connection,
+        now_us: int,
+        limit: int,
+        caps: Mapping[str, int] | None,
+    ) -> tuple[list[Due[tuple[int, int], int]], dict[int, str]]:
+        """The due rows a claim takes, soonest first, and their records by row id."""
+        if caps is None:
+            providers = [p for (p,) in cursor.execute(SCHEDULED_PROVIDERS).fetchall()]
+            wants = {provider: limit for provider in providers}
+        else:
+            wants = {provider: min(cap, limit) for provider, cap in caps.items()}
+        # Each (provider, tenant)'s soonest due jobs from the index alone (next_poll_at and
+        # rowid), each read only as far as the turns ask (gateway.store.fair).
+        streams: dict[str, list[Generator[Due[tuple[int, int], int], None, None]]] = {}
+        for provider, want in wants.items():
+            tenants = cursor.execute(SCHEDULED_TENANTS, {"provider": provider}).fetchall()
+            for (tenant,) in tenants:
+                stream = self._due_rows(provider, tenant, now_us, want)
+                streams.setdefault(tenant, []).append(stream)
+        try:
+            chosen = take_turns(streams, limit=limit, caps=caps)
+        finally:
+            for tenant_streams in streams.values():
+                for stream in tenant_streams:
+                    stream.close()
+        if not chosen:
+            return [], {}
+        wanted = _dumps([item.payload for item in chosen])
+        records: dict[int, str] = dict(cursor.execute(SELECT_RECORDS, (wanted,)).fetchall())
+        chosen.sort(key=_order)
+        return chosen, records
 
     def _due_rows(
         self, provider: str, tenant: str, now_us: int, want: int
     ) -> Generator[Due[tuple[int, int], int], None, None]:
         """A (provider, tenant)'s soonest due rows, read as they are asked for: the statement
-        runs at the first ask and ends when the stream is closed."""
-        rows = self._db.execute(SELECT_DUE_OF_TENANT, (provider, tenant, now_us, want))
+        runs at the first ask and ends when the stream is closed. Rows under a claim held in
+        memory (still due in the index) are passed over until their lease runs out."""
+        held = self._leased_rows
+        rows = self._db.execute(SELECT_DUE_OF_TENANT, (provider, tenant, now_us, want + len(held)))
         try:
             for when, rowid in rows:
-                yield Due((when, rowid), tenant, provider, rowid)
+                lease = held.get(rowid) if held else None
+                if lease is None or lease.until <= now_us:
+                    yield Due((when, rowid), tenant, provider, rowid)
         finally:
             rows.close()
 
+    def _hold(self, lease: _Lease) -> None:
+        self._release(lease.job_id)
+        self._leases[lease.job_id] = lease
+        self._leased_rows[lease.rowid] = lease
+
+    def _release(self, job_id: str) -> None:
+        lease = self._leases.pop(job_id, None)
+        if lease is not None:
+            del self._leased_rows[lease.rowid]
+
     def _next_due_sync(self) -> datetime | None:
-        (earliest,) = self._db.execute(SELECT_NEXT_DUE).fetchone()
-        return _from_us(earliest) if earliest is not None else None
+        held = self._leased_rows
+        if not held:
+            (earliest,) = self._db.execute(SELECT_NEXT_DUE).fetchone()
+            return _from_us(earliest) if earliest is not None else None
+        # The rows under claims held in memory are still due in the index: the earliest due row
+        # no claim holds, or the first lease to run out, whichever comes first.
+        earliest = min(lease.until for lease in held.values())
+        rows = self._db.execute(SELECT_DUE_ROWS)
+        try:
+            for when, rowid in rows:
+                if when >= earliest:
+                    break
+                if rowid not in held:
+                    earliest = when
+                    break
+        finally:
+            rows.close()
+        return _from_us(earliest)
 
     def _count_by_state_sync(self) -> dict[tuple[str, JobState], int]:
         return {
@@ -869,6 +996,53 @@ class SqliteStore:
         return [_delivery(row) for row in self._db.execute(sql, params)]
 
 
+class _Checkpointer:
+    """Copies the WAL back into the database file on a thread and a connection of its own.
+
+    Its ``PASSIVE`` passes never wait for the worker: the worker's reads and writes go on during a
+    pass, and the pass's fsyncs are this thread's. Past ``WAL_FRAMES_CAP`` frames a pass asks for a
+    ``RESTART``, which waits (busy_timeout) for the writer to pause so that the WAL can start over.
+    """
+
+    def __init__(self, path: Path, every: float = CHECKPOINT_EVERY) -> None:
+        self.path = path
+        self.every = every
+        self.passes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="jobgate-sqlite-checkpoint", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End after the pass in progress, if any (close's TRUNCATE checkpoint comes next)."""
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            log.warning("sqlite.checkpointer_failed", path=str(self.path), error=str(exc))
+            return
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            mode = "PASSIVE"
+            while not self._stop.wait(self.every):
+                try:
+                    _, frames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                except sqlite3.Error as exc:
+                    # The next pass tries again; until then the WAL only grows a little.
+                    log.warning("sqlite.checkpoint_failed", path=str(self.path), error=str(exc))
+                    continue
+                self.passes += 1
+                mode = "RESTART" if frames > WAL_FRAMES_CAP else "PASSIVE"
+        finally:
+            conn.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Helpers for the worker thread, inside the caller's transaction where they take a cursor
 
@@ -899,7 +1073,7 @@ def _write_saved(cursor: sqlite3.Cursor, rows: Sequence[tuple[Any, Job]]) -> Non
     relabelled: list[Job] = []
     moved: Counter[tuple[str, str]] = Counter()
     for (rowid, _, version, state, labels), job in rows:
-        record = _dumps(job.to_record())
+        record = job.to_json()
         new_labels = _labels(job.labels)
         next_poll = _to_us_or_none(job.next_poll_at)
         if state == job.state.value and labels == new_labels:
@@ -927,6 +1101,10 @@ def _write_saved(cursor: sqlite3.Cursor, rows: Sequence[tuple[Any, Job]]) -> Non
         cursor.executemany(
             INSERT_LABEL, [(job.id, k, v) for job in relabelled for k, v in job.labels.items()]
         )
+
+
+def _order(item: Due[tuple[int, int], int]) -> tuple[int, int]:
+    return item.order
 
 
 def _add_counts(cursor: sqlite3.Cursor, deltas: Counter[tuple[str, str]]) -> None:
@@ -982,10 +1160,6 @@ def _insert_events(
     if rows:
         cursor.executemany(INSERT_EVENT, rows)
     return numbered
-
-
-def _job(record: str) -> Job:
-    return Job.from_record(orjson.loads(record))
 
 
 def _api_key(row: Sequence[Any]) -> ApiKey:

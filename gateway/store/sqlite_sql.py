@@ -363,6 +363,13 @@ SELECT jobs.rowid, jobs.record FROM json_each(?) AS wanted JOIN jobs ON jobs.row
 """
 LEASE_JOB: Final = "UPDATE jobs SET next_poll_at = ?, version = ?, record = ? WHERE rowid = ?"
 SELECT_NEXT_DUE: Final = "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
+# An exclusive store's next_due with claims held in memory: the due index walked from its start,
+# past the rows those claims hold (read lazily; there are at most a batch or two of them).
+SELECT_DUE_ROWS: Final = """
+SELECT next_poll_at, rowid FROM jobs INDEXED BY jobs_due
+WHERE next_poll_at IS NOT NULL
+ORDER BY next_poll_at
+"""
 ADD_JOB_COUNTS: Final = """
 INSERT INTO job_counts (provider, state, n) VALUES (?, ?, ?)
 ON CONFLICT (provider, state) DO UPDATE SET n = n + excluded.n

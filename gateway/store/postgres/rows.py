@@ -52,7 +52,7 @@ def job_columns(jobs: Sequence[Job]) -> tuple[list[Any], ...]:
         [j.version for j in jobs],
         [j.created_at for j in jobs],
         [dumps(dict(j.labels)) for j in jobs],
-        [dumps(j.to_record()) for j in jobs],
+        [j.to_json() for j in jobs],
     )
 
 

@@ -1,5 +1,9 @@
 """The ``store`` fixture: every contract suite here runs against memory, SQLite and PostgreSQL.
 
+SQLite runs twice: opened exclusively (``sqlite``, as the gateway opens it: claims are held in the
+store's memory) and shared (``sqlite-shared``, as ``jobgate keys`` opens it: claims are written to
+the rows), since the two keep claims differently and must keep the same contract.
+
 PostgreSQL tests each get a schema of their own (``t_<uuid>``), dropped with everything in it
 afterwards, so they share one database without seeing each other's rows. Without a server they
 are skipped, not failed: the embedded stores need nothing but this process.
@@ -20,7 +24,7 @@ from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import POSTGRES_DSN, fresh_schema
 
-STORE_KINDS = ("memory", "sqlite", "postgres")
+STORE_KINDS = ("memory", "sqlite", "sqlite-shared", "postgres")
 
 PgStores = Callable[..., Awaitable[PostgresStore]]
 
@@ -78,7 +82,11 @@ async def store(store_kind: str, tmp_path: Path) -> AsyncIterator[JobStore]:
             finally:
                 await postgres.close()
         return
-    impl: JobStore = MemoryStore() if store_kind == "memory" else SqliteStore(tmp_path / "j.db")
+    impl: JobStore = (
+        MemoryStore()
+        if store_kind == "memory"
+        else SqliteStore(tmp_path / "j.db", exclusive=store_kind == "sqlite")
+    )
     await impl.open()
     yield impl
     await impl.close()

@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -476,3 +477,124 @@ async def test_a_second_gateway_process_on_one_file_is_refused(tmp_path: Path) -
     await again.open()
     assert await again.ping() is True
     await again.close()
+
+
+# -- claims held in memory (an exclusive store) and checkpoints off the worker ------------------
+
+
+async def test_an_exclusive_store_holds_claims_in_memory_and_reads_show_them(
+    tmp_path: Path,
+) -> None:
+    """The file is one process's: a claim writes nothing, yet every read and every fence sees it
+    as if it had been written."""
+    path = tmp_path / "jobs.db"
+    store = SqliteStore(path, exclusive=True)
+    await store.open()
+    try:
+        job = make_job(next_poll_at=T0, labels={"team": "x"})
+        later = make_job(next_poll_at=T0 + timedelta(seconds=9))
+        await store.create(job, [])
+        await store.create(later, [])
+        [claimed] = await store.claim_due(T0, limit=5, lease_until=T0 + LEASE)
+        assert (claimed.version, claimed.next_poll_at) == (2, T0 + LEASE)
+        # Nothing reached the row: the poll's save will be the job's only write.
+        assert query(path, f"SELECT version, next_poll_at FROM jobs WHERE id = '{job.id}'") == [
+            (1, to_us(T0))
+        ]
+        assert await store.get(job.id) == claimed
+        assert await store.get_by_upstream(job.provider, job.upstream_id) == claimed
+        assert await store.get_many([job.id]) == [claimed]
+        page = await store.list_jobs(JobFilter(), limit=5, cursor=None)
+        assert claimed in page.jobs
+        versions = await store.list_versions(JobFilter(), limit=5, cursor=None)
+        assert (job.id, 2) in versions.versions
+        # The held row is still first in the due index; next_due and claims pass it over.
+        assert await store.next_due() == later.next_poll_at
+        soon = T0 + timedelta(seconds=5)
+        assert await store.claim_due(soon, limit=5, lease_until=T0 + LEASE) == []
+        # Fenced against the claimed version: the old version's writer loses, the claim's wins.
+        assert await store.save_many([(bumped(job, T0, polls=1), [])]) == [None]
+        polled = bumped(claimed, T0, polls=1, next_poll_at=T0 + timedelta(seconds=5))
+        [saved] = await store.save_many([(polled, [])])
+        assert saved is not None
+        assert query(path, f"SELECT version, next_poll_at FROM jobs WHERE id = '{job.id}'") == [
+            (3, to_us(T0 + timedelta(seconds=5)))
+        ]
+        assert await store.get(job.id) == polled
+        assert await store.next_due() == T0 + timedelta(seconds=5)
+    finally:
+        await store.close()
+
+
+async def test_a_held_claim_ends_with_a_save_a_delete_or_its_lease(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.db", exclusive=True)
+    await store.open()
+    try:
+        kept, gone, lapsed = (make_job(next_poll_at=T0) for _ in range(3))
+        for job in (kept, gone, lapsed):
+            await store.create(job, [])
+        claims = {job.id: job for job in await store.claim_due(T0, limit=5, lease_until=T0 + LEASE)}
+        assert len(claims) == 3
+        # A user's write on top of the claimed version ends the claim: the poll's save is fenced.
+        cancelled = bumped(claims[kept.id], T0, state=JobState.CANCELED, next_poll_at=None)
+        assert (await store.save_many([(cancelled, [])]))[0] is not None
+        late = bumped(claims[kept.id], T0, polls=1)
+        assert await store.save_many([(late, [])]) == [None]
+        assert await store.delete(gone.id)
+        assert await store.get(gone.id) is None
+        # Only the lapsed claim is left; it is due when its lease ends, and claimed on top of it.
+        assert await store.next_due() == T0 + LEASE
+        [again] = await store.claim_due(T0 + LEASE, limit=5, lease_until=T0 + 2 * LEASE)
+        assert (again.id, again.version) == (lapsed.id, claims[lapsed.id].version + 1)
+        assert await store.save_many([(bumped(claims[lapsed.id], T0, polls=1), [])]) == [None]
+    finally:
+        await store.close()
+
+
+async def test_claims_held_in_memory_end_with_the_process(tmp_path: Path) -> None:
+    """A restart finds the jobs a dead process had claimed due at once: no lease to wait out."""
+    path = tmp_path / "jobs.db"
+    first = SqliteStore(path, exclusive=True)
+    await first.open()
+    job = make_job(next_poll_at=T0)
+    await first.create(job, [])
+    [claimed] = await first.claim_due(T0, limit=5, lease_until=T0 + LEASE)
+    await first.close()  # no hand-back: as a killed process leaves it
+    second = SqliteStore(path, exclusive=True)
+    await second.open()
+    try:
+        assert await second.get(job.id) == job
+        assert await second.next_due() == T0
+        [again] = await second.claim_due(T0, limit=5, lease_until=T0 + LEASE)
+        assert again == claimed
+    finally:
+        await second.close()
+
+
+async def test_the_checkpointer_folds_the_wal_back_off_the_worker(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteStore(path, exclusive=True)
+    await store.open()
+    try:
+        (autocheckpoint,) = await store._call(
+            lambda: store._db.execute("PRAGMA wal_autocheckpoint").fetchone()
+        )
+        assert autocheckpoint == 0  # the worker's commits never checkpoint
+        marker = "checkpointed-" + make_job().id
+        await store.create(make_job(labels={"marker": marker}), [])
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        passes = checkpointer.passes
+
+        def two_more_passes() -> None:  # the checkpointer is a thread: wait on one too
+            deadline = time.monotonic() + 10
+            while checkpointer.passes < passes + 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        await asyncio.to_thread(two_more_passes)
+        assert checkpointer.passes >= passes + 2
+        # Only a checkpoint copies pages from the WAL into the database file itself.
+        assert marker.encode() in path.read_bytes()
+    finally:
+        await store.close()
+    assert store._checkpointer is None
