@@ -214,7 +214,11 @@ class Runner:
         pending, self._pending = self._pending, []
         saved = await self.writer.save(pending, self.clock())
         for update, job in zip(pending, saved, strict=True):
-            if job is not None and self.capturer is not None:
+            if (
+                job is not None
+                and self.capturer is not None
+                and update.before.vault.copy is not None
+            ):
                 await self.capturer.forget(update.before, job)
             if job is None:
                 # A user action (cancel, continue, delete) wrote first: its version stands.
@@ -228,15 +232,19 @@ class Runner:
     # -- one poll ------------------------------------------------------------------------------
 
     async def _poll_guarded(self, job: Job) -> None:
-        # Each poll runs in its own task, so this binding reaches whatever the poll logs (the
-        # adapters included) and nothing else.
-        bound = structlog.contextvars.bound_contextvars(
+        # Each poll runs in its own task (the leased loop makes one per row), in a copy of the
+        # loop's context: this binding reaches whatever the poll logs (the adapters included) and
+        # nothing else, and goes with the task, so nothing needs to unbind it.
+        structlog.contextvars.bind_contextvars(
             job_id=job.id, provider=job.provider, state=job.state.value
         )
         try:
-            with bound:
-                await self.poll(job)
+            await self.poll(job)
         except asyncio.CancelledError:
+            # Not on the task's cancellation: the hand-back releases those, so they are counted
+            # once.
+            if not _cancelling():
+                self._release(job)
             raise
         except Exception:
             log.exception(
@@ -245,10 +253,7 @@ class Runner:
             provider = self.providers.get(job.provider)
             delay = provider.policy.error_max_interval if provider else 300.0
             self._reschedule(job, delay, failures=job.failures + 1)
-        finally:
-            # Not on cancellation: the hand-back releases those, so they are counted once.
-            if not _cancelling():
-                self._release(job)
+        self._release(job)
 
     async def poll(self, job: Job) -> None:
         """Poll one claimed job and queue its new version for the next flush."""
@@ -409,7 +414,7 @@ class Runner:
             )
             # Later than anything above may ask, a provider's hint included: it says "not before".
             delay = max(delay, refused_delay(policy, refusals=new.refusals, rand=draw))
-            new = replace(new, eta=eta, next_poll_at=now + timedelta(seconds=delay))
+            new = new.scheduled(now + timedelta(seconds=delay), eta)
         # The snapshot is the job as it is saved (its next poll and ETA are decided only above),
         # so a finished job's event never shows a lease as its next poll.
         events = job_events(job, new)
