@@ -12,7 +12,9 @@ process (tests, or a gateway with embedded sandboxes) never share or double-regi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 
 from prometheus_client import (
@@ -24,9 +26,11 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from gateway.jobs import Job
 from gateway.policy import Circuit
@@ -147,20 +151,8 @@ class Metrics:
             ["provider"],
             registry=registry,
         )
-        self.http_requests = Counter(
-            "jobgate_http_requests",
-            "Requests served, by method, route template and status",
-            ["method", "route", "status"],
-            registry=registry,
-        )
-        self.http_latency = Histogram(
-            "jobgate_http_request_duration_seconds",
-            "Time to serve a request; long polls (?wait) and SSE streams are not timed here",
-            ["method", "route"],
-            buckets=HTTP_BUCKETS,
-            registry=registry,
-        )
-        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self.http = HttpTally()
+        registry.register(self.http)
 
         self.auth_rejections = Counter(
             "jobgate_auth_rejections",
@@ -288,19 +280,59 @@ class Metrics:
     def http_request(
         self, method: str, route: str, status: int, seconds: float, *, timed: bool = True
     ) -> None:
+        self.http.add(method, route, status, seconds, timed=timed)
+
+
+_HTTP_BOUNDS = [floatToGoString(bound) for bound in (*HTTP_BUCKETS, math.inf)]  # type: ignore[no-untyped-call]
+"""The buckets' ``le`` labels, written as the client library writes them."""
+
+
+class HttpTally:
+    """``jobgate_http_requests_total`` and ``jobgate_http_request_duration_seconds`` as plain
+    numbers, made into Prometheus families only when scraped.
+
+    Every request adds to them, so they are the one hot path of the metrics: a dict lookup and
+    two additions here, where a client library child takes a lock per update and a histogram
+    walks its buckets. Only the event loop writes them, and the scrape reads them on it too.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.timings: dict[tuple[str, str], list[float]] = {}
+        """Per (method, route): a count per bucket (the last one +Inf), then the sum."""
+
+    def add(self, method: str, route: str, status: int, seconds: float, *, timed: bool) -> None:
+        if method not in HTTP_METHODS:
+            method = "OTHER"
         key = (method, route, status)
-        children = self._http_children.get(key)
-        if children is None:
-            # Bound once per (method, route, status): a label lookup per request took locks and
-            # built tuples on the hot path. Routes are templates and methods a fixed set, so the
-            # map stays as small as the scrape.
-            label = method if method in HTTP_METHODS else "OTHER"
-            children = (
-                self.http_requests.labels(label, route, str(status)),
-                self.http_latency.labels(label, route),
-            )
-            if len(self._http_children) < 10_000:
-                self._http_children[key] = children
-        children[0].inc()
+        self.counts[key] = self.counts.get(key, 0) + 1
         if timed:
-            children[1].observe(max(0.0, seconds))
+            timing = self.timings.get((method, route))
+            if timing is None:
+                timing = self.timings[(method, route)] = [0.0] * (len(HTTP_BUCKETS) + 2)
+            seconds = max(0.0, seconds)
+            timing[bisect_left(HTTP_BUCKETS, seconds)] += 1
+            timing[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "jobgate_http_requests",
+            "Requests served, by method, route template and status",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), count in self.counts.items():
+            requests.add_metric([method, route, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "jobgate_http_request_duration_seconds",
+            "Time to serve a request; long polls (?wait) and SSE streams are not timed here",
+            labels=["method", "route"],
+        )
+        for (method, route), timing in self.timings.items():
+            below = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, times in zip(_HTTP_BOUNDS, timing[:-1], strict=True):
+                below += times
+                buckets.append((bound, below))
+            latency.add_metric([method, route], buckets, sum_value=timing[-1])
+        yield latency

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.base import RateLimited, Timestamps
 from adapters.http import CallObserver
 from gateway.events import EventHub
 from gateway.jobs import Job
-from gateway.metrics import Metrics
+from gateway.metrics import HTTP_BUCKETS, Metrics
 from gateway.policy import Circuit
 from gateway.runner import Runner, RunnerObserver
 from gateway.states import Anomaly, JobState, Refused
@@ -249,3 +250,50 @@ async def test_the_runner_feeds_it() -> None:
     assert value(metrics, "jobgate_job_detection_lag_seconds_sum", provider="a") == lag
     assert value(metrics, "jobgate_job_duration_seconds_sum", provider="a") == lag
     assert done.finished_at == T0 + timedelta(seconds=lag)
+
+
+def test_http_series_render_as_the_client_librarys_own_would() -> None:
+    """The HTTP tally is plain numbers; scraped, it must read exactly like a Counter and a
+    Histogram of the client library fed the same requests."""
+    metrics = Metrics(process=False)
+    registry = CollectorRegistry()
+    counter = Counter(
+        "jobgate_http_requests",
+        "Requests served, by method, route template and status",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    histogram = Histogram(
+        "jobgate_http_request_duration_seconds",
+        "Time to serve a request; long polls (?wait) and SSE streams are not timed here",
+        ["method", "route"],
+        buckets=HTTP_BUCKETS,
+        registry=registry,
+    )
+    served = [
+        ("GET", "/v1/jobs/{job_id}", 200, 0.0004, True),
+        ("GET", "/v1/jobs/{job_id}", 200, 0.005, True),  # on a bucket's bound: counted in it
+        ("GET", "/v1/jobs/{job_id}", 304, 0.3, True),
+        ("GET", "/v1/jobs/{job_id}", 200, 12.0, False),  # a long poll: counted, not timed
+        ("POST", "/v1/jobs", 201, 200.0, True),  # past the last bound: +Inf only
+        ("BREW", "unmatched", 405, -1.0, True),  # an odd method; a clock that went back
+    ]
+    for method, route, status, seconds, timed in served:
+        metrics.http_request(method, route, status, seconds, timed=timed)
+        label = method if method != "BREW" else "OTHER"
+        counter.labels(label, route, str(status)).inc()
+        if timed:
+            histogram.labels(label, route).observe(max(0.0, seconds))
+
+    def samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items())), sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("jobgate_http_")
+            for sample in family.samples
+        }
+
+    ours = samples(metrics.render().decode())
+    theirs = samples(generate_latest(registry).decode())
+    assert ours == theirs
+    assert any(name.endswith("_bucket") for name, _, _ in ours)
