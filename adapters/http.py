@@ -57,9 +57,15 @@ class Timeouts:
     total: float = 60.0
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=self.total, sock_connect=self.connect, sock_read=self.read
-        )
+        return _client_timeout(self)
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """One ``ClientTimeout`` per distinct setting (it is frozen), not one per call."""
+    return aiohttp.ClientTimeout(
+        total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +346,8 @@ class HttpAdapter:
                 raw = self.scrubber.mask_bytes(await response.read())
                 hints = parse_rate_hints(response.headers, self.clock())
                 status = response.status
-                reply_headers = dict(response.headers)
+                # Read-only and case-insensitive already: no copy (it outlives the response).
+                reply_headers = response.headers
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise NotSent(
                 f"{self.name}: {method} {path} failed: could not connect ({type(exc).__name__})"

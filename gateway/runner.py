@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Final, Protocol
 
 import structlog
 
@@ -294,8 +294,14 @@ class Runner:
             if provider.breaker.circuit is Circuit.HALF_OPEN:
                 self._record_breaker(provider, job.provider, ok=False)
             raise
-        self._record_breaker(provider, job.provider, ok=True)
-        records = await self._partial_records(job, provider, report)
+        if provider.breaker != _FRESH:  # a success leaves a fresh breaker: most polls have one
+            self._record_breaker(provider, job.provider, ok=True)
+        locator = report.result
+        records = (
+            await self._partial_records(job, provider, report)
+            if locator is not None and locator.partial
+            else None
+        )
         update = self._on_report(job, provider.policy, report, records)
         if self.capturer is not None and self.capturer.at_finish(update.after):
             update = await self._capture_at_finish(update)
@@ -495,6 +501,10 @@ def _add_records(job: Job, events: list[NewEvent], page: ResultPage) -> tuple[Jo
         },
     )
     return replace(job, records_seen=job.records_seen + len(fresh)), [*events, event]
+
+
+_FRESH: Final = Breaker()
+"""A closed circuit with no failures counted: what every successful call leaves."""
 
 
 def _cancelling() -> bool:
