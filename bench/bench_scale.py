@@ -676,6 +676,12 @@ async def bench(args: argparse.Namespace, directory: Path) -> None:
     line("RSS while running (max of 1-s samples)", mib(run.rss_max), f"after: {mib(rss_after)}")
     line("gc-tracked objects after run", f"{objects_run:,}", f"full collect {gc_run * 1000:.1f} ms")
 
+    wal = path.with_name(path.name + "-wal")
+    line(
+        "WAL after the run (before close)",
+        mib((wal.stat().st_size if wal.exists() else 0) / 1024),
+        "checkpoints keep it bounded off the hot path",
+    )
     started = time.perf_counter()
     await store.close()
     closing = time.perf_counter() - started
