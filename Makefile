@@ -31,7 +31,7 @@ sandbox: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jobgate demo
 
-# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~14 minutes.
+# Benchmarks print figures and assert nothing (bench/README.md); the full set takes ~15 minutes.
 # bench_reads drives the gateway with wrk (Debian's package), installed here when missing.
 bench: $(STAMP)
 	command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_fairness.py
 	$(BIN)/python bench/bench_vault.py
 	$(BIN)/python bench/bench_reads.py --store both
+	$(BIN)/python bench/bench_sse.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
