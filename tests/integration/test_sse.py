@@ -133,7 +133,7 @@ async def test_a_thousand_clients_on_one_job_all_get_the_terminal_event(
                     connected.release()
             received.append(seen)
 
-    reads = stack.app[SSE_KEY].reads
+    sse = stack.app[SSE_KEY]
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=timeout
@@ -143,7 +143,7 @@ async def test_a_thousand_clients_on_one_job_all_get_the_terminal_event(
             async with asyncio.timeout(90):
                 for _ in range(clients):
                     await connected.acquire()
-                reads_before = reads.store_reads
+                reads_before = sse.store_reads
                 started = time.perf_counter()
                 async with stack.client.post(f"{stack.url}/v1/jobs/{job['id']}/cancel") as answer:
                     assert answer.status == 202
@@ -162,13 +162,14 @@ async def test_a_thousand_clients_on_one_job_all_get_the_terminal_event(
         assert [frame.id for frame in seen[:-1]] == [event.id for event in log]
         assert seen[-2].data["state"] == "canceled"
         assert seen[-1].kind == "end"
-    shared_reads = reads.store_reads - reads_before
+    shared_reads = sse.store_reads - reads_before
     print(
         f"\n{clients} SSE clients: terminal event to all in {fan_out:.3f} s "
         f"(cancel request included), {shared_reads} store reads for the fan-out"
     )
-    # Coalescing is the point: one read per wake-up wave, not one per client.
-    assert shared_reads < clients // 10
+    # One read per wake-up of the job's channel (a cancel publishes once or twice), whatever the
+    # number of clients.
+    assert shared_reads <= 3
 
 
 # -- resumption ----------------------------------------------------------------------------------
