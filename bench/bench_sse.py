@@ -25,8 +25,9 @@ Issue 11. Besides this one, these processes, all on 127.0.0.1 (each raises its o
 
 Each round starts a fresh jobgate and a fresh bare server (the order alternates between rounds),
 warms each up with 20 clients, then for each N (largest first, so the RSS figure is of a process
-that has not held connections before): connect N clients, wait a second, read VmRSS, trigger,
-wait for every client's receipt, close every client (RST, so no TIME_WAIT piles up). Figures:
+that has not held connections before): wait until the server is idle, connect N clients, wait a
+second, read VmRSS, trigger, wait for every client's receipt, close every client (RST, so no
+TIME_WAIT piles up). Figures:
 
 1. connect: from the first connect to the last client's response head, and the server's CPU
    (utime + stime from /proc) per connection meanwhile.
@@ -91,6 +92,9 @@ RECEIVE_WITHIN: Final = 60.0
 SETTLE: Final = 1.0
 """Seconds between the last response head and the RSS reading."""
 WARM_UP: Final = 20
+QUIESCE_WITHIN: Final = 10.0
+IDLE_CPU: Final = 0.005
+"""CPU seconds in a tenth of a second below which a server counts as idle."""
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 SLOW_POLICY: Final[dict[str, Any]] = {
     "first_delay": 3600,
@@ -578,6 +582,7 @@ async def run_once(target: Target, workers: Sequence[Child], clients: int, in_fl
     path, head = await target.new_stream()
     shares = [clients // len(workers) + (i < clients % len(workers)) for i in range(len(workers))]
     ours = [os.getpid(), target.pid, *(worker.pid for worker in workers)]
+    await quiesce(target.pid)  # the last run's closed connections are cleaned up, not timed here
     busy0, ours0 = machine_jiffies(), sum(cpu_seconds(pid) for pid in ours)
     rss0, cpu0 = rss_bytes(target.pid), cpu_seconds(target.pid)
     answers = await asyncio.gather(
@@ -626,8 +631,17 @@ async def run_once(target: Target, workers: Sequence[Child], clients: int, in_fl
         others = (busy1[0] - busy0[0]) / CLOCK_TICKS - (ours1 - ours0)
         run.others = max(0.0, others) / elapsed
     await asyncio.gather(*(w.ask({"op": "close"}, 30) for w in workers))
-    await asyncio.sleep(0.5)  # let the server see the resets before the next run
     return run
+
+
+async def quiesce(pid: int) -> None:
+    """Until the process has been idle for a tenth of a second (at most ``QUIESCE_WITHIN``)."""
+    deadline = time.monotonic() + QUIESCE_WITHIN
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.1)
+        if cpu_seconds(pid) - before < IDLE_CPU:
+            return
 
 
 def print_run(number: int, run: Run) -> None:
