@@ -28,8 +28,9 @@ from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import Event, NewEvent
 from gateway.store.memory import MemoryStore
-from gateway.web import sse
-from gateway.web.sse import SSE_KEY, Channel, Topic, all_events, job_events, setup_sse
+from gateway.web import fanout
+from gateway.web.fanout import Channel, Topic
+from gateway.web.sse import SSE_KEY, all_events, job_events, setup_sse
 from gateway.web.state import COMPONENTS_KEY, PRINCIPAL, Components
 from tests.conftest import Serve
 
@@ -410,7 +411,7 @@ async def test_a_stream_whose_client_left_is_dropped_and_its_channel_closed(serv
 async def test_a_client_that_does_not_read_is_dropped_and_the_others_go_on(
     serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sse, "MAX_BUFFERED", 64 * 1024)
+    monkeypatch.setattr(fanout, "MAX_BUFFERED", 64 * 1024)
     svc = Service(CountingStore())
     app = sse_app(svc)
     base = await serve(app)

@@ -15,8 +15,9 @@ from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import Event, NewEvent
 from gateway.store.memory import MemoryStore
+from gateway.web.event_reads import EventReads, encode
 from gateway.web.problems import BadInput
-from gateway.web.sse import EventReads, encode, last_event_id, query_values
+from gateway.web.sse import last_event_id, query_values
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
