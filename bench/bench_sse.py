@@ -83,7 +83,7 @@ HEADERS: Final = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-"""jobgate's SSE response headers (``gateway/web/sse.py``)."""
+"""jobgate's SSE response headers (``gateway/web/fanout.py``)."""
 MARKER: Final = b'"canceled"'
 """What a client waits for: in the trigger's event, in no frame before it."""
 START_WITHIN: Final = 30.0
