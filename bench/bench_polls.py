@@ -64,6 +64,8 @@ BASE_PATH: Final = "/v1/api"
 KEY: Final = "bench-platform-key-0123456789"
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 RESET_AFTER: Final = 3600
+TICK: Final = 0.02
+"""The runner's tick (its default, as the gateway ships it)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,6 +306,7 @@ async def runner_worker(args: argparse.Namespace) -> dict[str, Any]:
             adapters,
             policies,
             hub,
+            tick=TICK,
             observer=metrics,
             writer=JobWriter(store, hub, observer=metrics),
             capturer=capturer,
@@ -420,7 +423,7 @@ def spread(values: list[float]) -> str:
     return f"{min(values):,.0f}-{max(values):,.0f}"
 
 
-def report(runs: list[Run], loops: list[str]) -> None:
+def report(runs: list[Run], loops: list[str], concurrency: int) -> None:
     print()
     print(
         f"  {'run':<4} {'loop':<8} {'what':<8} {'polls/s':>9} {'CPU us/poll':>12} "
@@ -454,6 +457,10 @@ def report(runs: list[Run], loops: list[str]) -> None:
                 f"  {loop:<8} {name:<8} {medians[loop, kind][0]:>15,.0f} {spread(rates):>13} "
                 f"{medians[loop, kind][1]:>15,.0f} {spread(costs):>11}"
             )
+    print(
+        f"  (jobgate's ceiling here: {concurrency} polls in flight, claimed at most once a "
+        f"{TICK * 1000:g} ms tick = {concurrency / TICK:,.0f} polls/s)"
+    )
     print()
     for loop in loops:
         if (loop, "raw") not in medians or (loop, "runner") not in medians:
@@ -506,7 +513,7 @@ def parent(args: argparse.Namespace) -> None:
                         f"{run.us_per_poll:>6,.0f} us CPU/poll",
                         flush=True,
                     )
-        report(runs, loops)
+        report(runs, loops, args.concurrency)
         if args.profile:
             _, text = run_one(args, "runner", loops[-1], port, upstream.pid, profile=True)
             print()

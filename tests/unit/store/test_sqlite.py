@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -598,3 +599,28 @@ async def test_the_checkpointer_folds_the_wal_back_off_the_worker(tmp_path: Path
     finally:
         await store.close()
     assert store._checkpointer is None
+
+
+@pytest.mark.parametrize("exclusive", [True, False], ids=["exclusive", "shared"])
+async def test_every_due_job_is_claimed_once_in_turns(tmp_path: Path, exclusive: bool) -> None:
+    """Jobs due at the same instant, several tenants, claims smaller than the backlog: every due
+    job is claimed exactly once, tenants taking turns, with the store opened either way."""
+    store = SqliteStore(tmp_path / "jobs.db", exclusive=exclusive)
+    await store.open()
+    try:
+        due = [
+            make_job(tenant=tenant, next_poll_at=T0 - timedelta(seconds=n % 3))
+            for tenant in ("a", "b", "c")
+            for n in range(45)
+        ]
+        await store._create_many([(job, ()) for job in due])
+        seen: list[str] = []
+        while batch := await store.claim_due(T0, limit=40, lease_until=T0 + LEASE):
+            if len(batch) == 40:  # while every tenant has jobs left, they take turns
+                tenants = Counter(job.tenant for job in batch)
+                assert max(tenants.values()) - min(tenants.values()) <= 1, tenants
+            seen.extend(job.id for job in batch)
+        assert sorted(seen) == sorted(job.id for job in due)
+        assert await store.next_due() == T0 + LEASE
+    finally:
+        await store.close()
