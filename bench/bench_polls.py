@@ -244,6 +244,7 @@ async def runner_worker(args: argparse.Namespace) -> dict[str, Any]:
     from gateway.store.base import JobStore
     from gateway.store.memory import MemoryStore
     from gateway.store.sqlite import SqliteStore
+    from gateway.web.app import provider_session
     from gateway.writer import JobWriter
 
     configure_logging("json", "INFO")
@@ -290,7 +291,7 @@ async def runner_worker(args: argparse.Namespace) -> dict[str, Any]:
         eta_aware=False,
     )
     hub = EventHub()
-    async with aiohttp.ClientSession() as session:
+    async with provider_session(args.concurrency) as session:
         adapter = PlatformAdapter(
             session,
             Connection(f"http://127.0.0.1:{args.port}{BASE_PATH}", KEY),

@@ -129,6 +129,18 @@ async def _embedded_sandbox(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
+USER_CALLS = 16
+"""Connections a provider's pool keeps beside the poll loop's: submits, cancels and results."""
+
+
+def provider_session(concurrency: int) -> aiohttp.ClientSession:
+    """One keep-alive pool per provider, sized to its policy: the runner never has more than
+    ``concurrency`` polls in flight for it, so its polls always find a connection to reuse (one
+    pool for every provider capped them all at aiohttp's 100 together), and a provider's burst
+    cannot take another's connections."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency + USER_CALLS))
+
+
 def api_host(base_url: str) -> str:
     """The provider's own host: the only one its key may travel to, besides the API calls."""
     return urlsplit(base_url).hostname or ""
@@ -158,7 +170,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     # Before anything is opened too: a vault that cannot be written stops start-up with one line.
     blobs = FilesystemBlobStore(settings.vault_path())
     await blobs.open()
-    session = aiohttp.ClientSession()
+    sessions: list[aiohttp.ClientSession] = []
     hub = EventHub()
     adapters: dict[str, Adapter] = {}
     policies: dict[str, PollPolicy] = {}
@@ -172,6 +184,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     masked = [*secrets_of(settings), *callbacks.secrets.values()]
     for name in enabled:
         provider = settings.providers[name]
+        session = provider_session(provider.policy.concurrency)
+        sessions.append(session)
         adapter = PROVIDERS[name].adapter(
             session,
             Connection(provider.base_url, settings.provider_key(name), provider.timeouts()),
@@ -276,7 +290,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
             await fetcher.close()
         if webhooks is not None:
             await webhooks.close()
-        await session.close()
+        for session in sessions:
+            await session.close()
         with contextlib.suppress(Exception):  # the last minute of key use; best effort
             await access.flush_last_used()
         components.access = None
