@@ -474,24 +474,30 @@ def apply_report(job: Job, report: StatusReport, now: datetime) -> Applied:
     started_at = job.started_at
     if started_at is None and moved.state is not JobState.QUEUED:
         started_at = report.times.started_at or now  # the upstream's own clock beats ours
-    new = replace(
+    # Every poll comes here: the fast copy (``replace``'s rules, a quarter of its cost).
+    new = _copy(
         moved,
-        native_status=report.native_status,
-        progress=report.progress if refused is None else job.progress,
-        result=result if refused is None else job.result,
-        error=report.error if refused is None and report.error else job.error,
-        started_at=started_at,
-        upstream_finished_at=report.times.finished_at or job.upstream_finished_at,
-        polls=job.polls + 1,
-        unchanged_polls=0 if (state_changed or progress_changed) else job.unchanged_polls + 1,
-        refusals=job.refusals + 1 if refused is not None else 0,
-        failures=0,
-        not_found=0,
-        # A continue opens the succeeded -> running exit for the next report only: if that report
-        # still says "completed", the continue did not restart the job and polling stops again.
-        action=None,
-        updated_at=now,
-        version=job.version + 1,
+        {
+            "native_status": report.native_status,
+            "progress": report.progress if refused is None else job.progress,
+            "result": result if refused is None else job.result,
+            "error": report.error if refused is None and report.error else job.error,
+            "started_at": started_at,
+            "upstream_finished_at": report.times.finished_at or job.upstream_finished_at,
+            "polls": job.polls + 1,
+            "unchanged_polls": 0
+            if (state_changed or progress_changed)
+            else job.unchanged_polls + 1,
+            "refusals": job.refusals + 1 if refused is not None else 0,
+            "failures": 0,
+            "not_found": 0,
+            # A continue opens the succeeded -> running exit for the next report only: if that
+            # report still says "completed", the continue did not restart the job and polling
+            # stops again.
+            "action": None,
+            "updated_at": now,
+            "version": job.version + 1,
+        },
     )
     return Applied(new, state_changed, progress_changed, refused)
 
