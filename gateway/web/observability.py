@@ -51,7 +51,7 @@ def _request_ids() -> Callable[[], str]:
     # 32 hex digits like a uuid4's, without a system call per request (os.urandom, which showed
     # long GIL waits under load): a random per-process half, then a counter.
     prefix = secrets.token_hex(8)
-    counter = itertools.count(secrets.randbits(32))
+    counter = itertools.count(secrets.randbits(64))
     return lambda: f"{prefix}{next(counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
