@@ -30,6 +30,9 @@ from gateway.web.streaming import stream_pointer
 
 M = TypeVar("M", bound=BaseModel)
 
+_JSON = {"Content-Type": "application/json"}
+"""The headers of a body that is JSON already (encoded once, served as bytes)."""
+
 
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -167,9 +170,6 @@ async def get_job(request: web.Request) -> web.Response:
     if anything or snapshot.job.version in held:
         return web.Response(status=304, headers={"ETag": snapshot.etag})
     return web.Response(body=snapshot.body, headers={**_JSON, "ETag": snapshot.etag})
-
-
-_JSON = {"Content-Type": "application/json"}
 
 
 def if_none_match(request: web.Request) -> tuple[set[int], bool]:
