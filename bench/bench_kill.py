@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import processes  # bench/ is sys.path[0]
 from aiohttp import web
-from processes import free_port, spawn_serve, to_toml  # bench/ is sys.path[0]
+from processes import free_port, spawn_serve, to_toml
 
 from adapters.catchall import sandbox as catchall_sandbox
 from adapters.extract import sandbox as extract_sandbox
@@ -270,20 +271,13 @@ class Gateway:
             if self.process.poll() is None or "in use" not in self.logs[-1].read_text():
                 break
             self.port = free_port()
-        raise RuntimeError(f"the gateway did not start:\n{self.logs[-1].read_text()[-3000:]}")
+        raise RuntimeError(f"the gateway did not start:\n{processes.log_tail(self.logs[-1])}")
 
     async def _ready(self, session: aiohttp.ClientSession) -> bool:
         assert self.process is not None
-        deadline = time.monotonic() + START_WITHIN
-        while time.monotonic() < deadline and self.process.poll() is None:
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with session.get(
-                    f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as response:
-                    if response.status == 200:
-                        return True
-            await asyncio.sleep(0.05)
-        return False
+        return await processes.ready_by(
+            session, self.url, self.process, time.monotonic() + START_WITHIN
+        )
 
     async def kill(self) -> None:
         """SIGKILL, then reap: the file lock is the dead process's until the kernel frees it."""
@@ -292,14 +286,7 @@ class Gateway:
         await asyncio.wait_for(asyncio.to_thread(self.process.wait), START_WITHIN)
 
     async def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self.process.wait), 10)
-        except TimeoutError:
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
+        await processes.stop_process(self.process, 10)
 
     def log_events(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

@@ -65,7 +65,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -76,8 +75,9 @@ from typing import Any, Final
 
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
+import processes  # bench/ is sys.path[0]
 from aiohttp import web
-from processes import free_port, spawn_serve, to_toml  # bench/ is sys.path[0]
+from processes import free_port, spawn_serve, to_toml
 
 from adapters.base import Progress, ResultKind, ResultLocator
 from gateway.jobs import Job, new_id
@@ -338,28 +338,13 @@ class Gateway:
         began = time.monotonic()
         profile = ["-m", "cProfile", "-o", str(self.profile)] if self.profile is not None else []
         self.process = spawn_serve(self.config, self.port, self.env, self.log, python_args=profile)
-        while time.monotonic() < began + START_WITHIN and self.process.poll() is None:
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with session.get(
-                    f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as response:
-                    if response.status == 200:
-                        return time.monotonic() - began
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"the gateway did not start:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        return await processes.until_ready(
+            session, self.url, self.process, self.log, START_WITHIN, began=began
+        )
 
     async def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # SIGTERM: a clean stop, so cProfile writes its file
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self.process.wait), 15)
-        except TimeoutError:
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
+        # SIGTERM: a clean stop, so cProfile writes its file.
+        await processes.stop_process(self.process, 15)
 
 
 @dataclass
@@ -378,31 +363,15 @@ class Baseline:
         return self.process.pid
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(SCRIPT),
-            "--baseline-server",
-            str(self.port),
-            str(self.pages),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
+        self.process = await processes.spawn_script(
+            SCRIPT, "--baseline-server", str(self.port), str(self.pages)
         )
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), START_WITHIN)
+        line = await processes.read_line(self.process, START_WITHIN)
         if line.strip() != b"ready":
             raise RuntimeError("the bare baseline did not start (its stderr is above)")
 
     async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        await processes.close_child(self.process, 10)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1023,14 +992,7 @@ def main() -> None:
         parser.error(f"wrk is not installed: {WRK_INSTALL}")
     # The stores opened here to write the jobs log their migrations: not the bench's figures.
     configure_logging("console", "WARNING")
-    directory = Path(tempfile.mkdtemp(prefix="jobgate-reads-"))
-    try:
-        asyncio.run(asyncio.wait_for(bench(args, directory), args.timeout))
-    except TimeoutError:
-        print(f"stopped after --timeout {args.timeout:g} s", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    processes.run_bounded(lambda directory: bench(args, directory), args.timeout, "jobgate-reads-")
 
 
 if __name__ == "__main__":

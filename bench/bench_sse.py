@@ -57,13 +57,11 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,8 +70,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import processes  # bench/ is sys.path[0]
 from aiohttp import web
-from processes import free_port, spawn_serve, to_toml  # bench/ is sys.path[0]
+from processes import free_port, spawn_serve, to_toml
 
 SCRIPT: Final = Path(__file__).resolve()
 ROOT: Final = SCRIPT.parents[1]
@@ -382,21 +381,12 @@ class Child:
         return self.process.pid
 
     async def start(self) -> dict[str, Any]:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(SCRIPT),
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-            limit=1 << 20,
-        )
+        self.process = await processes.spawn_script(SCRIPT, *self.argv, limit=1 << 20)
         return await self.read(START_WITHIN)
 
     async def read(self, within: float) -> dict[str, Any]:
         assert self.process is not None
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), within)
+        line = await processes.read_line(self.process, within)
         if not line:
             raise RuntimeError(f"{' '.join(self.argv)} exited (its stderr is above)")
         answer: dict[str, Any] = json.loads(line)
@@ -410,15 +400,7 @@ class Child:
         return await self.read(within)
 
     async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        await processes.close_child(self.process, 10)
 
 
 def gateway_config(directory: Path, sandbox_port: int) -> str:
@@ -471,28 +453,15 @@ class Target:
         env["JOBGATE_PROVIDERS__PULSE__API_KEY"] = "bench-sse-key"
         log = self.directory / "gateway.stderr.log"
         self.process = spawn_serve(config, self.port, env, log)
-        deadline = time.monotonic() + START_WITHIN
-        while time.monotonic() < deadline and self.process.poll() is None:
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with self.session.get(
-                    f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"jobgate did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        await processes.until_ready(
+            self.session, self.url, self.process, log, START_WITHIN, name="jobgate"
+        )
 
     async def stop(self) -> None:
         if self.bare is not None:
             await self.bare.stop()
             self.bare = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self.process.wait), 10)
-            except TimeoutError:
-                self.process.kill()
-                await asyncio.to_thread(self.process.wait)
+        await processes.stop_process(self.process, 10)
         self.process = None
         # A fresh database for the next round's gateway.
         for name in ("jobs.db", "jobs.db-wal", "jobs.db-shm"):
@@ -787,14 +756,7 @@ def main() -> None:
     if args.rounds < 1 or args.workers < 1 or min(args.clients) < 1 or args.timeout <= 0:
         parser.error("need --rounds >= 1, --workers >= 1, --clients >= 1 and --timeout > 0")
     raise_fd_limit()  # inherited by jobgate serve, which cannot be asked to raise its own
-    directory = Path(tempfile.mkdtemp(prefix="jobgate-sse-"))
-    try:
-        asyncio.run(asyncio.wait_for(bench(args, directory), args.timeout))
-    except TimeoutError:
-        print(f"stopped after --timeout {args.timeout:g} s", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    processes.run_bounded(lambda directory: bench(args, directory), args.timeout, "jobgate-sse-")
 
 
 if __name__ == "__main__":

@@ -56,11 +56,9 @@ import hashlib
 import json
 import os
 import pstats
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -72,11 +70,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import processes  # bench/ is sys.path[0]
 from aiohttp import web
-from processes import free_port, spawn_serve, to_toml  # bench/ is sys.path[0]
+from processes import free_port, spawn_serve, to_toml
 
 SCRIPT: Final = Path(__file__).resolve()
-ROOT: Final = SCRIPT.parents[1]
 MiB: Final = 1024 * 1024
 BLOCK: Final = hashlib.shake_256(b"jobgate bench_vault").digest(MiB)
 """The result's bytes: this 1 MiB block, ``--mib`` times."""
@@ -378,31 +376,15 @@ class Server:
         return self.process.pid
 
     async def start(self) -> str:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(SCRIPT),
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-        )
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), START_WITHIN)
+        self.process = await processes.spawn_script(SCRIPT, *self.argv)
+        line = await processes.read_line(self.process, START_WITHIN)
         if not line:
             raise RuntimeError(f"{' '.join(self.argv[:2])} did not start (its stderr is above)")
         self.url = f"http://127.0.0.1:{json.loads(line)['port']}"
         return self.url
 
     async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        await processes.close_child(self.process, 10)
 
 
 def gateway_config(origin: str, directory: Path, size: int) -> str:
@@ -457,29 +439,15 @@ class Gateway:
         began = time.monotonic()
         self._spawn()
         assert self.process is not None
-        deadline = began + START_WITHIN
-        while time.monotonic() < deadline and self.process.poll() is None:
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with session.get(
-                    f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as response:
-                    if response.status == 200:
-                        return time.monotonic() - began
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"the gateway did not start:\n{self.tail()}")
+        return await processes.until_ready(
+            session, self.url, self.process, self.log, START_WITHIN, began=began
+        )
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        return processes.log_tail(self.log)
 
     async def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self.process.wait), 10)
-        except TimeoutError:
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
+        await processes.stop_process(self.process, 10)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1017,14 +985,7 @@ def main() -> None:
         return
     if args.mib < 1 or args.rounds < 1 or args.timeout <= 0:
         parser.error("need --mib >= 1, --rounds >= 1 and --timeout > 0")
-    directory = Path(tempfile.mkdtemp(prefix="jobgate-vault-"))
-    try:
-        asyncio.run(asyncio.wait_for(bench(args, directory), args.timeout))
-    except TimeoutError:
-        print(f"stopped after --timeout {args.timeout:g} s", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    processes.run_bounded(lambda directory: bench(args, directory), args.timeout, "jobgate-vault-")
 
 
 if __name__ == "__main__":
