@@ -42,6 +42,7 @@ import io
 import json
 import os
 import pstats
+import shutil
 import statistics
 import subprocess
 import sys
@@ -327,6 +328,7 @@ async def runner_worker(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await store.close()
+            shutil.rmtree(directory, ignore_errors=True)
     return result
 
 
