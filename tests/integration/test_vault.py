@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from adapters.pulse.sandbox import JOBS_KEY as PULSE_JOBS
 from adapters.sandboxes import SUBAPPS_KEY, create_sandbox_app
 from adapters.simulator import SandboxSettings
+from gateway.jobs import Job
 from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve
 from tests.integration.conftest import Stack, StackFactory
@@ -342,6 +343,19 @@ async def test_a_continue_keeps_the_copy_until_the_new_one_is_stored(
     assert first["result"]["total_records"] == 10
     old_files = _files(stack, job)
     assert [p.suffix for p in old_files] == [".idx", ".jsonl"]
+    # The runner deletes the earlier copy's files just after it saves the new one: a reader can
+    # see the new version (served from memory) a moment before the deletion is done.
+    capturer = stack.app[COMPONENTS_KEY].require_service().capturer
+    assert capturer is not None
+    forgotten = asyncio.Event()
+    forget = capturer.forget
+
+    async def forgetting(before: Job, after: Job) -> None:
+        await forget(before, after)
+        if before.vault.copy is not None and before.vault.copy != after.vault.copy:
+            forgotten.set()
+
+    capturer.forget = forgetting  # type: ignore[method-assign]
 
     async with stack.client.post(
         f"{stack.url}/v1/jobs/{job['id']}/continue", json={"new_limit": 30}
@@ -361,6 +375,8 @@ async def test_a_continue_keeps_the_copy_until_the_new_one_is_stored(
     assert second["result"]["sha256"] != first["result"]["sha256"]
     assert len((await _page(stack, job["id"], 1, 100))["records"]) == 30
     # The earlier copy's files went once the new copy was saved.
+    async with asyncio.timeout(10):
+        await forgotten.wait()
     new_files = _files(stack, job)
     assert len(new_files) == 2
     assert not set(old_files) & set(new_files)
