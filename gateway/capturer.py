@@ -118,7 +118,7 @@ class Capturer:
         provider_hosts: Mapping[str, str] | None = None,
         timeout: float = 96.0,
         clock: Callable[[], datetime] = utcnow,
-        rand: Callable[[], float] = random.random,
+        rand: Callable[[], float] | None = None,
         on_stream: Callable[[str], None] = lambda job_id: None,
         observe: Callable[[str, str, int], None] = lambda provider, outcome, size: None,
     ) -> None:
@@ -132,7 +132,9 @@ class Capturer:
         self.provider_hosts = provider_hosts or {}
         self.timeout = timeout
         self.clock = clock
-        self.rand = rand
+        # Its own generator, not the random module's shared one: jitter drawn here must not move
+        # anyone else's sequence (nor be moved by it).
+        self.rand = rand if rand is not None else random.Random().random
         # Tells readers waiting for a job's capture that they can follow it now.
         self.on_stream = on_stream
         # (provider, outcome, bytes) for the metrics: stored, failed, gave_up, retired.

@@ -99,7 +99,7 @@ class Runner:
         lease: float = 120.0,
         clock: Callable[[], datetime] = utcnow,
         mono: Callable[[], float] = time.monotonic,
-        rand: Callable[[], float] = random.random,
+        rand: Callable[[], float] | None = None,
         observer: RunnerObserver | None = None,
         push_expected: Callable[[Job], bool] | None = None,
         writer: JobWriter | None = None,
@@ -114,7 +114,9 @@ class Runner:
         self.lease = timedelta(seconds=lease)
         self.clock = clock
         self.mono = mono
-        self.rand = rand
+        # Its own generator, not the random module's shared one: jitter drawn here must not move
+        # anyone else's sequence (nor be moved by it).
+        self.rand = rand if rand is not None else random.Random().random
         self.observer = observer
         self.push_expected = push_expected
         self.writer = writer or JobWriter(store, hub, observer=observer)

@@ -36,6 +36,8 @@ from gateway.store.postgres.sql import (
 log = structlog.get_logger("jobgate.store")
 
 _EVERY_SIGNAL: tuple[Signal, ...] = get_args(Signal)
+_JITTER = random.Random()
+"""Reconnect jitter, from a generator of its own (the random module's is everyone's)."""
 
 
 class Listener:
@@ -155,7 +157,7 @@ class Listener:
                 listening = await self._listen()
             except CONNECT_ERRORS as exc:
                 # Jittered, so replicas that lost the server together do not return in lockstep.
-                wait = delay * random.uniform(0.8, 1.2)
+                wait = delay * _JITTER.uniform(0.8, 1.2)
                 log.warning(
                     "store.listener_reconnect_failed",
                     attempt=attempt,
