@@ -1,4 +1,4 @@
-"""Use cases: submit, adopt, get, wait, list, cancel, rerun, continue, delete, result.
+"""Use cases: submit, adopt, get, watch (long polls), list, cancel, rerun, continue, delete, result.
 
 The web layer parses and renders; this module decides. It talks to adapters (one upstream call per
 use case at most), the store and the event hub, and raises the domain errors of
@@ -328,15 +328,10 @@ class JobService:
             self.snapshots.keep_page(key, generation, body)
         return body
 
-    async def wait(self, job_id: str, seconds: float, tenant: str = DEFAULT_TENANT) -> Job:
-        """The job as soon as it visibly changes, or as it is after ``seconds``."""
-        return (await self.watch(job_id, seconds, tenant)).job
-
     async def watch(
         self, job_id: str, seconds: float, tenant: str = DEFAULT_TENANT, *, at_least: int = 0
     ) -> Snapshot:
-        """:meth:`wait`, encoded: the snapshot as soon as the job visibly changes, or as it is
-        after ``seconds``."""
+        """The job as soon as it visibly changes, or as it is after ``seconds``, encoded."""
         if seconds <= 0:
             return await self.snapshot(job_id, tenant, at_least=at_least)
         with self.hub.listen(job_id) as changed:

@@ -75,8 +75,6 @@ class Snapshots:
         self._changed: dict[str, int] = {}
         """Jobs changed while reads were in flight: id -> when. A read that began earlier may
         have found the older row, so it may not fill that job."""
-        self.hits = 0
-        self.misses = 0
         self.generation = 0
         """Moves on with every change this process hears of: a list page encoded at one
         generation is current while it stays."""
@@ -87,11 +85,8 @@ class Snapshots:
 
     def get(self, job_id: str) -> Snapshot | None:
         entry = self._entries.get(job_id)
-        if entry is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(job_id)
-        self.hits += 1
+        if entry is not None:
+            self._entries.move_to_end(job_id)
         return entry
 
     @contextmanager

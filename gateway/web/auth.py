@@ -1,10 +1,10 @@
 """The one place a request's credential is read and its scope checked.
 
-Each route in the table (``gateway/web/routes.py``) names the scope it needs; the middleware
-finds the matched route by name, authenticates the caller and checks that scope before the handler
-runs, so no handler checks anything. A route outside the table is public only if it is named in
-:data:`PUBLIC_PATHS` (``/metrics`` by setting); anything else that matched needs ``admin``, so a
-route added without an entry fails closed.
+Each route in the table (``gateway/web/routes.py``) names the scope it needs; :func:`authorize`
+(called by the gateway's middleware) finds the matched route by name, authenticates the caller
+and checks that scope before the handler runs, so no handler checks anything. A route outside the
+table is public only if it is named in :data:`PUBLIC_PATHS` (``/metrics`` by setting); anything
+else that matched needs ``admin``, so a route added without an entry fails closed.
 
 SSE routes also take ``?access_token=`` (a stream token from ``POST /v1/stream-tokens``), because
 ``EventSource`` cannot send headers; no other route does, so a long-lived key never needs to go
@@ -14,9 +14,6 @@ tokens wherever they appear.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-import structlog
 from aiohttp import web
 
 from gateway.access import Access
@@ -24,8 +21,6 @@ from gateway.auth import OPEN, Principal, Scope
 from gateway.errors import Forbidden
 from gateway.web.routes import ROUTES, Route
 from gateway.web.state import COMPONENTS_KEY, PRINCIPAL
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ACCESS_TOKEN = "access_token"
 PUBLIC_PATHS = frozenset({"/openapi.json", "/docs"})
@@ -69,12 +64,3 @@ async def authorize(request: web.Request) -> Principal | None:
         )
     request[PRINCIPAL] = principal
     return principal
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    principal = await authorize(request)
-    if principal is None:
-        return await handler(request)
-    with structlog.contextvars.bound_contextvars(tenant=principal.tenant):
-        return await handler(request)

@@ -11,15 +11,14 @@ problem like any other.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 from aiohttp import web
 
 from gateway.web.auth import authorize
-from gateway.web.observability import CLIENT_CLOSED, REQUEST_ID, record, request_id_of
+from gateway.web.observability import observed
 from gateway.web.problems import PROBLEMS, problem_for
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -27,31 +26,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request_id_of(request)
-    request[REQUEST_ID] = request_id
-    started = time.perf_counter()
-    status = 500
-    # No reset needed: aiohttp serves each request in a task of its own, with a copy of the
-    # context, so nothing bound here reaches the connection's next request.
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return await observed(request, partial(_answer, handler=handler))
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer for an authorized caller, or the problem+json of what went wrong."""
     try:
-        try:
-            principal = await authorize(request)
-            if principal is not None:
-                structlog.contextvars.bind_contextvars(tenant=principal.tenant)
-            response = await handler(request)
-        except PROBLEMS as error:
-            answer = problem_for(request, error)
-            if answer is None:
-                raise
-            response = answer
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED
-        raise
-    finally:
-        record(request, status, started)
+        principal = await authorize(request)
+        if principal is not None:
+            structlog.contextvars.bind_contextvars(tenant=principal.tenant)
+        return await handler(request)
+    except PROBLEMS as error:
+        answer = problem_for(request, error)
+        if answer is None:
+            raise
+        return answer

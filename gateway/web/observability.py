@@ -81,9 +81,13 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The request id (bound into structlog's context for everything logged while the request is
-    served), the HTTP metrics and the access log, for an app of its own (the gateway's middleware,
-    ``gateway.web.middleware``, does the same around its problems and auth in one layer)."""
+    """:func:`observed` as a middleware of its own, for an app without the gateway's."""
+    return await observed(request, handler)
+
+
+async def observed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve ``request`` with ``handler`` under its request id (bound into structlog's context for
+    everything logged meanwhile), then count and time it and write its access-log line."""
     request_id = request_id_of(request)
     request[REQUEST_ID] = request_id
     started = time.perf_counter()

@@ -51,7 +51,13 @@ from gateway.store.base import (
 )
 from gateway.store.postgres import driver, rows
 from gateway.store.postgres import sql as q
-from gateway.store.postgres.driver import CONNECT_ERRORS, Connection, Pool, UniqueViolation
+from gateway.store.postgres.driver import (
+    CONNECT_ERRORS,
+    Connection,
+    Pool,
+    Record,
+    UniqueViolation,
+)
 from gateway.store.postgres.dsn import check_schema, unavailable
 from gateway.store.postgres.listen import Listener, notify_jobs
 from gateway.store.postgres.migrate import migrate
@@ -61,6 +67,15 @@ log = structlog.get_logger("jobgate.store")
 
 _CLAIM_RETRIES: Final = 3
 """An idempotency key found taken can be released before we read it; try the claim again."""
+
+
+_JOB_LISTINGS = (q.LIST_JOBS, q.LIST_JOBS_BEFORE, q.LIST_JOBS_LABELLED, q.LIST_JOBS_LABELLED_BEFORE)
+_VERSION_LISTINGS = (
+    q.LIST_VERSIONS,
+    q.LIST_VERSIONS_BEFORE,
+    q.LIST_VERSIONS_LABELLED,
+    q.LIST_VERSIONS_LABELLED_BEFORE,
+)
 
 
 class PostgresStore:
@@ -179,46 +194,42 @@ class PostgresStore:
         return None if row is None else rows.job(row)
 
     async def list_jobs(self, where: JobFilter, *, limit: int, cursor: str | None) -> Page:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        before = decode_cursor(cursor, where.tenant) if cursor is not None else None
-        state = where.state.value if where.state is not None else None
-        args: list[object] = [where.tenant, where.provider, state, limit + 1]
-        if where.labels:
-            args.append(rows.dumps(dict(where.labels)))
-            sql = q.LIST_JOBS_LABELLED if before is None else q.LIST_JOBS_LABELLED_BEFORE
-        else:
-            sql = q.LIST_JOBS if before is None else q.LIST_JOBS_BEFORE
-        if before is not None:
-            args.append(before)
-        async with self._db.acquire() as conn:
-            jobs = [rows.job(row) for row in await conn.fetch(sql, *args)]
-        if len(jobs) > limit:
-            del jobs[limit:]
-            return Page(jobs=jobs, next_cursor=encode_cursor(jobs[-1].id, where.tenant))
-        return Page(jobs=jobs, next_cursor=None)
+        found = await self._listing(where, limit, cursor, _JOB_LISTINGS)
+        jobs = [rows.job(row) for row in found[:limit]]
+        more = len(found) > limit
+        return Page(
+            jobs=jobs, next_cursor=encode_cursor(jobs[-1].id, where.tenant) if more else None
+        )
 
     async def list_versions(
         self, where: JobFilter, *, limit: int, cursor: str | None
     ) -> VersionPage:
+        found = await self._listing(where, limit, cursor, _VERSION_LISTINGS)
+        versions = [(str(row[0]), int(row[1])) for row in found[:limit]]
+        more = len(found) > limit
+        return VersionPage(versions, encode_cursor(versions[-1][0], where.tenant) if more else None)
+
+    async def _listing(
+        self, where: JobFilter, limit: int, cursor: str | None, queries: tuple[str, str, str, str]
+    ) -> list[Record]:
+        """One page of a listing and the first row past it (whether there is a next page), by
+        one of ``queries``: without and with a cursor, then the same with labels."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         before = decode_cursor(cursor, where.tenant) if cursor is not None else None
         state = where.state.value if where.state is not None else None
         args: list[object] = [where.tenant, where.provider, state, limit + 1]
+        plain, after_cursor, labelled, labelled_after_cursor = queries
         if where.labels:
             args.append(rows.dumps(dict(where.labels)))
-            sql = q.LIST_VERSIONS_LABELLED if before is None else q.LIST_VERSIONS_LABELLED_BEFORE
+            sql = labelled if before is None else labelled_after_cursor
         else:
-            sql = q.LIST_VERSIONS if before is None else q.LIST_VERSIONS_BEFORE
+            sql = plain if before is None else after_cursor
         if before is not None:
             args.append(before)
         async with self._db.acquire() as conn:
-            found = [(row[0], row[1]) for row in await conn.fetch(sql, *args)]
-        if len(found) > limit:
-            del found[limit:]
-            return VersionPage(found, encode_cursor(found[-1][0], where.tenant))
-        return VersionPage(found, None)
+            found: list[Record] = await conn.fetch(sql, *args)
+        return found
 
     async def get_many(self, job_ids: Sequence[str], tenant: str = DEFAULT_TENANT) -> list[Job]:
         if not job_ids:
