@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_scale.py
 	$(BIN)/python bench/bench_polls.py
+	$(BIN)/python bench/bench_cadence.py
+	$(BIN)/python bench/bench_push.py
 	$(BIN)/python bench/bench_replicas.py
 	$(BIN)/python bench/bench_kill.py
 	$(BIN)/python bench/bench_fairness.py

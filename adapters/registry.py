@@ -8,6 +8,13 @@ from typing import Final
 
 from aiohttp import web
 
+from adapters.cadence_keys import (
+    KeyOf,
+    catchall_key,
+    extract_key,
+    platform_key,
+    single_key,
+)
 from adapters.catchall import adapter as catchall_adapter
 from adapters.catchall import sandbox as catchall_sandbox
 from adapters.extract import adapter as extract_adapter
@@ -27,16 +34,26 @@ class ProviderSpec:
     sandbox: Callable[[SandboxSettings], web.Application]
     prefix: str
     """Where the combined sandbox mounts this provider; its native paths follow unchanged."""
+    cadence_key: KeyOf = single_key
+    """What splits this provider's jobs into separately learned durations."""
 
 
 PROVIDERS: Final[dict[str, ProviderSpec]] = {
     spec.name: spec
     for spec in (
         ProviderSpec(
-            "catchall", catchall_adapter.CatchAllAdapter, catchall_sandbox.create_app, "/catchall"
+            "catchall",
+            catchall_adapter.CatchAllAdapter,
+            catchall_sandbox.create_app,
+            "/catchall",
+            catchall_key,
         ),
         ProviderSpec(
-            "extract", extract_adapter.ExtractAdapter, extract_sandbox.create_app, "/extract"
+            "extract",
+            extract_adapter.ExtractAdapter,
+            extract_sandbox.create_app,
+            "/extract",
+            extract_key,
         ),
         ProviderSpec("pulse", pulse_adapter.PulseAdapter, pulse_sandbox.create_app, "/pulse"),
         ProviderSpec(
@@ -44,6 +61,7 @@ PROVIDERS: Final[dict[str, ProviderSpec]] = {
             platform_adapter.PlatformAdapter,
             platform_sandbox.create_app,
             "/platform/v1/api",
+            platform_key,
         ),
     )
 }

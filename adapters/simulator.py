@@ -58,6 +58,10 @@ class SandboxSettings:
     seed: int | None = None
     api_keys: frozenset[str] | None = None
     clock: MonoClock = time.monotonic
+    pulse_webhooks: list[tuple[str, str]] = field(default_factory=list)
+    """``(url, whsec_ secret)`` endpoints the Pulse sandbox signs and POSTs its job events to: the
+    stand-in for the Svix portal. Mutable, read on every delivery round, so endpoints added while
+    the sandbox runs (its ``POST /webhook/endpoints`` appends here) get the events from then on."""
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:

@@ -46,6 +46,37 @@ def new_id(prefix: str = "job_") -> str:
     return prefix + "".join(reversed(chars))
 
 
+CALLBACK: Final = "callback"
+"""The schedule of a poll a provider's callback asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cadence:
+    """How a running job's next poll was chosen, so a client can see why it waits."""
+
+    schedule: str
+    """``learned`` (from the provider's finished jobs), ``guidance`` (the provider's published
+    cadence, until enough jobs have finished), ``push`` (the provider pushes the end; polling is
+    the safety net) or ``retry`` (after a fault)."""
+    expected_lag: float
+    """Seconds from the job's end to jobgate seeing it, if it ends before the next poll."""
+
+    def to_record(self) -> dict[str, JSON]:
+        return {"schedule": self.schedule, "expected_lag": round(self.expected_lag, 3)}
+
+    def public(self) -> dict[str, JSON]:
+        return {"schedule": self.schedule, "expected_lag_seconds": round(self.expected_lag, 3)}
+
+    @classmethod
+    def from_record(cls, data: object) -> Cadence | None:
+        if not isinstance(data, Mapping):
+            return None
+        schedule, lag = data.get("schedule"), data.get("expected_lag")
+        if not isinstance(schedule, str) or not isinstance(lag, int | float):
+            return None
+        return cls(schedule, float(lag))
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     id: str
@@ -65,6 +96,8 @@ class Job:
     finished_at: datetime | None = None
     upstream_finished_at: datetime | None = None
     next_poll_at: datetime | None = None
+    cadence: Cadence | None = None
+    """Why ``next_poll_at`` is when it is: the schedule that chose it and the lag it implies."""
     polls: int = 0
     unchanged_polls: int = 0
     failures: int = 0
@@ -75,6 +108,9 @@ class Job:
     request: JSON = None
     """The native submit body, kept for a resubmitting rerun. Provider keys never travel in it."""
     callback_url: str | None = None
+    push_asked: bool = False
+    """jobgate asked the provider to push this job's end to it (extract's ``callbackUrl``,
+    catchall's webhook in ``webhook_ids``): its polls are then only the safety net."""
     records_seen: int = 0
     """Partial-result records already sent as ``records`` events (the next one starts here)."""
     anomalies: tuple[str, ...] = ()
@@ -113,8 +149,19 @@ class Job:
         )
 
     def due_now(self, now: datetime) -> Job:
-        """Poll as soon as possible: a callback's hint, a handed-back lease."""
+        """Poll as soon as possible: a handed-back lease, a client's refresh."""
         return replace(self, next_poll_at=now, updated_at=now, version=self.version + 1)
+
+    def called_back(self, now: datetime) -> Job:
+        """Poll as soon as possible because the provider pushed: the poll that follows knows a
+        callback came (``gateway.push``), and the resource says why it polls now."""
+        return replace(
+            self,
+            next_poll_at=now,
+            cadence=Cadence(CALLBACK, 0.0),
+            updated_at=now,
+            version=self.version + 1,
+        )
 
     def continuing(self, now: datetime, poll_at: datetime | None = None) -> Job:
         """A ``continue`` was accepted upstream (or is about to be asked for): open the
@@ -142,10 +189,12 @@ class Job:
             self, next_poll_at=None, action=None, updated_at=now, version=self.version + 1
         )
 
-    def scheduled(self, next_poll_at: datetime, eta: datetime | None) -> Job:
+    def scheduled(
+        self, next_poll_at: datetime, eta: datetime | None, cadence: Cadence | None = None
+    ) -> Job:
         """This version with its next poll and ETA decided (the runner, once a report is folded
         in): the same version, not a new one."""
-        return _copy(self, {"next_poll_at": next_poll_at, "eta": eta})
+        return _copy(self, {"next_poll_at": next_poll_at, "eta": eta, "cadence": cadence})
 
     def leased(self, until: datetime, version: int | None = None) -> Job:
         """Claimed until ``until``: the claim's version (by default the next one), not due again
@@ -174,6 +223,7 @@ class Job:
             "finished_at": _iso(self.finished_at),
             "upstream_finished_at": _iso(self.upstream_finished_at),
             "next_poll_at": _iso(self.next_poll_at),
+            "cadence": self.cadence.to_record() if self.cadence else None,
             "polls": self.polls,
             "unchanged_polls": self.unchanged_polls,
             "failures": self.failures,
@@ -183,6 +233,7 @@ class Job:
             "labels": dict(self.labels),
             "request": self.request,
             "callback_url": self.callback_url,
+            "push_asked": self.push_asked,
             "records_seen": self.records_seen,
             "anomalies": list(self.anomalies),
             "refusals": self.refusals,
@@ -213,6 +264,7 @@ class Job:
                 "finished_at": _utc(self.finished_at),
                 "upstream_finished_at": _utc(self.upstream_finished_at),
                 "next_poll_at": _utc(self.next_poll_at),
+                "cadence": self.cadence.to_record() if self.cadence else None,
                 "polls": self.polls,
                 "unchanged_polls": self.unchanged_polls,
                 "failures": self.failures,
@@ -222,6 +274,7 @@ class Job:
                 "labels": dict(self.labels),
                 "request": self.request,
                 "callback_url": self.callback_url,
+                "push_asked": self.push_asked,
                 "records_seen": self.records_seen,
                 "anomalies": list(self.anomalies),
                 "refusals": self.refusals,
@@ -254,6 +307,7 @@ class Job:
             finished_at=_dt(data.get("finished_at")),
             upstream_finished_at=_dt(data.get("upstream_finished_at")),
             next_poll_at=_dt(data.get("next_poll_at")),
+            cadence=Cadence.from_record(data.get("cadence")),
             polls=data.get("polls", 0),
             unchanged_polls=data.get("unchanged_polls", 0),
             failures=data.get("failures", 0),
@@ -263,6 +317,7 @@ class Job:
             labels=dict(data.get("labels") or {}),
             request=data.get("request"),
             callback_url=data.get("callback_url"),
+            push_asked=data.get("push_asked", False),
             records_seen=data.get("records_seen", 0),
             anomalies=tuple(data.get("anomalies") or ()),
             refusals=data.get("refusals", 0),
@@ -299,6 +354,7 @@ class Job:
                 "finished_at": _time(data.get("finished_at")),
                 "upstream_finished_at": _time(data.get("upstream_finished_at")),
                 "next_poll_at": _time(data.get("next_poll_at")),
+                "cadence": Cadence.from_record(data.get("cadence")),
                 "polls": data.get("polls", 0),
                 "unchanged_polls": data.get("unchanged_polls", 0),
                 "failures": data.get("failures", 0),
@@ -308,6 +364,7 @@ class Job:
                 "labels": dict(data.get("labels") or {}),
                 "request": data.get("request"),
                 "callback_url": data.get("callback_url"),
+                "push_asked": data.get("push_asked", False),
                 "records_seen": data.get("records_seen", 0),
                 "anomalies": tuple(data.get("anomalies") or ()),
                 "refusals": data.get("refusals", 0),
@@ -335,6 +392,7 @@ class Job:
             # A finished job's due time is the vault's business (a capture, the end of retention),
             # not a poll a client should expect.
             "next_poll_at": _iso(self.next_poll_at) if self.polling else None,
+            "cadence": self.cadence.public() if self.cadence and self.polling else None,
             "polls": self.polls,
             "rerun_of": self.rerun_of,
             "labels": dict(self.labels),

@@ -130,6 +130,12 @@ class Metrics:
             ["provider"],
             registry=registry,
         )
+        self.push_missed = Counter(
+            "jobgate_push_missed",
+            "Jobs of a pushing provider seen ending by a safety-net poll, without a callback",
+            ["provider"],
+            registry=registry,
+        )
         self.rate_limit_wait_seconds = Histogram(
             "jobgate_rate_limit_wait_seconds",
             "How long each rate-limit wait was",
@@ -212,6 +218,7 @@ class Metrics:
             self._providers.add(name)
             self.circuit_state.labels(name).set(CIRCUIT_VALUES[Circuit.CLOSED])
             self.rate_limit_waits.labels(name)
+            self.push_missed.labels(name)
             self.rate_limit_wait_seconds.labels(name)
             self.retry_after_seconds.labels(name)
             self.polls.labels(name)
@@ -278,6 +285,9 @@ class Metrics:
     def rate_limited(self, provider: str, wait: float) -> None:
         self.rate_limit_waits.labels(provider).inc()
         self.rate_limit_wait_seconds.labels(provider).observe(max(0.0, wait))
+
+    def callback_missed(self, provider: str) -> None:
+        self.push_missed.labels(provider).inc()
 
     def retry_after(self, provider: str, seconds: float) -> None:
         self.retry_after_seconds.labels(provider).observe(max(0.0, seconds))

@@ -36,9 +36,19 @@ from adapters.base import (
     StatusReport,
 )
 from adapters.http import utcnow
+from gateway.cadence import DurationBook
 from gateway.capturer import Capturer, Work
 from gateway.events import EventHub
-from gateway.jobs import Job, NewEvent, apply_report, job_events, note_anomaly, transition
+from gateway.jobs import (
+    CALLBACK,
+    Cadence,
+    Job,
+    NewEvent,
+    apply_report,
+    job_events,
+    note_anomaly,
+    transition,
+)
 from gateway.leased import LeasedLoop, LeasedWork
 from gateway.policy import (
     Breaker,
@@ -49,9 +59,14 @@ from gateway.policy import (
     breaker_retry_in,
     error_delay,
     estimate_eta,
+    expected_lag,
+    hint_delay,
+    learned_delay,
     next_delay,
+    obey_hints,
     refused_delay,
 )
+from gateway.push import PushWatch
 from gateway.quota import LocalQuota, Quota
 from gateway.states import JobState
 from gateway.store.base import JobStore
@@ -71,6 +86,8 @@ class RunnerObserver(ChangeObserver, Protocol):
     def circuit(self, provider: str, circuit: Circuit) -> None: ...
 
     def retry_after(self, provider: str, seconds: float) -> None: ...
+
+    def callback_missed(self, provider: str) -> None: ...
 
 
 @dataclass
@@ -106,6 +123,7 @@ class Runner:
         quota: Quota | None = None,
         owner: str | None = None,
         capturer: Capturer | None = None,
+        cadence: DurationBook | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -123,6 +141,8 @@ class Runner:
         self.quota: Quota = quota or LocalQuota(policies, mono)
         self.owner = owner or process_name()
         self.capturer = capturer
+        self.cadence = cadence or DurationBook(store, policies)
+        self.push_watch = PushWatch(on_miss=observer.callback_missed if observer else None)
         self.providers = {
             name: _Provider(adapter=adapter, policy=policies[name])
             for name, adapter in adapters.items()
@@ -406,29 +426,92 @@ class Runner:
         if self.capturer is not None:
             new = self.capturer.settle(job, new, now)
         if not new.finished:
-            if self.push_expected is not None and self.push_expected(new):
-                # The provider will push the end (a callback polls the job at once), so polling is
-                # only the safety net: at the slowest cadence the policy allows.
-                policy = replace(policy, min_interval=policy.max_interval)
-            eta = estimate_eta(new.progress, new.started_at, now) if policy.eta_aware else None
-            draw = self.rand()
-            delay = next_delay(
-                policy,
-                now=now,
-                unchanged_polls=new.unchanged_polls,
-                rand=draw,
-                eta=eta,
-                hints=report.hints,
-            )
-            # Later than anything above may ask, a provider's hint included: it says "not before".
-            delay = max(delay, refused_delay(policy, refusals=new.refusals, rand=draw))
-            new = new.scheduled(now + timedelta(seconds=delay), eta)
+            new = self._schedule(new, policy, report, now)
+        elif not job.finished:
+            self._learn(job, new, report, now)
         # The snapshot is the job as it is saved (its next poll and ETA are decided only above),
         # so a finished job's event never shows a lease as its next poll.
         events = job_events(job, new)
         if records is not None:
             new, events = _add_records(new, events, records)
         return Update(job, new, events, refused=applied.refused)
+
+    def _schedule(self, job: Job, policy: PollPolicy, report: StatusReport, now: datetime) -> Job:
+        """``job`` with its next poll decided: the push safety net, the learned schedule or the
+        provider's guidance, then the hints and the refusals' wait (later wins)."""
+        asked = hint_delay(report.hints, now)
+        eta = estimate_eta(job.progress, job.started_at, now) if policy.eta_aware else None
+        draw = self.rand()
+        if self._push_expected(job) and self.push_watch.trusted(job.provider):
+            # The provider will push the end (a callback polls the job at once), so polling is
+            # only the safety net: at the slowest cadence the policy allows.
+            schedule, delay = "push", obey_hints(policy, policy.longest_wait, asked)
+        else:
+            key = self.cadence.key(job.provider, job.request, report.job_type)
+            fitted = self.cadence.schedule(job.provider, key)
+            if fitted is not None:
+                dist, density = fitted
+                schedule = "learned"
+                delay = learned_delay(
+                    policy,
+                    dist,
+                    elapsed=(now - job.created_at).total_seconds(),
+                    eta_in=None if eta is None else (eta - now).total_seconds(),
+                    fraction=job.progress.fraction,
+                    asked=asked,
+                    density=density,
+                )
+            else:
+                schedule = "guidance"
+                delay = next_delay(
+                    policy,
+                    now=now,
+                    unchanged_polls=job.unchanged_polls,
+                    rand=draw,
+                    eta=eta,
+                    hints=report.hints,
+                )
+        # Later than anything above may ask, a provider's hint included: it says "not before".
+        delay = max(delay, refused_delay(policy, refusals=job.refusals, rand=draw))
+        why = Cadence(schedule, expected_lag(delay))
+        return job.scheduled(now + timedelta(seconds=delay), eta, why)
+
+    def first_poll(self, job: Job) -> tuple[float, Cadence]:
+        """When a new job's first poll is due, and why. A job whose end the provider will push
+        waits for the safety net from the start (the push, not a poll, should see it begin or
+        end); one whose key's durations are learned follows the learned schedule from age zero (a
+        12-minute job is not polled at one minute); any other waits the policy's ``first_delay``.
+        """
+        policy = self.providers[job.provider].policy
+        if self._push_expected(job) and self.push_watch.trusted(job.provider):
+            return policy.longest_wait, Cadence("push", expected_lag(policy.longest_wait))
+        key = self.cadence.key(job.provider, job.request, None)
+        fitted = self.cadence.schedule(job.provider, key)
+        if fitted is None:
+            return policy.first_delay, Cadence("guidance", expected_lag(policy.first_delay))
+        dist, density = fitted
+        delay = learned_delay(policy, dist, elapsed=0.0, density=density)
+        return delay, Cadence("learned", expected_lag(delay))
+
+    def _push_expected(self, job: Job) -> bool:
+        return self.push_expected is not None and self.push_expected(job)
+
+    def _learn(self, before: Job, after: Job, report: StatusReport, now: datetime) -> None:
+        """Teach the cadence how long ``before`` took, now that a poll saw it end, and tell the
+        push watch whether a callback said so first."""
+        times = report.times
+        if times.created_at is not None and times.finished_at is not None:
+            # The provider's own clock on both ends: no detection lag in it.
+            seconds = (times.finished_at - times.created_at).total_seconds()
+        else:
+            # The end fell somewhere in the last wait: its expected lag is half of it.
+            lag = before.cadence.expected_lag if before.cadence is not None else 0.0
+            seconds = (now - before.created_at).total_seconds() - lag
+        key = self.cadence.key(before.provider, before.request, report.job_type)
+        self.cadence.observe(before.provider, key, max(0.0, seconds))
+        schedule = before.cadence.schedule if before.cadence is not None else None
+        if schedule == CALLBACK or (schedule == "push" and self._push_expected(before)):
+            self.push_watch.ended(before.provider, by_callback=schedule == CALLBACK)
 
     def _on_error(self, job: Job, policy: PollPolicy, error: AdapterError) -> None:
         now = self.clock()
@@ -473,6 +556,7 @@ class Runner:
         now = self.clock()
         at = now + timedelta(seconds=delay)
         new = job.rescheduled(now, at, failures=failures, not_found=not_found)
+        new = replace(new, cadence=Cadence("retry", expected_lag(delay)))
         self._pending.append(Update(job, new, events=()))
 
     def _finish_with_error(self, job: Job, code: str, message: str, now: datetime) -> None:

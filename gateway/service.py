@@ -40,8 +40,10 @@ from adapters.base import (
 from adapters.http import utcnow
 from gateway.auth import DEFAULT_TENANT
 from gateway.blobs import BlobError, FilesystemBlobStore
-from gateway.callbacks import callback_url, with_callback
+from gateway.callbacks import callback_url, webhook_room, with_callback
 from gateway.capturer import Capturer, Following
+from gateway.catchall_push import PROVIDER as CATCHALL
+from gateway.catchall_push import CatchallPush, registrar
 from gateway.errors import (
     ActionNotSupported,
     IdempotencyKeyInFlight,
@@ -58,7 +60,7 @@ from gateway.errors import (
     UpstreamProblem,
 )
 from gateway.events import EventHub, wait_set
-from gateway.jobs import Job, apply_report, new_id, transition
+from gateway.jobs import Cadence, Job, apply_report, new_id, transition
 from gateway.limits import WINDOW, TenantLimits, breach
 from gateway.policy import PollPolicy
 from gateway.snapshots import Snapshot
@@ -157,6 +159,9 @@ class Origin:
     """Adopt's first read, folded into the new job."""
     unseen: bool = False
     """True when no status was read with the upstream id (a recovery, a rerun): poll at once."""
+    push_asked: bool = False
+    """The submit asked the provider to push the job's end to jobgate. Unknown after a crash
+    between the submit and its record (a recovery): taken as not, so the job is polled normally."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +242,12 @@ class JobService:
         on_limited: Callable[[str, str], None] = lambda tenant, limit: None,
         capturer: Capturer | None = None,
         capture_wait: float = 30.0,
+        first_poll: Callable[[Job], tuple[float, Cadence]] | None = None,
     ) -> None:
         self.store = store
+        # When a new job's first poll is due and why (the runner's schedule); unset: the policy's
+        # ``first_delay``.
+        self.first_poll = first_poll
         # The vault: captured copies are served from it; None serves every result from upstream.
         self.capturer = capturer
         self.capture_wait = capture_wait
@@ -620,12 +629,14 @@ class JobService:
         adapter = self.adapter(command.provider)
         try:
             if command.request is not None:
-                request = self._with_callback(command.provider, command.request)
-                submission = await adapter.submit(request)
+                submission, pushed = await self._with_callback(
+                    adapter, command.provider, command.request
+                )
                 return Origin(
                     submission.upstream_id,
                     submission.state or JobState.QUEUED,
                     submission.native_status,
+                    push_asked=pushed,
                 )
             assert command.upstream_id is not None
             report = await adapter.fetch_status(command.upstream_id)
@@ -658,13 +669,18 @@ class JobService:
             updated_at=now,
             deadline_at=now + timedelta(seconds=policy.deadline),
             next_poll_at=first_poll,
+            cadence=None if origin.unseen else Cadence("guidance", policy.first_delay / 2.0),
             labels=dict(command.labels or {}),
             tenant=command.tenant,
             # Kept only when jobgate submitted it, so that a rerun can resubmit it.
             request=dict(command.request) if command.request is not None else None,
             callback_url=command.callback_url,
+            push_asked=origin.push_asked,
             rerun_of=rerun_of,
         )
+        if self.first_poll is not None and not origin.unseen:
+            delay, why = self.first_poll(job)
+            job = replace(job, next_poll_at=now + timedelta(seconds=delay), cadence=why)
         if origin.report is not None:
             job = _adopted(job, origin.report, now)
             if self.capturer is not None:
@@ -682,16 +698,32 @@ class JobService:
         )
         return job
 
-    def _with_callback(self, provider: str, request: Mapping[str, JSON]) -> Mapping[str, JSON]:
-        """The body to submit: asking the provider to push to jobgate when it can.
+    # CatchAll's webhook registrar: made at the first catchall submit that can push, and kept
+    # for the service's life, so that the webhook is found or created once per process.
+    _catchall_push: CatchallPush | None = None
 
-        Only the submitted copy carries the token-bearing URL; the job keeps the client's body.
+    async def _with_callback(
+        self, adapter: Adapter, provider: str, request: Mapping[str, JSON]
+    ) -> tuple[Submission, bool]:
+        """Submit ``request``, asking the provider to push to jobgate when it can; say whether
+        the submitted body asked.
+
+        Only the submitted copy carries the token-bearing URL or jobgate's webhook id; the job
+        keeps the client's body (``_track``), so no secret reaches the store.
         """
         secret = self.callback_secrets.get(provider)
         if self.public_base_url is None or secret is None:
-            return request
+            return await adapter.submit(request), False
+        if provider == CATCHALL:
+            if self._catchall_push is None:
+                self._catchall_push = registrar(adapter, self.public_base_url, secret)
+            submission = await self._catchall_push.submit(request, adapter.submit)
+            # Added when there was room and a webhook (registration may have failed).
+            added = self._catchall_push.webhook_id is not None and webhook_room(provider, request)
+            return submission, added
         url = callback_url(self.public_base_url, provider, secret)
-        return with_callback(provider, request, url)
+        body = with_callback(provider, request, url)
+        return await adapter.submit(body), body is not request
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -805,7 +837,10 @@ class JobService:
 
     async def refresh(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
         """Poll this job as soon as possible (an inbound callback is a hint, not the truth)."""
-        return await self._refresh(await self.get(job_id, tenant))
+        job = await self.get(job_id, tenant)
+        if job.finished:
+            return job
+        return await self._write(job, lambda current: current.called_back(self.clock()))
 
     # -- results -------------------------------------------------------------------------------
 

@@ -61,6 +61,16 @@ class PolicySettings(_Section):
     breaker_threshold: int = Field(5, ge=1)
     breaker_cooldown: float = Field(30.0, gt=0)
     eta_aware: bool = True
+    learn: bool = True
+    """Schedule polls by the durations learned from this provider's finished jobs."""
+    target_lag: float | None = Field(None, gt=0)
+    """The mean detection lag the learned schedule aims at (seconds); unset: ``min_interval``."""
+    max_wait: float | None = Field(None, gt=0)
+    """The longest wait of the learned schedule; unset: 10 x ``max_interval``."""
+    min_jobs: int = Field(20, ge=1)
+    """Finished jobs (of one cadence key) before the learned schedule replaces the guidance."""
+    half_life_jobs: float = Field(200.0, gt=0)
+    """Finished jobs after which a learned duration weighs half (how fast drift is followed)."""
 
     def to_policy(self) -> PollPolicy:
         return PollPolicy(**self.model_dump())
@@ -468,6 +478,25 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"store.idempotency_lease_seconds ({lease:g}) must exceed "
                     f"providers.{name}.total_timeout ({provider.total_timeout:g})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _signing_secrets_are_whsec(self) -> Self:
+        # Checked as the settings load, so `jobgate serve` refuses with one line, not a traceback.
+        from gateway.callbacks import SIGNED  # callbacks reads settings: import late
+        from gateway.signatures import secret_problem
+
+        for name in sorted(SIGNED & self.providers.keys()):
+            configured = self.providers[name].callback_secret
+            if configured is None or not configured.get_secret_value():
+                continue
+            problem = secret_problem(configured.get_secret_value())
+            if problem is not None:
+                raise ValueError(
+                    f"providers.{name}.callback_secret (JOBGATE_PROVIDERS__{name.upper()}__"
+                    "CALLBACK_SECRET) must be the endpoint's Standard Webhooks signing secret, "
+                    f"whsec_ followed by base64, as the provider's portal shows it: {problem}"
                 )
         return self
 

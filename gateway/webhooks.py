@@ -2,9 +2,9 @@
 
 Three parts:
 
-- pure rules: the signature (:func:`sign`), the retry schedule (:func:`retry_delay`), what an
-  answer means (:func:`outcome_of`) and which events go where (:func:`category_of`,
-  :func:`targets`);
+- pure rules: the signature (:func:`sign`, from ``gateway/signatures.py``), the retry schedule
+  (:func:`retry_delay`), what an answer means (:func:`outcome_of`) and which events go where
+  (:func:`category_of`, :func:`targets`);
 - :class:`WebhookDispatcher` tails the persisted event log from a cursor kept in the store, and for
   each terminal (or, where asked, progress) event enqueues one delivery per target URL. Enqueueing
   and moving the cursor are one transaction, so a crash anywhere loses no event and doubles none,
@@ -23,11 +23,7 @@ URL (a callback URL may carry a token in its query), and never the secret.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import ipaddress
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -57,6 +53,9 @@ from gateway.results import (
     vet_url,
 )
 from gateway.settings import Settings
+from gateway.signatures import SECRET_PREFIX as SECRET_PREFIX
+from gateway.signatures import generate_secret, parse_secret, signed_headers
+from gateway.signatures import sign as sign
 from gateway.states import FINISHED
 from gateway.store.base import Delivery, DeliveryOutcome, Event, JobStore, NewDelivery
 
@@ -65,36 +64,11 @@ log = structlog.get_logger("jobgate.webhooks")
 CURSOR = "webhooks"
 """The store cursor naming the last event the dispatcher has turned into deliveries."""
 USER_AGENT = "jobgate-webhooks/1"
-SECRET_PREFIX = "whsec_"
 
 Category = Literal["terminal", "progress"]
 
 # --------------------------------------------------------------------------------------------------
 # Pure rules
-
-
-def parse_secret(secret: str) -> bytes:
-    """The signing key: the secret's base64 part, decoded (the ``whsec_`` prefix is optional)."""
-    return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
-
-
-def generate_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``: the ``webhook-signature`` value."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def signed_headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(key, msg_id, timestamp, body),
-    }
 
 
 def message_id(job_id: str, event_id: int) -> str:

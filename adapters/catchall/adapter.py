@@ -5,6 +5,11 @@
   the five working stages (submitted .. enriching) marked completed.
 - ``GET /catchAll/pull/{job_id}?page=&page_size=`` gives paged records, partial from ``enriching``.
 - ``POST /catchAll/continue`` raises a finished job's limit; the job goes back to ``enriching``.
+- ``GET /catchAll/webhooks``, ``POST /catchAll/webhooks``, ``PATCH /catchAll/webhooks/{id}``: the
+  organisation's webhooks, which a job names in ``webhook_ids`` at submit to be pushed its end.
+  One call per method, as everywhere here; finding or creating jobgate's own webhook is the
+  gateway's (``gateway/catchall_push.py``). CatchAll never answers an auth secret in full, so a
+  :class:`Webhook` keeps only the auth's type and header name.
 
 Errors are FastAPI bodies: ``{"detail": "..."}``, ``{"detail": [{loc, msg, type}]}`` (422) and the
 nested ``{"detail": {"detail": "..."}}``.
@@ -13,6 +18,7 @@ nested ``{"detail": {"detail": "..."}}``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 from urllib.parse import quote
@@ -147,6 +153,66 @@ def _times(body: Mapping[str, JSON]) -> Timestamps:
 
 _LIST_PAGE_SIZE: Final = 100
 """The most ``jobs/user`` gives in one page."""
+
+WEBHOOK_PAGE_SIZE: Final = 100
+"""Webhooks asked for per page of ``GET /catchAll/webhooks`` (the sandbox's maximum too)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A CatchAll webhook as answered, minus the auth's secret part (which comes back masked)."""
+
+    id: str
+    name: str
+    url: str
+    method: str | None
+    delivery_mode: str | None
+    headers: Mapping[str, str]
+    auth_type: str | None
+    auth_header: str | None
+    is_active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookPage:
+    webhooks: tuple[Webhook, ...]
+    page: int
+    total_pages: int
+
+
+def _webhook(body: JSON, what: str) -> Webhook:
+    """A webhook from ``{success, message, webhook}`` or from a bare webhook object."""
+    data = require_mapping(body, what)
+    inner = data.get("webhook")
+    if isinstance(inner, Mapping):
+        data = dict(inner)
+    elif "id" not in data:
+        raise MalformedResponse(f"{what}: no webhook in the answer")
+    headers = data.get("headers")
+    auth = data.get("auth")
+    auth_map = auth if isinstance(auth, Mapping) else {}
+    auth_type = auth_map.get("type")
+    auth_header = auth_map.get("header")
+    method = data.get("method")
+    mode = data.get("delivery_mode")
+    url = data.get("url")
+    name = data.get("name")
+    return Webhook(
+        id=require_str(data, "id", what=what),
+        name=name if isinstance(name, str) else "",
+        url=url if isinstance(url, str) else "",
+        method=method if isinstance(method, str) else None,
+        delivery_mode=mode if isinstance(mode, str) else None,
+        headers=(
+            {k: v for k, v in headers.items() if isinstance(v, str)}
+            if isinstance(headers, Mapping)
+            else {}
+        ),
+        auth_type=auth_type if isinstance(auth_type, str) else None,
+        auth_header=auth_header if isinstance(auth_header, str) else None,
+        # Absent means active: only an explicit false pauses deliveries.
+        is_active=data.get("is_active") is not False,
+    )
 
 
 class CatchAllAdapter(HttpAdapter):
@@ -297,3 +363,43 @@ class CatchAllAdapter(HttpAdapter):
             hints=reply.hints,
             extra={k: v for k, v in body.items() if k != "job_id"},
         )
+
+    # -- webhooks: one call each; the gateway decides which to make -----------------------------
+
+    async def list_webhooks(self, *, page: int = 1) -> WebhookPage:
+        reply = await self.call(
+            "GET",
+            "catchAll/webhooks",
+            operation="webhook_list",
+            params={"page": max(1, page), "page_size": WEBHOOK_PAGE_SIZE},
+        )
+        body = require_mapping(reply.body, "catchall webhooks")
+        items = body.get("webhooks")
+        if not isinstance(items, list):
+            raise MalformedResponse("catchall webhooks: no webhooks list")
+        webhooks = tuple(
+            _webhook(item, "catchall webhooks") for item in items if isinstance(item, Mapping)
+        )
+        total_pages = _int(body.get("total_pages"))
+        return WebhookPage(
+            webhooks=webhooks,
+            page=_int(body.get("page")) or max(1, page),
+            total_pages=total_pages if total_pages is not None else max(1, page),
+        )
+
+    async def create_webhook(self, spec: Mapping[str, JSON]) -> Webhook:
+        """Create a webhook from ``spec`` (the API's create body, ``auth`` secret included)."""
+        reply = await self.call(
+            "POST", "catchAll/webhooks", operation="webhook_create", json=dict(spec)
+        )
+        return _webhook(reply.body, "catchall create webhook")
+
+    async def update_webhook(self, webhook_id: str, changes: Mapping[str, JSON]) -> Webhook:
+        """PATCH the fields in ``changes``; ``headers`` and ``auth`` given are replaced whole."""
+        reply = await self.call(
+            "PATCH",
+            f"catchAll/webhooks/{quote(webhook_id, safe='')}",
+            operation="webhook_update",
+            json=dict(changes),
+        )
+        return _webhook(reply.body, "catchall update webhook")

@@ -11,8 +11,10 @@ Paths (relative to the base URL, as in production):
   text|number|date|option|url|company, ``mode`` base|lite, at most 5 ``webhook_ids``); a bad body
   gets 422 ``{"detail": [{loc, msg, type}]}``. 400 ``{"detail"}`` for ``end_date`` before
   ``start_date``, a ``start_date`` beyond the plan's 60-day search depth, or any
-  ``connected_dataset_ids`` (the sandbox has no datasets). 429 ``{"detail"}`` with ``Retry-After``
-  when the key already has 20 unfinished jobs (``Jobs_Concurrency``).
+  ``connected_dataset_ids`` (the sandbox has no datasets) or a ``webhook_ids`` entry that is not
+  one of this key's webhooks. 429 ``{"detail"}`` with ``Retry-After`` when the
+  key already has 20 unfinished jobs (``Jobs_Concurrency``). A job's webhooks receive its end (see
+  ``sandbox_webhooks``), again after each continue completes.
 - ``GET /catchAll/status/{job_id}``: ``{job_id, status, steps}`` with all seven steps.
 - ``GET /catchAll/pull/{job_id}?page=&page_size=`` (page_size default 100, max 1000): the job's
   settings, counters and one page of ``all_records``. Records exist from ``enriching`` on and grow
@@ -24,6 +26,8 @@ Paths (relative to the base URL, as in production):
 - ``GET /catchAll/jobs/user?page=&page_size=``: the key's jobs, newest first.
 - ``DELETE /catchAll/jobs/{job_id}``: a soft delete (hidden from the list; status and pull still
   work).
+- ``/catchAll/webhooks`` and ``/catchAll/webhooks/{id}``: webhook CRUD and deliveries
+  (``adapters.catchall.sandbox_webhooks``).
 
 Every other path needs ``x-api-key``; a missing or rejected key gets 403
 ``{"detail": "Invalid API key"}``. A job of another key, or an unknown id, gets 404 ``{"detail"}``.
@@ -73,6 +77,8 @@ from adapters.catchall.sandbox_records import (
     suggested_validators,
 )
 from adapters.catchall.sandbox_validation import Checker, error, json_body, json_errors, query_int
+from adapters.catchall.sandbox_webhooks import WEBHOOKS_KEY, check_job_webhooks
+from adapters.catchall.sandbox_webhooks import add_routes as add_webhook_routes
 from adapters.simulator import (
     SCENARIO_HEADER,
     SETTINGS_KEY,
@@ -92,6 +98,7 @@ __all__ = [
     "LARGE_POOL",
     "STAGES",
     "STEP_NAMES",
+    "WEBHOOKS_KEY",
     "Job",
     "JobStore",
     "View",
@@ -200,7 +207,7 @@ async def submit(request: web.Request) -> web.Response:
     enrichments = check.schemas("enrichments", ENRICHMENT_TYPES, None)
     mode = check.choice("mode", ("base", "lite"), "base") or "base"
     datasets = check.strings("connected_dataset_ids")
-    check.strings("webhook_ids", MAX_WEBHOOKS)  # accepted; the sandbox sends no webhooks
+    webhook_ids = check.strings("webhook_ids", MAX_WEBHOOKS)
     check.string("project_id")
     if check.issues or query is None:
         raise error(422, check.issues)
@@ -217,6 +224,7 @@ async def submit(request: web.Request) -> web.Response:
         )
     if datasets:
         raise error(400, f"Dataset not found or not accessible: {datasets[0]}")
+    hooks = check_job_webhooks(request, owner, webhook_ids)
 
     now = settings.clock()
     running = store.unfinished(owner, now)
@@ -253,8 +261,11 @@ async def submit(request: web.Request) -> web.Response:
         pool=pool,
         candidates=math.ceil(pool * sizer.uniform(2.0, 3.0)),
         timeline=stage_durations(settings, scenario, stages),
+        webhook_ids=hooks,
     )
     store.jobs[job_id] = job
+    if hooks:
+        request.app[WEBHOOKS_KEY].pending.add(job_id)
     return web.json_response({"job_id": job_id})
 
 
@@ -345,6 +356,8 @@ async def continue_job(request: web.Request) -> web.Response:
         raise error(400, f"new_limit must be greater than the previous limit ({job.limit})")
     previous = job.limit
     job.continue_to(target, now)
+    if job.webhook_ids:
+        request.app[WEBHOOKS_KEY].pending.add(job.job_id)
     return web.json_response(
         {
             "job_id": job.job_id,
@@ -409,4 +422,5 @@ def create_app(settings: SandboxSettings) -> web.Application:
     app.router.add_post("/catchAll/continue", continue_job)
     app.router.add_get("/catchAll/jobs/user", list_jobs)
     app.router.add_delete("/catchAll/jobs/{job_id}", delete_job)
+    add_webhook_routes(app)
     return app

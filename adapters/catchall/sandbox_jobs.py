@@ -74,6 +74,9 @@ class Job:
     base_valid: int = 0
     base_validated: int = 0
     deleted: bool = False
+    webhook_ids: tuple[str, ...] = ()
+    round: int = 0
+    """How many times a continue re-opened the job: each round's end is delivered to webhooks."""
 
     def target_valid(self) -> int:
         return 0 if self.scenario is Scenario.FAIL else min(self.limit, self.pool)
@@ -111,6 +114,7 @@ class Job:
         self.base_valid = self.target_valid()
         self.base_validated = self.target_validated()
         self.limit = new_limit
+        self.round += 1
         self.timeline = Timeline(stages=CONTINUE_STAGES, started=now, scale=self.timeline.scale)
 
 

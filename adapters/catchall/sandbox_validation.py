@@ -180,6 +180,20 @@ class Checker:
                 self.fail("string_type", [name, i], "Input should be a valid string", item)
         return [item for item in value if isinstance(item, str)]
 
+    def string_map(self, name: str) -> dict[str, str] | None:
+        """An object of strings (headers, query params); ``None`` when absent or wrong."""
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.fail("dict_type", [name], "Input should be a valid dictionary", value)
+            return None
+        before = len(self.issues)
+        for key, item in value.items():
+            if not isinstance(item, str):
+                self.fail("string_type", [name, key], "Input should be a valid string", item)
+        return dict(value) if len(self.issues) == before else None
+
     def schemas(self, name: str, types: Sequence[str], default: str | None) -> list[dict[str, Any]]:
         """A list of ``{name, description, type}``; ``type`` must be one of ``types``."""
         out: list[dict[str, Any]] = []

@@ -10,8 +10,6 @@ delivery (connection error, timeout, non-2xx) is logged and retried with a doubl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -20,6 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from adapters.sandbox_delivery import cancel_all, delivery_ctx, send
 from adapters.simulator import SandboxSettings
 
 if TYPE_CHECKING:
@@ -94,15 +93,8 @@ class CallbackDispatcher:
             return
         state.attempts += 1
         body = orjson.dumps(job.callback_body(self.settings.clock()))
-        outcome: str
         try:
-            async with self.session.post(
-                url, data=body, headers={"Content-Type": "application/json"}
-            ) as response:
-                await response.read()
-                outcome = "ok" if 200 <= response.status < 300 else f"HTTP {response.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            outcome = type(exc).__name__
+            outcome, _ = await send(self.session, url, body, {"Content-Type": "application/json"})
         finally:
             state.in_flight = False
         if outcome == "ok":
@@ -120,24 +112,10 @@ class CallbackDispatcher:
         )
 
     async def close(self) -> None:
-        tasks = list(self.deliveries)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(self.deliveries)
 
 
 DISPATCHER_KEY: Final = web.AppKey("extract_callbacks", CallbackDispatcher)
 
 
-async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
-    timeout = aiohttp.ClientTimeout(total=CALLBACK_TIMEOUT)
-    dispatcher = app[DISPATCHER_KEY]
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        dispatcher.session = session
-        runner = asyncio.create_task(dispatcher.run())
-        yield
-        runner.cancel()
-        with suppress(asyncio.CancelledError):
-            await runner
-        await dispatcher.close()
-        dispatcher.session = None
+callbacks_ctx: Final = delivery_ctx(DISPATCHER_KEY, CALLBACK_TIMEOUT)

@@ -5,6 +5,8 @@
   status while the job is pending or processing.
 - Cancel: ``DELETE /job/{job_id}``; the answer does not say whether the job stopped (a completed
   job is left as it is), so the next status poll decides.
+- Push: Pulse's webhooks (Svix, Standard Webhooks signatures) are configured on Pulse's side, not
+  per job; the gateway takes them at ``/v1/callbacks/pulse`` and polls the job they name.
 - Results: inline when small; otherwise ``{"is_url": true, "url": ...}``. A URL on the provider's
   own base URL under ``large_results/`` is the proxy and needs the key; any other URL (a presigned
   S3 URL) must be fetched without it. Downloading is the gateway's business (``gateway/results``).
@@ -62,7 +64,8 @@ def _is_url_flag(value: JSON) -> bool:
 
 class PulseAdapter(HttpAdapter):
     name = "pulse"
-    capabilities = Capabilities(submit=True, cancel=True, result_kind=ResultKind.POINTER)
+    # push: Pulse sends Standard Webhooks-signed job events through Svix (gateway/callbacks.py).
+    capabilities = Capabilities(submit=True, cancel=True, push=True, result_kind=ResultKind.POINTER)
     status_table = STATUS_TABLE
 
     # -- provider specifics ----------------------------------------------------------------------

@@ -33,6 +33,12 @@ Paths, relative to the base URL (``https://api.runpulse.com`` in production):
 Large downloads stream about 6 MB of JSON (``LARGE_PAGES`` pages of markdown) in chunks, with a
 ``Content-Length`` computed up front.
 
+- ``POST /webhook``: ``{"link": ...}``, as Pulse answers with a link to its Svix portal; here the
+  link names ``/webhook/endpoints``, the sandbox-only stand-in for that portal (``POST`` ``{url,
+  secret?}`` adds an endpoint, ``GET`` lists them). Each endpoint receives ``job.processing``,
+  ``job.completed``, ``job.failed`` and ``job.cancelled`` events signed per Standard Webhooks, as
+  Svix signs Pulse's (``sandbox_webhooks``); ``SandboxSettings.pulse_webhooks`` configures them too.
+
 Auth: ``x-api-key``; any non-empty key unless ``SandboxSettings.api_keys`` is set. A missing key
 gets 401 ``MISSING_API_KEY``, a refused one 401 ``INVALID_API_KEY``. Every error body (bar the S3
 ones) is ``{"error": {"code", "message", "details"}}``; unmatched paths and methods get that shape
@@ -97,6 +103,7 @@ from adapters.pulse.sandbox_jobs import (
     retention_stub,
 )
 from adapters.pulse.sandbox_large_results import large_pointer, large_result, presigned
+from adapters.pulse.sandbox_webhooks import WEBHOOKS_KEY, WebhookDispatcher, create_dispatcher
 from adapters.simulator import (
     SCENARIO_HEADER,
     SETTINGS_KEY,
@@ -121,10 +128,12 @@ __all__ = [
     "PROXY_TTL_SECONDS",
     "RETENTION_SECONDS",
     "STAGES",
+    "WEBHOOKS_KEY",
     "Pointer",
     "PulseJob",
     "PulseJobs",
     "Submitted",
+    "WebhookDispatcher",
     "create_app",
     "error_response",
     "inline_extraction",
@@ -239,6 +248,7 @@ def _answer_synchronously(request: web.Request, store: PulseJobs, job: PulseJob)
         total = job.timeline.total()
         job.timeline.started -= total
         job.created_wall -= timedelta(seconds=total)
+        job.notify = False
         store.add(job)
         body = large_pointer(request, store, job)
     else:
@@ -323,4 +333,5 @@ def create_app(settings: SandboxSettings) -> web.Application:
     app.router.add_post("/cancel/{job_id}", cancel_job)
     app.router.add_get("/large_results/{job_id}", large_result)
     app.router.add_get("/presigned/{job_id}", presigned)
+    create_dispatcher(app)
     return app

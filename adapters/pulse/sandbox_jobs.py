@@ -59,6 +59,8 @@ class PulseJob:
     """The submitted fields as parsed (JSON-valued parts decoded); kept for inspection."""
     canceled_at: float | None = None
     downloads: int = 0
+    notify: bool = True
+    """Whether webhooks announce its changes: not for a synchronous extraction, answered whole."""
 
     @property
     def large(self) -> bool:

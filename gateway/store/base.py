@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 
 from adapters.base import JSON
 from gateway.auth import DEFAULT_TENANT, ApiKey
+from gateway.durations import DurationDelta, DurationSketch
 from gateway.jobs import Job
 from gateway.jobs import NewEvent as NewEvent  # stores take the events the job model makes
 from gateway.states import JobState
@@ -466,6 +467,20 @@ class DeliveryQueue(Protocol):
         ...
 
 
+class LearnedDurations(Protocol):
+    """The completion-time sketches the cadence learns (``gateway.durations``), one per provider
+    and cadence key, shared by every process on the store."""
+
+    async def durations(self) -> dict[str, DurationSketch]:
+        """Every stored sketch, by name."""
+        ...
+
+    async def merge_durations(self, deltas: Sequence[DurationDelta]) -> None:
+        """Fold each delta into its stored sketch in one transaction: concurrent merges from
+        several replicas all count (read, fold, write under the row's lock)."""
+        ...
+
+
 class ApiKeys(Protocol):
     """Client API keys, stored by their keyed hash (``gateway/auth.py``), never in plaintext."""
 
@@ -521,7 +536,15 @@ class Signals(Protocol):
 
 
 class JobStore(
-    Lifecycle, JobRows, EventLog, IdempotencyKeys, DeliveryQueue, ApiKeys, Signals, Protocol
+    Lifecycle,
+    JobRows,
+    EventLog,
+    IdempotencyKeys,
+    DeliveryQueue,
+    LearnedDurations,
+    ApiKeys,
+    Signals,
+    Protocol,
 ):
     """Everything a gateway process needs from its store. Each part has its own contract suite
     (``tests/unit/store/``) that every implementation runs."""

@@ -21,6 +21,7 @@ import orjson
 
 from adapters.base import JSON
 from gateway.auth import DEFAULT_TENANT, ApiKey
+from gateway.durations import DurationDelta, DurationSketch
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
@@ -89,6 +90,7 @@ class MemoryStore:
         self._last_event_id = 0
         self._idempotency: dict[str, _IdempotencyRow] = {}
         self._cursors: dict[str, int] = {}
+        self._durations: dict[str, DurationSketch] = {}
         self._deliveries: dict[int, Delivery] = {}  # by id, so in enqueue order
         self._delivery_keys: set[tuple[int, str]] = set()  # (event id, url)
         self._last_delivery_id = 0
@@ -439,6 +441,14 @@ class MemoryStore:
 
     async def get_cursor(self, name: str) -> int | None:
         return self._cursors.get(name)
+
+    async def durations(self) -> dict[str, DurationSketch]:
+        return dict(self._durations)
+
+    async def merge_durations(self, deltas: Sequence[DurationDelta]) -> None:
+        for delta in deltas:
+            stored = self._durations.get(delta.name, DurationSketch())
+            self._durations[delta.name] = stored.absorb(delta.sketch, half_life=delta.half_life)
 
     async def set_cursor(self, name: str, value: int) -> None:
         self._cursors[name] = value

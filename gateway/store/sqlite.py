@@ -44,6 +44,7 @@ import structlog
 
 from adapters.base import JSON
 from gateway.auth import DEFAULT_TENANT, ApiKey, Scope
+from gateway.durations import DurationDelta, DurationSketch
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
@@ -114,6 +115,8 @@ from gateway.store.sqlite_sql import (
     SELECT_DUE_DELIVERIES,
     SELECT_DUE_OF_TENANT,
     SELECT_DUE_ROWS,
+    SELECT_DURATION,
+    SELECT_DURATIONS,
     SELECT_FOR_SAVE,
     SELECT_IDEMPOTENCY,
     SELECT_JOB,
@@ -127,6 +130,7 @@ from gateway.store.sqlite_sql import (
     TOUCH_API_KEY,
     UPDATE_JOB,
     UPDATE_JOB_AND_STATE,
+    UPSERT_DURATION,
 )
 
 log = structlog.get_logger("jobgate.store.sqlite")
@@ -426,6 +430,13 @@ class SqliteStore:
 
     async def set_cursor(self, name: str, value: int) -> None:
         await self._call(self._write_one_sync, SET_CURSOR, (name, value))
+
+    async def durations(self) -> dict[str, DurationSketch]:
+        return await self._call(self._durations_sync)
+
+    async def merge_durations(self, deltas: Sequence[DurationDelta]) -> None:
+        if deltas:
+            await self._call(self._merge_durations_sync, deltas, _to_us(datetime.now(UTC)))
 
     async def enqueue_deliveries(
         self, deliveries: Sequence[NewDelivery], *, cursor: tuple[str, int] | None = None
@@ -939,6 +950,26 @@ class SqliteStore:
 
     def _api_keys_sync(self, sql: str, params: Sequence[Any]) -> list[ApiKey]:
         return [_api_key(row) for row in self._db.execute(sql, params)]
+
+    def _durations_sync(self) -> dict[str, DurationSketch]:
+        return {
+            name: DurationSketch.from_record(orjson.loads(text))
+            for name, text in self._db.execute(SELECT_DURATIONS)
+        }
+
+    def _merge_durations_sync(self, deltas: Sequence[DurationDelta], now_us: int) -> None:
+        # One write transaction: a shared file's other writers wait, and no merge is lost.
+        with self._transaction() as cursor:
+            for delta in deltas:
+                row = cursor.execute(SELECT_DURATION, (delta.name,)).fetchone()
+                stored = (
+                    DurationSketch.from_record(orjson.loads(row[0])) if row else DurationSketch()
+                )
+                merged = stored.absorb(delta.sketch, half_life=delta.half_life)
+                cursor.execute(
+                    UPSERT_DURATION,
+                    (delta.name, orjson.dumps(merged.to_record()).decode(), now_us),
+                )
 
     def _get_cursor_sync(self, name: str) -> int | None:
         row = self._db.execute(GET_CURSOR, (name,)).fetchone()

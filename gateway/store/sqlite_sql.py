@@ -180,6 +180,14 @@ CREATE TABLE IF NOT EXISTS cursors (
     value INTEGER NOT NULL
 ) WITHOUT ROWID
 """
+# The cadence's learned completion times (migration 7): one sketch per provider and key, as JSON.
+CREATE_DURATIONS: Final = """
+CREATE TABLE IF NOT EXISTS durations (
+    name       TEXT PRIMARY KEY,
+    sketch     TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID
+"""
 # Tenants (migration 6). Client API keys, by their keyed hash only: the key itself is never stored.
 # Scopes are a JSON array of their names.
 CREATE_API_KEYS: Final = """
@@ -275,6 +283,7 @@ MIGRATIONS: Final = (
             CREATE_JOBS_CREATED_INDEX,
         ),
     ),
+    Migration(7, "learned job durations (the cadence)", (CREATE_DURATIONS,)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -489,6 +498,12 @@ END_IDEMPOTENCY_LEASES: Final = "UPDATE idempotency SET lease_until = 0 WHERE st
 PURGE_IDEMPOTENCY: Final = "DELETE FROM idempotency WHERE created_at < ?"
 
 GET_CURSOR: Final = "SELECT value FROM cursors WHERE name = ?"
+SELECT_DURATIONS: Final = "SELECT name, sketch FROM durations"
+SELECT_DURATION: Final = "SELECT sketch FROM durations WHERE name = ?"
+UPSERT_DURATION: Final = """
+INSERT INTO durations (name, sketch, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET sketch = excluded.sketch, updated_at = excluded.updated_at
+"""
 SET_CURSOR: Final = """
 INSERT INTO cursors (name, value) VALUES (?, ?)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value

@@ -22,7 +22,8 @@ from adapters.sandboxes import create_sandbox_app
 from adapters.simulator import SandboxSettings
 from gateway.access import Access
 from gateway.blobs import FilesystemBlobStore
-from gateway.callbacks import CallbackConfig, CallbackInbox, callback_secrets
+from gateway.cadence import DurationBook
+from gateway.callbacks import CallbackConfig, CallbackInbox, callback_secrets, signed_endpoints
 from gateway.capturer import Capturer
 from gateway.events import EventHub
 from gateway.feed import RemoteFeed
@@ -113,9 +114,17 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 async def _embedded_sandbox(app: web.Application) -> AsyncIterator[None]:
     """The four provider sandboxes in this process, for ``make run`` and the demo."""
-    config = app[COMPONENTS_KEY].settings.sandbox
+    settings = app[COMPONENTS_KEY].settings
+    config = settings.sandbox
     sandbox = create_sandbox_app(
-        SandboxSettings(speed=config.speed, faults=config.faults, seed=config.seed)
+        SandboxSettings(
+            speed=config.speed,
+            faults=config.faults,
+            seed=config.seed,
+            # Pulse's pushes are set up on Pulse's side (Svix), not per job: tell the sandbox where
+            # they go, with the secret _core's callback_secrets() gives the inbox (one per process).
+            pulse_webhooks=signed_endpoints(settings),
+        )
     )
     runner = web.AppRunner(sandbox, access_log=None)
     await runner.setup()
@@ -222,6 +231,11 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     )
     components.access = access
     components.metrics.add_tenants(settings.known_tenants())
+    # What every replica learned of the providers' durations, before the first poll is scheduled.
+    durations = DurationBook(
+        store, policies, {name: PROVIDERS[name].cadence_key for name in enabled}
+    )
+    await durations.load()
     runner = Runner(
         store,
         adapters,
@@ -235,6 +249,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         writer=writer,
         quota=capturer.quota,
         capturer=capturer,
+        cadence=durations,
     )
     components.metrics.add_providers(adapters)
     components.runner = runner
@@ -255,6 +270,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         on_limited=components.metrics.limited,
         capturer=capturer,
         capture_wait=settings.vault.capture_wait_seconds,
+        first_poll=runner.first_poll,
     )
     components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
     # Outbound webhooks tail the persisted event log, so they need no hook in the runner.
@@ -277,6 +293,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(feed.run(), name="jobgate-feed"))
     if settings.runner.enabled:
         tasks.append(asyncio.create_task(runner.run(), name="jobgate-runner"))
+        tasks.append(asyncio.create_task(durations.run(), name="jobgate-durations"))
     log.info("gateway.started", providers=sorted(adapters), store=settings.store.kind)
     _announce_auth(settings)
     try:

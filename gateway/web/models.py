@@ -105,6 +105,21 @@ class ResultSummary(BaseModel):
     error: JobError | None = Field(description="why the last capture failed, if it did")
 
 
+class CadenceOut(BaseModel):
+    """Why a running job's next poll is when it is."""
+
+    schedule: Literal["learned", "guidance", "push", "callback", "retry"] = Field(
+        description="learned: from this provider's finished jobs; guidance: the provider's "
+        "published cadence (until enough jobs have finished); push: the provider pushes the "
+        "end, polling is the safety net; callback: the provider pushed, the job is polled now; "
+        "retry: after an upstream fault"
+    )
+    expected_lag_seconds: float = Field(
+        description="seconds from the job's end to jobgate seeing it, if it ends before the "
+        "next poll"
+    )
+
+
 class JobOut(BaseModel):
     """The canonical job."""
 
@@ -122,6 +137,9 @@ class JobOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     next_poll_at: str | None
+    cadence: CadenceOut | None = Field(
+        description="how the next poll was chosen; null once the job is not polled"
+    )
     polls: int
     rerun_of: str | None
     labels: dict[str, str]

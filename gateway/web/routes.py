@@ -387,12 +387,17 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/v1/callbacks/{provider}",
         cb.receive_callback,
-        "Inbound provider notification (extract callbackUrl, CatchAll webhook): a hint that "
-        "polls the job it names now; the body is the provider's own",
+        "Inbound provider notification (extract callbackUrl, CatchAll webhook, Pulse's Standard "
+        "Webhooks events): a hint that polls the job it names now; the body is the provider's "
+        "own. extract and catchall authenticate with the callback token; pulse with the "
+        "webhook-id, webhook-timestamp and webhook-signature headers (a replayed webhook-id is "
+        "202 with duplicate: true)",
         responses={
             202: cb.CallbackAck,
             **BODY,
-            401: "callback_unauthorized: the callback token is missing or wrong",
+            401: "callback_unauthorized: the callback token is missing or wrong, or (pulse) the "
+            "signature headers are missing, the timestamp is outside 5 minutes or no signature "
+            "matches (the problem's reason says which)",
             404: "callbacks_not_enabled: the provider does not push, or has no callback_secret",
             422: "invalid_callback: the body names no upstream job",
         },
@@ -404,6 +409,14 @@ ROUTES: tuple[Route, ...] = (
                 "header",
                 {"type": "string"},
                 "The provider's callback secret (instead of ?token=)",
+            ),
+            Param("webhook-id", "header", {"type": "string"}, "pulse: the message id (msg_...)"),
+            Param("webhook-timestamp", "header", {"type": "string"}, "pulse: Unix seconds, signed"),
+            Param(
+                "webhook-signature",
+                "header",
+                {"type": "string"},
+                "pulse: v1,<base64 HMAC-SHA256 of id.timestamp.body>, space-separated",
             ),
         ),
         tag="callbacks",

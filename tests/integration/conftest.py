@@ -40,9 +40,11 @@ def gateway_settings(
     policy: dict[str, Any] | None = None,
     api_key: str = "test-key",
     provider_options: dict[str, Any] | None = None,
+    per_provider: dict[str, dict[str, Any]] | None = None,
     **sections: Any,
 ) -> Settings:
-    """Settings for a test gateway: SQLite at ``db``, every provider at the test sandbox."""
+    """Settings for a test gateway: SQLite at ``db``, every provider at the test sandbox;
+    ``provider_options`` go to every provider, ``per_provider[name]`` to one (and win)."""
     providers = {
         name: {
             "base_url": sandbox_url + spec.prefix,
@@ -51,6 +53,7 @@ def gateway_settings(
             "result_networks": ["127.0.0.1/32"],
             "policy": {**FAST_POLICY, **(policy or {})},
             **(provider_options or {}),
+            **(per_provider or {}).get(name, {}),
         }
         for name, spec in PROVIDERS.items()
     }

@@ -173,7 +173,12 @@ async def keyed_stack(
     if callbacks:
         sections["server"] = {"public_base_url": "http://127.0.0.1:9", **sections.get("server", {})}
         sections["provider_options"] = {"callback_secret": CALLBACK_SECRET}
+        # Pulse's is a Standard Webhooks signing secret (its pushes are signed, not tokened).
+        sections["per_provider"] = {"pulse": {"callback_secret": PULSE_SIGNING_SECRET}}
     return await make_stack(**sections)
+
+
+PULSE_SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def access_of(stack: Stack) -> Access:

@@ -115,11 +115,16 @@ HOSTILE: list[tuple[str, bytes, dict[str, str]]] = [
 ]
 
 
+PULSE_SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
 async def test_no_body_gets_a_5xx(make_stack: StackFactory) -> None:
     """Every hostile body on every route that reads one: a 2xx or a problem+json 4xx."""
     stack = await make_stack(
         server={"public_base_url": "http://127.0.0.1:9"},
         provider_options={"callback_secret": CALLBACK_SECRET},
+        # Pulse's is a Standard Webhooks signing secret (its pushes are signed).
+        per_provider={"pulse": {"callback_secret": PULSE_SIGNING_SECRET}},
     )
     job = await stack.submit("catchall", {"query": "q", "limit": 10})
     paths = (

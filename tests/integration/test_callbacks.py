@@ -236,9 +236,9 @@ async def test_a_wrong_or_missing_token_is_401_without_the_secret(
 async def test_a_provider_that_does_not_push_or_has_no_secret_is_404(
     make_gateway: GatewayFactory,
 ) -> None:
-    # pulse does not push even with a secret; catchall pushes but has none configured here.
-    gateway = await make_gateway(pulse_secret="pulse-secret")
-    for provider, token in (("pulse", "pulse-secret"), ("catchall", SECRET), ("nope", SECRET)):
+    # platform does not push; catchall pushes but has no secret configured here.
+    gateway = await make_gateway()
+    for provider, token in (("platform", SECRET), ("catchall", SECRET), ("nope", SECRET)):
         status, problem = await gateway.callback(provider, {"job_id": "x"}, token=token)
         assert status == 404, (provider, problem)
         assert problem["code"] == "callbacks_not_enabled"

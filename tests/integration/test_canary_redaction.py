@@ -35,7 +35,9 @@ pytestmark = pytest.mark.integration
 
 CANARY = "canary-sk_EchoedBack_9d41c07e"
 CALLBACK_CANARY = "canary-cb_EchoedBack_51be02aa"
-CANARIES = (CANARY, CALLBACK_CANARY, WEBHOOK_SECRET)
+# Pulse's callback secret is a Standard Webhooks signing secret: whsec_ and base64.
+PULSE_CALLBACK_CANARY = "whsec_Y2FuYXJ5LXB1bHNlLWVjaG9lZC1iYWNrLTdjMw=="
+CANARIES = (CANARY, CALLBACK_CANARY, PULSE_CALLBACK_CANARY, WEBHOOK_SECRET)
 FINISHED = frozenset({"succeeded", "failed", "canceled", "expired"})
 WAIT = 30.0
 
@@ -318,6 +320,7 @@ async def test_an_echoing_upstream_leaks_no_secret_anywhere(
         db=db,
         api_key=CANARY,
         provider_options={"callback_secret": CALLBACK_CANARY},
+        per_provider={"pulse": {"callback_secret": PULSE_CALLBACK_CANARY}},
         server={"public_base_url": "http://127.0.0.1:9"},
         webhooks={
             "secret": WEBHOOK_SECRET,

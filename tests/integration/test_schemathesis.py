@@ -140,6 +140,8 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
     stack = await make_stack(
         server={"sse_heartbeat_seconds": 0.5, "public_base_url": "http://127.0.0.1:9"},
         provider_options={"callback_secret": SECRET},
+        # Pulse's is a Standard Webhooks signing secret (its pushes are signed).
+        per_provider={"pulse": {"callback_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}},
     )
     job_ids = await seed_jobs(stack)
     async with stack.client.get(f"{stack.url}/openapi.json") as response:

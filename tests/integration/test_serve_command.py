@@ -131,3 +131,20 @@ async def test_a_vault_directory_that_cannot_be_made_is_one_line(tmp_path: Path)
     last = output.strip().splitlines()[-1]
     assert last.startswith(f"jobgate: the result vault at {blocker / 'results'} cannot be used: ")
     assert "Traceback" not in output
+
+
+async def test_a_pulse_secret_that_is_not_whsec_is_one_line_without_the_secret(
+    tmp_path: Path,
+) -> None:
+    process = await serve(
+        tmp_path, free_port(), JOBGATE_PROVIDERS__PULSE__CALLBACK_SECRET="plain-token-0d9e"
+    )
+    code, output = await refusal(process)
+    assert code == 2
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("jobgate: invalid configuration: ")
+    assert "providers.pulse.callback_secret" in lines[0]
+    assert "whsec_" in lines[0]
+    assert "plain-token-0d9e" not in output
+    assert "Traceback" not in output

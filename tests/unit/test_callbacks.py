@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from gateway.callbacks import (
 )
 from gateway.errors import JobNotFound
 from gateway.events import EventHub
-from gateway.jobs import Job
+from gateway.jobs import Cadence, Job
 from gateway.runner import Runner
 from gateway.settings import load_settings
 from gateway.states import JobState
@@ -92,7 +93,7 @@ def test_a_catchall_body_without_a_job_is_invalid(body: JSON) -> None:
 
 def test_providers_that_do_not_push_have_no_parser() -> None:
     with pytest.raises(CallbacksNotEnabled):
-        parse("pulse", {"id": "x"})
+        parse("platform", {"id": "x"})
 
 
 def test_the_dedupe_key_ignores_key_order_but_not_content() -> None:
@@ -146,7 +147,7 @@ def test_configured_secrets_are_used_and_only_for_providers_that_push(tmp_path: 
         tmp_path,
         embedded=False,
         extract={"callback_secret": SECRET},
-        pulse={"callback_secret": "p"},
+        pulse={"callback_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
     )
     assert callback_secrets(settings, ["extract", "catchall"]) == {"extract": SECRET}
 
@@ -162,15 +163,19 @@ def test_the_embedded_sandbox_gets_a_random_secret_per_process(tmp_path: Path) -
 
 def test_a_job_expects_a_push_only_when_jobgate_asked_for_one() -> None:
     config = CallbackConfig("https://gw.example.test", {"extract": SECRET, "catchall": SECRET})
-    submitted = make_job(provider="extract", request={"url": "https://example.com"})
-    assert config.expects_push(submitted)
-    assert not config.expects_push(
-        make_job(provider="extract", request={"url": "u", "callbackUrl": "https://client/hook"})
-    )
-    assert not config.expects_push(make_job(provider="extract", request=None))  # adopted
-    assert not config.expects_push(make_job(provider="catchall", request={"query": "q"}))
-    assert not CallbackConfig(None, {"extract": SECRET}).expects_push(submitted)
-    assert not CallbackConfig("https://gw", {}).expects_push(submitted)
+    asked = make_job(provider="extract", request={"url": "https://example.com"}, push_asked=True)
+    assert config.expects_push(asked)
+    assert config.expects_push(replace(asked, provider="catchall", request={"query": "q"}))
+    # The submit did not ask (the client's own callbackUrl, five webhook ids of its own, a failed
+    # registration, an adopted job): polled normally.
+    assert not config.expects_push(replace(asked, push_asked=False))
+    # Callbacks no longer configured: nothing will come.
+    assert not CallbackConfig(None, {"extract": SECRET}).expects_push(asked)
+    assert not CallbackConfig("https://gw", {}).expects_push(asked)
+    # Pulse pushes every job of the organisation, adopted ones too, once its secret is set.
+    signed = CallbackConfig(None, {"pulse": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
+    assert signed.expects_push(make_job(provider="pulse", request=None))
+    assert not config.expects_push(make_job(provider="pulse", request={"x": 1}, push_asked=True))
 
 
 # -- dedupe ---------------------------------------------------------------------------------------
@@ -233,7 +238,7 @@ async def _inbox(refresh: Refresher) -> tuple[CallbackInbox, Job]:
 async def test_authentication_is_404_before_401() -> None:
     inbox, _ = await _inbox(Refresher())
     inbox.authenticate("extract", SECRET)
-    for provider in ("pulse", "catchall", "nope"):  # no parser, no secret, unknown
+    for provider in ("platform", "catchall", "nope"):  # no parser, no secret, unknown
         with pytest.raises(CallbacksNotEnabled):
             inbox.authenticate(provider, SECRET)
     with capture_logs() as logs, pytest.raises(CallbackUnauthorized) as caught:
@@ -395,4 +400,5 @@ async def test_a_job_that_expects_a_push_is_polled_at_the_slowest_cadence() -> N
         assert stored is not None
         assert stored.next_poll_at is not None
         due[job_id] = (stored.next_poll_at - clock.now).total_seconds()
-    assert due == {"job_push": POLICY.max_interval, "job_poll": POLICY.min_interval}
+    assert due == {"job_push": POLICY.longest_wait, "job_poll": POLICY.min_interval}
+    assert (await store.get("job_push")).cadence == Cadence("push", POLICY.longest_wait / 2)

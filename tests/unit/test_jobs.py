@@ -494,6 +494,7 @@ def test_public_shape() -> None:
         "started_at",
         "finished_at",
         "next_poll_at",
+        "cadence",
         "polls",
         "rerun_of",
         "labels",

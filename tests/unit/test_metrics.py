@@ -88,6 +88,7 @@ def test_every_jobgate_series_is_named_and_process_series_are_optional() -> None
         "jobgate_job_duration_seconds",
         "jobgate_job_detection_lag_seconds",
         "jobgate_rate_limit_waits",
+        "jobgate_push_missed",
         "jobgate_rate_limit_wait_seconds",
         "jobgate_upstream_retry_after_seconds",
         "jobgate_vault_captured_bytes",

@@ -279,10 +279,10 @@ def test_estimate_eta_ignores_steps_without_fraction() -> None:
         # Hints win: a Retry-After longer than the computed delay is obeyed, past max_interval too.
         (P, 0, None, RateHints(retry_at=at(120)), 120.0),
         (P, 0, at(20), RateHints(retry_at=at(600)), 600.0),
-        # ...and one at or above min_interval wins even when shorter than the computed delay.
-        (P, 9, None, RateHints(retry_at=at(10)), 10.0),
-        (P, 0, at(50), RateHints(retry_at=at(5)), 5.0),
-        # One shorter than min_interval never makes us poll sooner than the computed delay.
+        # One rule on every path: a hint only delays. A Retry-After shorter than the computed
+        # delay changes nothing, whether or not it is above min_interval.
+        (P, 9, None, RateHints(retry_at=at(10)), 60.0),
+        (P, 0, at(50), RateHints(retry_at=at(5)), 52.5),
         (P, 0, None, RateHints(retry_at=at(2)), 5.0),
         (P, 2, None, RateHints(retry_at=at(2)), 20.0),
         (P, 2, None, RateHints(retry_at=at(-30)), 20.0),
@@ -346,8 +346,10 @@ def test_next_delay_is_positive_and_respects_the_floor(
     asked = hint_delay(hints, NOW) if hints is not None else None
     if asked is None:
         assert delay <= policy.max_interval * (1 + 1e-12)
-    elif asked >= policy.min_interval:
-        assert delay == asked
+    else:
+        # The one hint rule: a "not before", never a "sooner".
+        plain = next_delay(policy, now=NOW, unchanged_polls=unchanged, rand=rand, eta=eta)
+        assert delay == max(plain, asked)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,10 +363,11 @@ E = PollPolicy(
 @pytest.mark.parametrize(
     ("failures", "retry_after", "expected"),
     [
-        # A Retry-After is obeyed exactly as given, short or long.
+        # A Retry-After is a "not before", as after a successful poll: a longer one is obeyed in
+        # full, a shorter one leaves the backoff standing.
         (1, 42.0, 42.0),
-        (7, 42.0, 42.0),
-        (1, 0.5, 0.5),
+        (7, 42.0, 300.0),
+        (1, 0.5, 10.0),
         (1, 3600.0, 3600.0),
         # Otherwise exponential, past max_interval, up to error_max_interval.
         (1, None, 10.0),

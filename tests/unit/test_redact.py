@@ -232,7 +232,7 @@ async def test_every_problem_body_passes_the_last_line(
     settings = load_settings(
         tmp_path / "none.toml",
         providers={
-            "pulse": {"base_url": "http://y", "api_key": KEY, "callback_secret": "cb-0042x"}
+            "extract": {"base_url": "http://y", "api_key": KEY, "callback_secret": "cb-0042x"}
         },
     )
     app = web.Application(middlewares=[problem_middleware])
@@ -255,7 +255,7 @@ def test_secrets_of_holds_every_configured_secret(tmp_path: Path) -> None:
     settings = load_settings(
         tmp_path / "none.toml",
         providers={
-            "pulse": {"base_url": "http://y", "api_key": KEY, "callback_secret": "cb-0042x"}
+            "extract": {"base_url": "http://y", "api_key": KEY, "callback_secret": "cb-0042x"}
         },
         webhooks={"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
         store={"kind": "postgres", "dsn": dsn},

@@ -182,6 +182,14 @@ CREATE TABLE cursors (
     value bigint NOT NULL
 )
 """
+# The cadence's learned completion times (migration 7): one sketch per provider and key.
+CREATE_DURATIONS: Final = """
+CREATE TABLE durations (
+    name       text PRIMARY KEY,
+    sketch     jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+)
+"""
 # One token bucket per provider, shared by every replica. ``burst`` records the cap the bucket was
 # last used with, for operators reading the table.
 CREATE_PROVIDER_QUOTA: Final = """
@@ -291,6 +299,7 @@ MIGRATIONS: Final = (
             CREATE_JOBS_CREATED_INDEX,
         ),
     ),
+    Migration(7, "learned job durations (the cadence)", (CREATE_DURATIONS,)),
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -718,6 +727,19 @@ WHERE api_keys.id = used.id
 # Webhook deliveries and the tailer's cursor
 
 GET_CURSOR: Final = "SELECT value FROM cursors WHERE name = $1"
+SELECT_DURATIONS: Final = "SELECT name, sketch::text FROM durations"
+# Rows first, then locked: two replicas merging into one sketch (even its first merge) fold one
+# after the other, and neither is lost.
+ENSURE_DURATIONS: Final = """
+INSERT INTO durations (name, sketch) SELECT unnest($1::text[]), '{}'::jsonb
+ON CONFLICT (name) DO NOTHING
+"""
+LOCK_DURATIONS: Final = """
+SELECT name, sketch::text FROM durations WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE
+"""
+UPDATE_DURATION: Final = (
+    "UPDATE durations SET sketch = $2::jsonb, updated_at = now() WHERE name = $1"
+)
 SET_CURSOR: Final = """
 INSERT INTO cursors (name, value) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value

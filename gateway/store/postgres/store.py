@@ -23,10 +23,12 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Final
 
+import orjson
 import structlog
 
 from adapters.base import JSON
 from gateway.auth import DEFAULT_TENANT, ApiKey
+from gateway.durations import DurationDelta, DurationSketch
 from gateway.jobs import Job
 from gateway.states import JobState
 from gateway.store.base import (
@@ -475,6 +477,28 @@ class PostgresStore:
     async def set_cursor(self, name: str, value: int) -> None:
         async with self._db.acquire() as conn:
             await conn.execute(q.SET_CURSOR, name, value)
+
+    async def durations(self) -> dict[str, DurationSketch]:
+        async with self._db.acquire() as conn:
+            found = await conn.fetch(q.SELECT_DURATIONS)
+        return {row[0]: DurationSketch.from_record(orjson.loads(row[1])) for row in found}
+
+    async def merge_durations(self, deltas: Sequence[DurationDelta]) -> None:
+        if not deltas:
+            return
+        names = sorted({delta.name for delta in deltas})
+        async with self._transaction() as conn:
+            await conn.execute(q.ENSURE_DURATIONS, names)
+            locked = await conn.fetch(q.LOCK_DURATIONS, names)
+            sketches = {row[0]: DurationSketch.from_record(orjson.loads(row[1])) for row in locked}
+            for delta in deltas:
+                sketches[delta.name] = sketches.get(delta.name, DurationSketch()).absorb(
+                    delta.sketch, half_life=delta.half_life
+                )
+            for name in names:
+                await conn.execute(
+                    q.UPDATE_DURATION, name, orjson.dumps(sketches[name].to_record()).decode()
+                )
 
     async def enqueue_deliveries(
         self, deliveries: Sequence[NewDelivery], *, cursor: tuple[str, int] | None = None

@@ -96,7 +96,7 @@ def test_capabilities() -> None:
         "rerun": False,
         "continue": False,
         "partial_results": False,
-        "push": False,
+        "push": True,
         "result_kind": "pointer",
     }
     assert PulseAdapter.name == "pulse"
