@@ -32,6 +32,9 @@ BUCKETS: Final = 120
 HALF_LIFE: Final = 200.0
 """Finished jobs after which an observation weighs half: recent enough to follow a drift within a
 few hundred jobs, long enough that one odd job barely moves the schedule."""
+LEAD_TRIM: Final = 0.005
+"""The share of the weight, earliest first, that a fitted distribution leaves out: one job in 200
+ending that early is seen at the first poll, rather than every job paying polls for it."""
 _DROP_BELOW: Final = 1e-6
 """Weights this small are dropped: a bucket unseen for ~4,000 jobs stops taking room."""
 
@@ -178,6 +181,15 @@ class Distribution:
             + 0.25 * (raw[i + 1] if i + 1 < len(raw) else 0.0)
             for i in range(len(raw))
         ]
+        total = sum(smooth)
+        # Where the decayed weight is negligible (what is left of durations from before a drift),
+        # no poll should be spent: the distribution starts where LEAD_TRIM of it has ended.
+        skip, seen = 0, 0.0
+        while skip < len(smooth) - 1 and seen + smooth[skip] < LEAD_TRIM * total:
+            seen += smooth[skip]
+            skip += 1
+        first += skip
+        smooth = smooth[skip:]
         total = sum(smooth)
         mass = [weight / total for weight in smooth]
         edges = [bucket_low(index) for index in range(first, last + 2)]

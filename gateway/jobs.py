@@ -95,6 +95,9 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     upstream_finished_at: datetime | None = None
+    continued_at: datetime | None = None
+    """When a ``continue`` last reopened the job: the cadence counts its age from there, and does
+    not learn its duration (a continuation is not a whole job)."""
     next_poll_at: datetime | None = None
     cadence: Cadence | None = None
     """Why ``next_poll_at`` is when it is: the schedule that chose it and the lag it implies."""
@@ -222,6 +225,7 @@ class Job:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "upstream_finished_at": _iso(self.upstream_finished_at),
+            "continued_at": _iso(self.continued_at),
             "next_poll_at": _iso(self.next_poll_at),
             "cadence": self.cadence.to_record() if self.cadence else None,
             "polls": self.polls,
@@ -263,6 +267,7 @@ class Job:
                 "started_at": _utc(self.started_at),
                 "finished_at": _utc(self.finished_at),
                 "upstream_finished_at": _utc(self.upstream_finished_at),
+                "continued_at": _utc(self.continued_at),
                 "next_poll_at": _utc(self.next_poll_at),
                 "cadence": self.cadence.to_record() if self.cadence else None,
                 "polls": self.polls,
@@ -306,6 +311,7 @@ class Job:
             started_at=_dt(data.get("started_at")),
             finished_at=_dt(data.get("finished_at")),
             upstream_finished_at=_dt(data.get("upstream_finished_at")),
+            continued_at=_dt(data.get("continued_at")),
             next_poll_at=_dt(data.get("next_poll_at")),
             cadence=Cadence.from_record(data.get("cadence")),
             polls=data.get("polls", 0),
@@ -353,6 +359,7 @@ class Job:
                 "started_at": _time(data.get("started_at")),
                 "finished_at": _time(data.get("finished_at")),
                 "upstream_finished_at": _time(data.get("upstream_finished_at")),
+                "continued_at": _time(data.get("continued_at")),
                 "next_poll_at": _time(data.get("next_poll_at")),
                 "cadence": Cadence.from_record(data.get("cadence")),
                 "polls": data.get("polls", 0),
@@ -478,13 +485,15 @@ def transition(
 
     Raises :class:`~gateway.states.IllegalTransition` and changes nothing when the table forbids
     the move. A finish stamps ``finished_at`` and stops polling; a continue (succeeded ->
-    running) clears ``finished_at`` and consumes the action.
+    running) clears ``finished_at``, stamps ``continued_at`` and consumes the action.
     """
     require(job.state, target, action)
     if target is job.state:
         return job
+    continued_at = job.continued_at
     if target is JobState.RUNNING and job.state is JobState.SUCCEEDED:
         finished_at: datetime | None = None
+        continued_at = now
     elif target in FINISHED:
         finished_at = now
     else:
@@ -492,6 +501,7 @@ def transition(
     finished = target in FINISHED
     return replace(
         job,
+        continued_at=continued_at,
         state=target,
         error=error or job.error,
         started_at=job.started_at or (None if target is JobState.QUEUED else now),

@@ -428,7 +428,7 @@ class Runner:
         if not new.finished:
             new = self._schedule(new, policy, report, now)
         elif not job.finished:
-            self._learn(job, new, report, now)
+            self._learn(job, report, now)
         # The snapshot is the job as it is saved (its next poll and ETA are decided only above),
         # so a finished job's event never shows a lease as its next poll.
         events = job_events(job, new)
@@ -455,7 +455,7 @@ class Runner:
                 delay = learned_delay(
                     policy,
                     dist,
-                    elapsed=(now - job.created_at).total_seconds(),
+                    elapsed=(now - (job.continued_at or job.created_at)).total_seconds(),
                     eta_in=None if eta is None else (eta - now).total_seconds(),
                     fraction=job.progress.fraction,
                     asked=asked,
@@ -496,19 +496,24 @@ class Runner:
     def _push_expected(self, job: Job) -> bool:
         return self.push_expected is not None and self.push_expected(job)
 
-    def _learn(self, before: Job, after: Job, report: StatusReport, now: datetime) -> None:
+    def _observe(self, job: Job, report: StatusReport, seconds: float) -> None:
+        key = self.cadence.key(job.provider, job.request, report.job_type)
+        self.cadence.observe(job.provider, key, max(0.0, seconds))
+
+    def _learn(self, before: Job, report: StatusReport, now: datetime) -> None:
         """Teach the cadence how long ``before`` took, now that a poll saw it end, and tell the
         push watch whether a callback said so first."""
         times = report.times
-        if times.created_at is not None and times.finished_at is not None:
+        if before.continued_at is not None:
+            pass  # a continuation's length says nothing of how long a job takes
+        elif times.created_at is not None and times.finished_at is not None:
             # The provider's own clock on both ends: no detection lag in it.
             seconds = (times.finished_at - times.created_at).total_seconds()
+            self._observe(before, report, seconds)
         else:
             # The end fell somewhere in the last wait: its expected lag is half of it.
             lag = before.cadence.expected_lag if before.cadence is not None else 0.0
-            seconds = (now - before.created_at).total_seconds() - lag
-        key = self.cadence.key(before.provider, before.request, report.job_type)
-        self.cadence.observe(before.provider, key, max(0.0, seconds))
+            self._observe(before, report, (now - before.created_at).total_seconds() - lag)
         schedule = before.cadence.schedule if before.cadence is not None else None
         if schedule == CALLBACK or (schedule == "push" and self._push_expected(before)):
             self.push_watch.ended(before.provider, by_callback=schedule == CALLBACK)

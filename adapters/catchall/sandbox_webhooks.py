@@ -48,6 +48,7 @@ import asyncio
 import base64
 import hashlib
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -87,6 +88,8 @@ DELIVERY_RETRY_DELAY: Final = 5.0
 """Sandbox seconds before the first retry of a failed delivery; doubled at each retry."""
 DELIVERY_TIMEOUT: Final = 10.0
 """Real seconds a receiver has to answer."""
+HISTORY_KEPT: Final = 1000
+"""Delivery attempts remembered, the latest: a sandbox serving for days must not grow forever."""
 PAYLOAD_RECORDS: Final = 100
 """At most this many records travel in a delivery; ``records_count`` still counts them all."""
 
@@ -176,7 +179,7 @@ class WebhookStore:
     pending: set[str] = field(default_factory=set)
     """Job ids whose current round may still owe a delivery."""
     deliveries: dict[tuple[str, int, str], Delivery] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY_KEPT))
 
     def owned(self, webhook_id: str, owner: str) -> Webhook | None:
         hook = self.webhooks.get(webhook_id)

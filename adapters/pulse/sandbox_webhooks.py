@@ -34,6 +34,7 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -61,6 +62,8 @@ RETRY_DELAY: Final = 5.0
 """Sandbox seconds before the first retry of a failed delivery; doubled at each retry."""
 TIMEOUT: Final = 10.0
 """Real seconds an endpoint has to answer."""
+KEPT: Final = 1000
+"""Succeeded deliveries remembered: a sandbox serving for days must not grow without end."""
 EVENTS: Final[dict[str, str]] = {
     "processing": "job.processing",
     "completed": "job.completed",
@@ -137,8 +140,8 @@ class WebhookDispatcher:
         self.quiet_until: float | None = None
         """The last round that found no endpoint: what jobs reached by then, nobody was told."""
         self.queue: list[Delivery] = []
-        self.sent: list[Delivery] = []
-        """Every delivery that succeeded, in order: for tests."""
+        self.sent: deque[Delivery] = deque(maxlen=KEPT)
+        """The latest deliveries that succeeded, in order (the last ``KEPT``): for tests."""
         self.tasks: set[asyncio.Task[None]] = set()
 
     @property

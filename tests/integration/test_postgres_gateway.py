@@ -224,3 +224,27 @@ async def dropped(server: TestServer, job_id: str) -> None:
         while snapshots.get(job_id) is not None:
             await heard.wait()
             heard.clear()
+
+
+async def test_what_one_replica_learns_of_durations_the_other_schedules_by(
+    gateway: Gateway, http_session: aiohttp.ClientSession
+) -> None:
+    learning_url, learning = await gateway()
+    _, other = await gateway(enabled=False)  # polls nothing: all it knows comes from the store
+    jobs = [
+        await submit(http_session, learning_url, {"fileUrl": f"https://example.com/{n}.pdf"})
+        for n in range(3)
+    ]
+    for job_id in jobs:
+        await until_finished(http_session, learning_url, job_id)
+    teacher = learning.app[COMPONENTS_KEY].runner
+    pupil = other.app[COMPONENTS_KEY].runner
+    assert teacher is not None
+    assert pupil is not None
+    assert teacher.cadence.sketch("pulse/").observed == 3
+    assert pupil.cadence.sketch("pulse/").observed == 0
+    # The learner's flush (every few seconds, run here at once) merges into PostgreSQL; the other
+    # replica's next read sees the same sketch.
+    await teacher.cadence.flush()
+    await pupil.cadence.load()
+    assert pupil.cadence.sketch("pulse/") == teacher.cadence.sketch("pulse/")

@@ -202,8 +202,9 @@ async def test_a_capture_killed_midway_leaves_no_blob_and_is_retried_after_a_res
         store.stalled.clear()
         stall.set()  # the killed download's handler, still waiting, ends into a dead socket
         second = await launch(http_session, started, "second", config, env, API_KEY, within=WITHIN)
-        # The dead attempt's temporary file survives the start-up's stale sweep (it is fresh).
-        assert temporaries(vault) == [part]
+        # The dead attempt's temporary file survives the start-up's stale sweep (it is fresh). The
+        # retry may already be streaming into a temporary file of its own beside it.
+        assert part in temporaries(vault)
         done = await until_stored(http_session, second, job_id)
         result = done["result"]
         assert done["state"] == "succeeded", done

@@ -276,3 +276,13 @@ def test_the_simulation_bench_runs_the_real_policy() -> None:
     learned = bench_cadence.averaged("pulse", "learned", jobs=300, seeds=1, skip=100)
     fixed = bench_cadence.averaged("pulse", "fixed5", jobs=300, seeds=1)
     assert learned.calls < fixed.calls
+
+
+def test_what_is_left_of_old_durations_does_not_start_the_distribution() -> None:
+    # 300 jobs of 60 s, then 1,000 of 120 s: the 60 s ones weigh about 0.2 % now.
+    sketch = sketch_of(*([60.0] * 300), *([120.0] * 1000), half_life=100.0)
+    assert bucket_of(60.0) in sketch.weights  # still held...
+    dist = Distribution.fit(sketch)
+    assert dist is not None
+    assert dist.edges[0] > 80.0  # ...but no poll is spent where only they ended
+    assert dist.edges[0] < 120.0 < dist.end

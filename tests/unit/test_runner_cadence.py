@@ -14,13 +14,14 @@ from tests.unit.test_runner import POLICY, Harness, Q, R, S, build, report
 LEARNING = replace(POLICY, min_jobs=3, target_lag=2.0, max_wait=600.0)
 
 
-async def run_to_end(h: Harness, upstream_id: str, polls_running: int) -> None:
+async def run_to_end(h: Harness, upstream_id: str, polls_running: int) -> Job:
     """A job that reports running ``polls_running`` times, then succeeded; polled to its end."""
     steps = [report(R, "running")] * polls_running + [report(S, "done")]
     job = await h.add(upstream_id, *steps)
     await h.tick()
     while (await h.job(job.id)).polling:
         await h.poll_next(job.id)
+    return await h.job(job.id)
 
 
 async def test_the_schedule_is_learned_once_min_jobs_have_ended() -> None:
@@ -125,3 +126,20 @@ def test_policy_defaults_for_learning() -> None:
     policy = PollPolicy(min_interval=2.0, max_interval=30.0)
     assert policy.lag_goal == 2.0
     assert policy.longest_wait == 300.0
+
+
+async def test_a_continuation_is_scheduled_from_its_continue_and_not_learned() -> None:
+    h = build(policies={"a": LEARNING})
+    done = await run_to_end(h, "c0", polls_running=1)
+    assert h.runner.cadence.sketch("a/").observed == 1
+    h.clock.advance(3600.0)
+    h.adapters["a"].script("c0", report(R, "running"), report(S, "done"))
+    await h.store.save_many([(done.continuing(h.clock.now), [])])
+    await h.tick()
+    reopened = await h.job(done.id)
+    assert reopened.state is R
+    assert reopened.continued_at == h.clock.now
+    while (await h.job(done.id)).polling:
+        await h.poll_next(done.id)
+    # The hour before the continue is not a duration, and the continuation is not a whole job.
+    assert h.runner.cadence.sketch("a/").observed == 1
