@@ -19,7 +19,7 @@ import structlog
 
 from adapters.base import JSON
 from adapters.cadence_keys import KeyOf
-from gateway.durations import Distribution, DurationDelta, DurationSketch
+from gateway.durations import HALF_LIFE, Distribution, DurationDelta, DurationSketch
 from gateway.policy import PollPolicy, poll_density
 from gateway.store.base import LearnedDurations
 
@@ -123,4 +123,4 @@ class DurationBook:
 
     def _half_life(self, name: str) -> float:
         policy = self.policies.get(name.split("/", 1)[0])
-        return policy.half_life_jobs if policy is not None else 200.0
+        return policy.half_life_jobs if policy is not None else HALF_LIFE

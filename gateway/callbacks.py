@@ -19,8 +19,9 @@ Bodies understood:
   {"job_id": ..., "status": ...}}``; the id may be ``job_id``, ``jobId`` or ``id``, at the top level
   or under ``data``. Pulse's deliveries carry no token: they are authenticated by their signature
   (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``, see ``gateway/signatures.py``)
-  under ``providers.pulse.callback_secret``, a ``whsec_`` secret, and a ``webhook-id`` seen within
-  the signature's tolerance is answered as a duplicate without a second refresh.
+  under ``providers.pulse.callback_secret``, a ``whsec_`` secret, and a ``webhook-id`` this process
+  saw within the signature's tolerance is answered as a duplicate without a second refresh (a
+  replay sent to another replica costs one more status poll there, nothing else).
 
 Deliveries are deduplicated in memory: the same provider, upstream id, status and body within
 ``DEDUPE_TTL`` seconds cause one refresh. The memory is bounded and lost on restart, which costs at
@@ -48,6 +49,7 @@ from gateway.errors import JobNotFound, ServiceError
 from gateway.jobs import Job
 from gateway.signatures import TOLERANCE, VerificationError, parse_secret, verify
 from gateway.signatures import generate_secret as generate_signing_secret
+from gateway.states import FINISHED, JobState
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -292,8 +294,12 @@ def with_webhook(
 def token_matches(given: str | None, secret: str) -> bool:
     if given is None:
         return False
+    try:
+        offered = given.encode()
+    except UnicodeEncodeError:
+        return False  # header bytes that are not UTF-8 reach us as surrogates: never the secret
     # Constant time in the secret's content: a timing probe learns nothing about its prefix.
-    return hmac.compare_digest(given.encode(), secret.encode())
+    return hmac.compare_digest(offered, secret.encode())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,15 +389,20 @@ class CallbackInbox:
         self,
         config: CallbackConfig,
         store: UpstreamLookup,
-        refresh: Callable[[str, str], Awaitable[object]],
+        refresh: Callable[[str, str, bool], Awaitable[object]],
         *,
         deduper: Deduper | None = None,
         replays: Deduper | None = None,
         wall_clock: Callable[[], float] = time.time,
+        status_tables: Mapping[str, Mapping[str, JobState]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.refresh = refresh
+        """``refresh(job_id, tenant, final)``: poll the job now; ``final`` when the callback says
+        the job ended (the poll that follows then does not fall back to the push safety net if
+        the provider's status answer lags behind its own callback)."""
+        self.status_tables = dict(status_tables or {})
         # "is None", not "or": an empty Deduper is falsy, and an injected one must be kept.
         self.deduper = Deduper() if deduper is None else deduper
         self.replays = Deduper(ttl=REPLAY_TTL) if replays is None else replays
@@ -399,6 +410,15 @@ class CallbackInbox:
         self.wall_clock = wall_clock
         """Unix seconds, for ``webhook-timestamp``: the sender's clock is a wall clock too."""
         self.refreshes = 0
+
+    def says_ended(self, notice: Notice) -> bool:
+        """Whether ``notice`` claims its job ended: a status the provider's table maps to a
+        finished state, or none at all (CatchAll's webhook fires only at the end). A status the
+        table does not know is taken as an end too: the poll that follows decides either way."""
+        if notice.status is None:
+            return True
+        state = self.status_tables.get(notice.provider, {}).get(notice.status)
+        return state is None or state in FINISHED
 
     def signs(self, provider: str) -> bool:
         """Whether ``provider``'s deliveries are authenticated by signature (:meth:`verify`)
@@ -475,7 +495,7 @@ class CallbackInbox:
             # Any tenant's: the provider knows nothing of tenants.
             job = await self.store.get_by_upstream(provider, notice.upstream_id, None)
             if job is not None and first:
-                await self.refresh(job.id, job.tenant)
+                await self.refresh(job.id, job.tenant, self.says_ended(notice))
                 self.refreshes += 1
             handled = True
         except JobNotFound:

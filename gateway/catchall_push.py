@@ -231,8 +231,9 @@ class CatchallPush:
 
     async def submit(
         self, request: Mapping[str, JSON], send: Callable[[Mapping[str, JSON]], Awaitable[_T]]
-    ) -> _T:
-        """``send`` the client's ``request`` with jobgate's webhook added where it can be.
+    ) -> tuple[_T, bool]:
+        """``send`` the client's ``request`` with jobgate's webhook added where it can be; say
+        whether the body that was sent carried it (the job then expects a push).
 
         A webhook deleted upstream since it was registered makes the submit fail (400 in the
         sandbox, as for an unknown dataset; 404 is taken too), which creates no job: the id is
@@ -242,7 +243,7 @@ class CatchallPush:
         body = await self.with_webhook(request)
         added = self.webhook_id if body is not request else None
         try:
-            return await send(body)
+            return await send(body), added is not None
         except (RequestRejected, NotFound) as error:
             own = request.get("webhook_ids")
             theirs = [i for i in own if isinstance(i, str)] if isinstance(own, list) else []
@@ -250,7 +251,8 @@ class CatchallPush:
                 raise
             log.warning("catchall_push.webhook_gone", webhook_id=added, status=error.status)
             self.forget(added)
-            return await send(await self.with_webhook(request))
+            again = await self.with_webhook(request)
+            return await send(again), again is not request
 
     def forget(self, webhook_id: str) -> None:
         """Drop ``webhook_id`` (gone upstream): the next submit registers again."""

@@ -23,8 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-JSON = object
-
 PER_DOUBLING: Final = 4
 MIN_SECONDS: Final = 0.01
 BUCKETS: Final = 120

@@ -152,8 +152,11 @@ class Job:
         )
 
     def due_now(self, now: datetime) -> Job:
-        """Poll as soon as possible: a handed-back lease, a client's refresh."""
-        return replace(self, next_poll_at=now, updated_at=now, version=self.version + 1)
+        """Poll as soon as possible (a handed-back lease, a cancel to confirm, a callback that
+        reports progress): no schedule chose this poll, so ``cadence`` is cleared."""
+        return replace(
+            self, next_poll_at=now, cadence=None, updated_at=now, version=self.version + 1
+        )
 
     def called_back(self, now: datetime) -> Job:
         """Poll as soon as possible because the provider pushed: the poll that follows knows a

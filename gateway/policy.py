@@ -210,11 +210,12 @@ def learned_delay(
 ) -> float:
     """Seconds until the next poll of a job ``elapsed`` seconds old, by the learned schedule.
 
-    The wait is where the poll density, integrated from now, reaches one poll. Before any job
-    has ever finished the density is zero (the first poll lands where the distribution begins);
-    past the longest duration seen, the job is slower than all its peers and the wait grows with
-    its age, like a backoff. A trusted ETA (``fraction`` at least ``ETA_TRUSTED_FROM``) can only
-    delay the poll: this job is slower than the population says. Then the bounds apply:
+    The wait is where the poll density, integrated from now, reaches one poll. Before the age
+    at which jobs begin to end there is no density at all, so the first poll lands inside the
+    distribution, where its density first adds up to one poll; past the longest duration seen,
+    the job is slower than all its peers and the wait grows with its age, like a backoff. A
+    trusted ETA (``fraction`` at least ``ETA_TRUSTED_FROM``) can only delay the poll: this job
+    is slower than the population says. Then the bounds apply:
     ``min_interval``, ``max_wait`` (:attr:`PollPolicy.longest_wait`), and the provider's hint
     (:func:`obey_hints`). ``density`` is :func:`poll_density`'s answer, when the caller keeps it.
     """

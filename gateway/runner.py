@@ -428,7 +428,7 @@ class Runner:
         if not new.finished:
             new = self._schedule(new, policy, report, now)
         elif not job.finished:
-            self._learn(job, report, now)
+            self._learn(job, new, report, now)
         # The snapshot is the job as it is saved (its next poll and ETA are decided only above),
         # so a finished job's event never shows a lease as its next poll.
         events = job_events(job, new)
@@ -442,7 +442,11 @@ class Runner:
         asked = hint_delay(report.hints, now)
         eta = estimate_eta(job.progress, job.started_at, now) if policy.eta_aware else None
         draw = self.rand()
-        if self._push_expected(job) and self.push_watch.trusted(job.provider):
+        called_back = job.cadence is not None and job.cadence.schedule == CALLBACK
+        # After a callback that said the job ended, a poll that still sees it running meets a
+        # provider whose status lags behind its own webhook: its normal cadence, not the safety
+        # net (the callback will not come again).
+        if not called_back and self._push_expected(job) and self.push_watch.trusted(job.provider):
             # The provider will push the end (a callback polls the job at once), so polling is
             # only the safety net: at the slowest cadence the policy allows.
             schedule, delay = "push", obey_hints(policy, policy.longest_wait, asked)
@@ -496,27 +500,36 @@ class Runner:
     def _push_expected(self, job: Job) -> bool:
         return self.push_expected is not None and self.push_expected(job)
 
-    def _observe(self, job: Job, report: StatusReport, seconds: float) -> None:
-        key = self.cadence.key(job.provider, job.request, report.job_type)
-        self.cadence.observe(job.provider, key, max(0.0, seconds))
+    def _learn(self, before: Job, after: Job, report: StatusReport, now: datetime) -> None:
+        """Now that a poll saw ``before`` end upstream (``after``): teach the cadence how long it
+        took, where that can be told, and tell the push watch whether a callback said so first.
 
-    def _learn(self, before: Job, report: StatusReport, now: datetime) -> None:
-        """Teach the cadence how long ``before`` took, now that a poll saw it end, and tell the
-        push watch whether a callback said so first."""
-        times = report.times
+        Only the provider's own ends count (succeeded, failed): a cancel is a client's act, and
+        an expiry or a verdict of jobgate's says nothing of a job's length. The length is the
+        provider's own times where it gives both ends; else jobgate's view of the job's life, the
+        detection time less the expected lag of the wait that found the end, and only where
+        that wait was a schedule's (learned, guidance) or a callback's. A safety-net or a retry
+        wait, a handed-back lease, an adopted job (jobgate did not see it start) or a
+        continuation (not a whole job) would teach a length the job did not have.
+        """
+        if after.state not in (JobState.SUCCEEDED, JobState.FAILED):
+            return
+        why = before.cadence
+        pushed = why is not None and why.schedule in (CALLBACK, "push")
+        if why is not None and pushed and self._push_expected(before):
+            self.push_watch.ended(before.provider, by_callback=why.schedule == CALLBACK)
         if before.continued_at is not None:
-            pass  # a continuation's length says nothing of how long a job takes
-        elif times.created_at is not None and times.finished_at is not None:
-            # The provider's own clock on both ends: no detection lag in it.
+            return
+        times = report.times
+        if times.created_at is not None and times.finished_at is not None:
             seconds = (times.finished_at - times.created_at).total_seconds()
-            self._observe(before, report, seconds)
+        elif before.request is None or why is None or why.schedule not in LEARNABLE:
+            return
         else:
-            # The end fell somewhere in the last wait: its expected lag is half of it.
-            lag = before.cadence.expected_lag if before.cadence is not None else 0.0
-            self._observe(before, report, (now - before.created_at).total_seconds() - lag)
-        schedule = before.cadence.schedule if before.cadence is not None else None
-        if schedule == CALLBACK or (schedule == "push" and self._push_expected(before)):
-            self.push_watch.ended(before.provider, by_callback=schedule == CALLBACK)
+            seconds = (now - before.created_at).total_seconds() - why.expected_lag
+        if seconds >= 0:  # also refuses NaN: a clock gone backwards teaches nothing
+            key = self.cadence.key(before.provider, before.request, report.job_type)
+            self.cadence.observe(before.provider, key, seconds)
 
     def _on_error(self, job: Job, policy: PollPolicy, error: AdapterError) -> None:
         now = self.clock()
@@ -593,6 +606,9 @@ def _add_records(job: Job, events: list[NewEvent], page: ResultPage) -> tuple[Jo
     )
     return replace(job, records_seen=job.records_seen + len(fresh)), [*events, event]
 
+
+LEARNABLE: Final = frozenset({"learned", "guidance", CALLBACK})
+"""Schedules whose wait's expected lag, taken from the detection time, gives a job's length."""
 
 _FRESH: Final = Breaker()
 """A closed circuit with no failures counted: what every successful call leaves."""

@@ -40,7 +40,7 @@ from adapters.base import (
 from adapters.http import utcnow
 from gateway.auth import DEFAULT_TENANT
 from gateway.blobs import BlobError, FilesystemBlobStore
-from gateway.callbacks import callback_url, webhook_room, with_callback
+from gateway.callbacks import callback_url, with_callback
 from gateway.capturer import Capturer, Following
 from gateway.catchall_push import PROVIDER as CATCHALL
 from gateway.catchall_push import CatchallPush, registrar
@@ -62,7 +62,7 @@ from gateway.errors import (
 from gateway.events import EventHub, wait_set
 from gateway.jobs import Cadence, Job, apply_report, new_id, transition
 from gateway.limits import WINDOW, TenantLimits, breach
-from gateway.policy import PollPolicy
+from gateway.policy import PollPolicy, expected_lag
 from gateway.snapshots import Snapshot
 from gateway.states import Action, IllegalTransition, JobState, is_allowed
 from gateway.store.base import (
@@ -248,6 +248,9 @@ class JobService:
         # When a new job's first poll is due and why (the runner's schedule); unset: the policy's
         # ``first_delay``.
         self.first_poll = first_poll
+        # CatchAll's webhook registrar: made at the first catchall submit that can push, and kept
+        # for the service's life, so that the webhook is found or created once per process.
+        self._catchall_push: CatchallPush | None = None
         # The vault: captured copies are served from it; None serves every result from upstream.
         self.capturer = capturer
         self.capture_wait = capture_wait
@@ -659,6 +662,7 @@ class JobService:
         now = self.clock()
         # A job whose upstream answer was not seen (a recovery, a rerun) is read at once.
         first_poll = now if origin.unseen else now + timedelta(seconds=policy.first_delay)
+        guidance = Cadence("guidance", expected_lag(policy.first_delay))
         job = Job(
             id=job_id,
             provider=command.provider,
@@ -669,7 +673,7 @@ class JobService:
             updated_at=now,
             deadline_at=now + timedelta(seconds=policy.deadline),
             next_poll_at=first_poll,
-            cadence=None if origin.unseen else Cadence("guidance", policy.first_delay / 2.0),
+            cadence=None if origin.unseen else guidance,
             labels=dict(command.labels or {}),
             tenant=command.tenant,
             # Kept only when jobgate submitted it, so that a rerun can resubmit it.
@@ -698,10 +702,6 @@ class JobService:
         )
         return job
 
-    # CatchAll's webhook registrar: made at the first catchall submit that can push, and kept
-    # for the service's life, so that the webhook is found or created once per process.
-    _catchall_push: CatchallPush | None = None
-
     async def _with_callback(
         self, adapter: Adapter, provider: str, request: Mapping[str, JSON]
     ) -> tuple[Submission, bool]:
@@ -717,10 +717,7 @@ class JobService:
         if provider == CATCHALL:
             if self._catchall_push is None:
                 self._catchall_push = registrar(adapter, self.public_base_url, secret)
-            submission = await self._catchall_push.submit(request, adapter.submit)
-            # Added when there was room and a webhook (registration may have failed).
-            added = self._catchall_push.webhook_id is not None and webhook_room(provider, request)
-            return submission, added
+            return await self._catchall_push.submit(request, adapter.submit)
         url = callback_url(self.public_base_url, provider, secret)
         body = with_callback(provider, request, url)
         return await adapter.submit(body), body is not request
@@ -835,12 +832,18 @@ class JobService:
                 log.info("vault.deleted", job_id=job_id, blobs=removed)
         log.info("job.deleted", job_id=job_id)
 
-    async def refresh(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
-        """Poll this job as soon as possible (an inbound callback is a hint, not the truth)."""
+    async def called_back(
+        self, job_id: str, tenant: str = DEFAULT_TENANT, final: bool = True
+    ) -> Job:
+        """Poll this job as soon as possible because its provider pushed (a callback is a hint,
+        not the truth: the poll decides). ``final``: the callback said the job ended."""
         job = await self.get(job_id, tenant)
         if job.finished:
             return job
-        return await self._write(job, lambda current: current.called_back(self.clock()))
+        now = self.clock()
+        return await self._write(
+            job, lambda current: current.called_back(now) if final else current.due_now(now)
+        )
 
     # -- results -------------------------------------------------------------------------------
 

@@ -121,6 +121,14 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def verify(
     key: bytes,
     headers: Mapping[str, str],
@@ -146,10 +154,15 @@ def verify(
     ]
     if msg_id is None or timestamp_text is None or signatures is None:
         raise MissingHeaders(f"missing header {', '.join(missing)}")
-    try:
-        timestamp = int(timestamp_text)
-    except ValueError:
-        raise InvalidTimestamp(f"{TIMESTAMP_HEADER} is not a whole number of seconds") from None
+    if not (_encodable(msg_id) and signatures.isascii()):
+        # Header bytes that are not UTF-8 reach us as surrogates, which cannot be encoded (nor
+        # have been signed); a signature is base64, ASCII only.
+        raise InvalidSignature(f"{ID_HEADER} or {SIGNATURE_HEADER} is not valid text")
+    if not (timestamp_text.isascii() and timestamp_text.isdigit() and len(timestamp_text) <= 12):
+        # Whole Unix seconds; twelve digits reach the year 33658, and a longer number would only
+        # overflow the arithmetic below.
+        raise InvalidTimestamp(f"{TIMESTAMP_HEADER} is not a whole number of seconds")
+    timestamp = int(timestamp_text)
     if now - timestamp > tolerance:
         raise InvalidTimestamp(
             f"{TIMESTAMP_HEADER} is {now - timestamp:.0f} s old (tolerance {tolerance:g} s)"

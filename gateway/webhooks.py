@@ -53,9 +53,7 @@ from gateway.results import (
     vet_url,
 )
 from gateway.settings import Settings
-from gateway.signatures import SECRET_PREFIX as SECRET_PREFIX
 from gateway.signatures import generate_secret, parse_secret, signed_headers
-from gateway.signatures import sign as sign
 from gateway.states import FINISHED
 from gateway.store.base import Delivery, DeliveryOutcome, Event, JobStore, NewDelivery
 

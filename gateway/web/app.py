@@ -272,7 +272,12 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         capture_wait=settings.vault.capture_wait_seconds,
         first_poll=runner.first_poll,
     )
-    components.callbacks = CallbackInbox(callbacks, store, components.service.refresh)
+    components.callbacks = CallbackInbox(
+        callbacks,
+        store,
+        components.service.called_back,
+        status_tables={name: adapter.status_table for name, adapter in adapters.items()},
+    )
     # Outbound webhooks tail the persisted event log, so they need no hook in the runner.
     webhooks = Webhooks.from_settings(settings, store, hub)
     tasks = await webhooks.start() if webhooks is not None else []
@@ -291,9 +296,11 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         await feed.start()
         store.subscribe(feed.signal)
         tasks.append(asyncio.create_task(feed.run(), name="jobgate-feed"))
+    # Every replica, polling or not: one that only serves the API still picks new jobs' first
+    # polls by what the others learned.
+    tasks.append(asyncio.create_task(durations.run(), name="jobgate-durations"))
     if settings.runner.enabled:
         tasks.append(asyncio.create_task(runner.run(), name="jobgate-runner"))
-        tasks.append(asyncio.create_task(durations.run(), name="jobgate-durations"))
     log.info("gateway.started", providers=sorted(adapters), store=settings.store.kind)
     _announce_auth(settings)
     try:

@@ -303,6 +303,53 @@ async def test_a_bad_a_stale_or_an_unsigned_push_is_401_and_says_why(
     assert gateway.inbox.refreshes == 0
 
 
+async def test_raw_header_bytes_that_are_not_utf8_or_a_huge_timestamp_are_401_not_500(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = await make_gateway(sandbox_pushes=False)
+    port = int(gateway.url.rsplit(":", 1)[1])
+    raw = event("nobody")
+    good = signed(raw, "msg_raw")
+
+    async def post(headers: list[tuple[bytes, bytes]]) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = b"POST /v1/callbacks/pulse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        head += b"Content-Type: application/json\r\n"
+        head += b"Content-Length: " + str(len(raw)).encode() + b"\r\n"
+        for name, value in headers:
+            head += name + b": " + value + b"\r\n"
+        writer.write(head + b"\r\n" + raw)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        return int(status_line.split()[1])
+
+    stamp = good["webhook-timestamp"].encode()
+    signature = good["webhook-signature"].encode()
+    cases = [
+        [
+            (b"webhook-id", b"msg_\xff\xfe"),
+            (b"webhook-timestamp", stamp),
+            (b"webhook-signature", signature),
+        ],
+        [
+            (b"webhook-id", b"msg_raw"),
+            (b"webhook-timestamp", stamp),
+            (b"webhook-signature", b"v1,\xff"),
+        ],
+        [
+            (b"webhook-id", b"msg_raw"),
+            (b"webhook-timestamp", b"1" + b"0" * 400),
+            (b"webhook-signature", signature),
+        ],
+    ]
+    for headers in cases:
+        assert await post(headers) == 401, headers
+    # The token path too: catchall's token travels in a header.
+    assert await post([(b"X-Jobgate-Callback-Token", b"\xff\xfe")]) == 401
+    assert gateway.inbox.refreshes == 0
+
+
 async def test_an_unparsable_body_is_401_unsigned_and_422_or_400_signed(
     make_gateway: GatewayFactory,
 ) -> None:

@@ -225,12 +225,14 @@ def test_learned_delay_is_monotonic_in_the_target_lag(
     assert delays[0] <= delays[1] + 1e-9
 
 
-def test_poll_density_gives_the_target_mean_lag_where_no_floor_binds() -> None:
+def test_poll_density_gives_about_the_target_mean_lag() -> None:
     dist = Distribution.fit(around(600.0, sigma=0.3))
     assert dist is not None
     density = poll_density(dist, 10.0)
     mean_lag = sum(m / (2 * n) for m, n in zip(dist.mass, density, strict=True))
-    assert mean_lag <= 10.0 + 1e-9
+    # The floor (one poll per 4 target lags) binds only at the thin early edge, and only lowers
+    # the lag there: the mean is the target, a little under. A k off by 2 would give 5 or 20.
+    assert 9.0 < mean_lag <= 10.0 + 1e-9
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.base import JSON
+from adapters.extract.adapter import ExtractAdapter
 from gateway.callbacks import (
     CallbackConfig,
     CallbackInbox,
@@ -219,10 +220,12 @@ def test_dedupe_memory_is_bounded_and_forgets_on_request() -> None:
 class Refresher:
     def __init__(self, error: BaseException | None = None) -> None:
         self.calls: list[str] = []
+        self.finals: list[bool] = []
         self.error = error
 
-    async def __call__(self, job_id: str, tenant: str) -> None:
+    async def __call__(self, job_id: str, tenant: str, final: bool = True) -> None:
         self.calls.append(job_id)
+        self.finals.append(final)
         if self.error is not None:
             raise self.error
 
@@ -233,6 +236,25 @@ async def _inbox(refresh: Refresher) -> tuple[CallbackInbox, Job]:
     await store.create(job, [NewEvent("created", job.public())])
     config = CallbackConfig("https://gw", {"extract": SECRET, "pulse": SECRET})
     return CallbackInbox(config, store, refresh), job
+
+
+async def test_a_callback_says_whether_it_claims_an_end() -> None:
+    refresh = Refresher()
+    store = MemoryStore()
+    job = make_job(provider="extract", upstream_id="job_up")
+    await store.create(job, [NewEvent("created", job.public())])
+    config = CallbackConfig("https://gw", {"extract": SECRET})
+    table = ExtractAdapter.status_table
+    inbox = CallbackInbox(config, store, refresh, status_tables={"extract": table})
+    running = next(status for status, state in table.items() if state is JobState.RUNNING)
+    for status in (running, "completed", "reticulating"):
+        await inbox.receive("extract", {"jobId": "job_up", "status": status, "result": {}})
+    # A status the table calls running is progress; an end, or a status nobody knows, is an end
+    # (the poll decides either way).
+    assert refresh.finals == [False, True, True]
+    notice = parse("catchall", {"latest_job_id": "x"})
+    assert notice.status is None
+    assert inbox.says_ended(notice)  # CatchAll's webhook fires only at the end
 
 
 async def test_authentication_is_404_before_401() -> None:

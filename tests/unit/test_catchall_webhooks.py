@@ -505,8 +505,9 @@ async def test_a_webhook_gone_upstream_is_registered_again_and_the_submit_resent
             raise RequestRejected(message, status=400)
         return Submission(upstream_id="job-1")
 
-    submission = await push.submit({"query": "q"}, send)
+    submission, carried = await push.submit({"query": "q"}, send)
     assert submission.upstream_id == "job-1"
+    assert carried  # the body that was sent (the second) named jobgate's new webhook
     assert [body["webhook_ids"] for body in sent] == [["wh_1"], ["wh_2"]]
     assert push.webhook_id == "wh_2"
     assert api.calls == ["list 1", "create", "list 1", "create"]
@@ -558,3 +559,12 @@ async def test_an_adapter_without_webhook_calls_never_pushes() -> None:
     request = {"query": "q"}
     assert await push.with_webhook(request) is request
     assert push.registrations == 0
+    sent: list[Mapping[str, JSON]] = []
+
+    async def send(body: Mapping[str, JSON]) -> Submission:
+        sent.append(body)
+        return Submission(upstream_id="job-1")
+
+    _, carried = await push.submit(request, send)
+    assert sent == [request]
+    assert not carried  # the job was submitted without jobgate's webhook: it expects no push

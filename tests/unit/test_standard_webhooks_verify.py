@@ -29,6 +29,7 @@ from gateway.callbacks import (
     callback_secrets,
     parse,
     signed_endpoints,
+    token_matches,
 )
 from gateway.settings import load_settings
 from gateway.signatures import (
@@ -155,6 +156,25 @@ def test_a_timestamp_that_is_not_whole_seconds_is_refused(value: str) -> None:
     error = MissingHeaders if value == "" else InvalidTimestamp
     with pytest.raises(error):
         verify(KEY, {**HEADERS, "webhook-timestamp": value}, BODY, now=TIMESTAMP)
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 400, "9" * 13, "-5", "+1614265330", "١٢٣"])
+def test_a_timestamp_too_long_signed_or_not_ascii_is_refused_not_overflowed(value: str) -> None:
+    with pytest.raises(InvalidTimestamp):
+        verify(KEY, {**HEADERS, "webhook-timestamp": value}, BODY, now=TIMESTAMP)
+
+
+@pytest.mark.parametrize("name", ["webhook-id", "webhook-signature"])
+def test_header_bytes_that_are_not_utf8_are_refused_not_encoded(name: str) -> None:
+    # aiohttp hands such bytes over as surrogates, which str.encode() refuses to encode.
+    headers = {**HEADERS, name: HEADERS[name] + "\udcff"}
+    with pytest.raises(InvalidSignature):
+        verify(KEY, headers, BODY, now=TIMESTAMP)
+
+
+def test_a_token_that_is_not_utf8_matches_nothing() -> None:
+    assert not token_matches("secret\udcff", "secret")
+    assert token_matches("secret", "secret")
 
 
 @pytest.mark.parametrize("missing", sorted(HEADERS))
@@ -332,7 +352,7 @@ class Refresher:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    async def __call__(self, job_id: str, tenant: str) -> None:
+    async def __call__(self, job_id: str, tenant: str, final: bool = True) -> None:
         self.calls.append(job_id)
 
 

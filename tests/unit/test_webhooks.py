@@ -30,6 +30,7 @@ from gateway.results import (
     UnsafeURL,
 )
 from gateway.settings import Settings, load_settings
+from gateway.signatures import sign
 from gateway.states import JobState
 from gateway.store.base import Event, JobStore, NewEvent
 from gateway.store.memory import MemoryStore
@@ -48,7 +49,6 @@ from gateway.webhooks import (
     parse_secret,
     payload,
     retry_delay,
-    sign,
     signed_headers,
     targets,
     webhook_config,
