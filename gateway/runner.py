@@ -508,9 +508,9 @@ class Runner:
         an expiry or a verdict of jobgate's says nothing of a job's length. The length is the
         provider's own times where it gives both ends; else jobgate's view of the job's life, the
         detection time less the expected lag of the wait that found the end, and only where
-        that wait was a schedule's (learned, guidance) or a callback's. A safety-net or a retry
-        wait, a handed-back lease, an adopted job (jobgate did not see it start) or a
-        continuation (not a whole job) would teach a length the job did not have.
+        that wait's lag can be told (``LEARNABLE``). A safety-net wait, a handed-back lease, an
+        adopted job (jobgate did not see it start) or a continuation (not a whole job) would
+        teach a length the job did not have.
         """
         if after.state not in (JobState.SUCCEEDED, JobState.FAILED):
             return
@@ -607,8 +607,11 @@ def _add_records(job: Job, events: list[NewEvent], page: ResultPage) -> tuple[Jo
     return replace(job, records_seen=job.records_seen + len(fresh)), [*events, event]
 
 
-LEARNABLE: Final = frozenset({"learned", "guidance", CALLBACK})
-"""Schedules whose wait's expected lag, taken from the detection time, gives a job's length."""
+LEARNABLE: Final = frozenset({"learned", "guidance", "retry", CALLBACK})
+"""Schedules whose wait's expected lag, taken from the detection time, gives a job's length. A
+retry's wait is one: it follows a refused or failed call, so the end may lie a little before it,
+a bias of a few seconds a provider that often answers 429 must accept to teach anything at all.
+The safety net's wait (``push``) is not: it is as long as the schedule allows."""
 
 _FRESH: Final = Breaker()
 """A closed circuit with no failures counted: what every successful call leaves."""
