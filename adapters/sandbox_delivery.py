@@ -16,6 +16,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from adapters.simulator import SandboxSettings
+
 
 class Dispatcher(Protocol):
     session: aiohttp.ClientSession | None
@@ -45,6 +47,12 @@ async def send(
             return ("ok" if 200 <= code < 300 else f"HTTP {code}"), code
     except (aiohttp.ClientError, TimeoutError) as exc:
         return type(exc).__name__, None
+
+
+def retry_at(settings: SandboxSettings, first_delay: float, attempts: int) -> float:
+    """When a delivery that failed ``attempts`` times is tried again: ``first_delay`` sandbox
+    seconds after the first failure, doubled after each."""
+    return settings.clock() + settings.scaled(first_delay * 2 ** (attempts - 1))
 
 
 async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:

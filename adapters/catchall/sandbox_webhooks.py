@@ -62,7 +62,7 @@ from yarl import URL
 from adapters.catchall.sandbox_jobs import JOBS_KEY, Job, JobStore, iso
 from adapters.catchall.sandbox_records import make_record
 from adapters.catchall.sandbox_validation import Checker, error, json_body, query_int
-from adapters.sandbox_delivery import cancel_all, delivery_ctx, send
+from adapters.sandbox_delivery import cancel_all, delivery_ctx, retry_at, send
 from adapters.simulator import SETTINGS_KEY, SandboxSettings
 
 log = structlog.get_logger(__name__)
@@ -566,8 +566,7 @@ class WebhookDispatcher:
         if state.delivered:
             log.info("catchall_webhook_delivered", job_id=job.job_id, webhook_id=hook.id)
             return
-        delay = self.settings.scaled(DELIVERY_RETRY_DELAY * 2 ** (state.attempts - 1))
-        state.next_at = self.settings.clock() + delay
+        state.next_at = retry_at(self.settings, DELIVERY_RETRY_DELAY, state.attempts)
         log.warning(
             "catchall_webhook_failed",
             job_id=job.job_id,

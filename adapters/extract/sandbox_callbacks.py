@@ -18,7 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from adapters.sandbox_delivery import cancel_all, delivery_ctx, send
+from adapters.sandbox_delivery import cancel_all, delivery_ctx, retry_at, send
 from adapters.simulator import SandboxSettings
 
 if TYPE_CHECKING:
@@ -101,8 +101,7 @@ class CallbackDispatcher:
             state.delivered = True
             log.info("extract_callback_delivered", job_id=job.id, attempts=state.attempts)
             return
-        delay = self.settings.scaled(CALLBACK_RETRY_DELAY * 2 ** (state.attempts - 1))
-        state.next_at = self.settings.clock() + delay
+        state.next_at = retry_at(self.settings, CALLBACK_RETRY_DELAY, state.attempts)
         log.warning(
             "extract_callback_failed",
             job_id=job.id,

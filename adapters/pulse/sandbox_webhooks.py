@@ -46,7 +46,7 @@ from aiohttp import web
 
 from adapters.pulse.sandbox_errors import auth_error, error_response
 from adapters.pulse.sandbox_jobs import JOBS_KEY, PulseJob, PulseJobs, iso
-from adapters.sandbox_delivery import cancel_all, delivery_ctx, send
+from adapters.sandbox_delivery import cancel_all, delivery_ctx, retry_at, send
 from adapters.simulator import SETTINGS_KEY, SandboxSettings, Scenario, self_url
 from gateway.signatures import generate_secret, parse_secret, secret_problem, signed_headers
 
@@ -252,8 +252,7 @@ class WebhookDispatcher:
                 attempts=delivery.attempts,
             )
             return
-        delay = self.settings.scaled(RETRY_DELAY * 2 ** (delivery.attempts - 1))
-        delivery.next_at = self.settings.clock() + delay
+        delivery.next_at = retry_at(self.settings, RETRY_DELAY, delivery.attempts)
         log.warning(
             "pulse_webhook_failed",
             endpoint=delivery.endpoint,
