@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from aiohttp import web
+
+from gateway.callbacks import CallbackInbox
 from gateway.jobs import Job
+from gateway.runner import Runner
+from gateway.web.state import COMPONENTS_KEY
 
 
 def bumped(job: Job, now: datetime, **changes: Any) -> Job:
@@ -16,3 +22,40 @@ def bumped(job: Job, now: datetime, **changes: Any) -> Job:
     through its typed changes and ``gateway.jobs.transition``.
     """
     return replace(job, updated_at=now, version=job.version + 1, **changes)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (for a server started in a subprocess)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def bound_socket(port: int = 0, *, reuse: bool = False) -> tuple[socket.socket, str]:
+    """A socket bound on 127.0.0.1 (``port``, or any), and its base URL: for a gateway whose
+    public URL must be in its settings before it serves. ``reuse`` binds a port another process
+    has just left."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if reuse:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+class GatewayParts:
+    """The running parts of a test gateway (``app``), by name: for the push tests' gateways."""
+
+    app: web.Application
+
+    @property
+    def runner(self) -> Runner:
+        runner = self.app[COMPONENTS_KEY].runner
+        assert runner is not None
+        return runner
+
+    @property
+    def inbox(self) -> CallbackInbox:
+        inbox = self.app[COMPONENTS_KEY].callbacks
+        assert inbox is not None
+        return inbox

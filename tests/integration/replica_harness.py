@@ -15,7 +15,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from adapters.registry import PROVIDERS
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_PATH = re.compile(r"^/pulse/job/(?P<id>[^/]+)$")
@@ -105,13 +105,6 @@ class UpstreamRecorder:
 
 # --------------------------------------------------------------------------------------------------
 # Gateway processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _toml_value(value: Any) -> str:

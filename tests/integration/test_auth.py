@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from gateway.web.routes import Route
 from gateway.web.state import COMPONENTS_KEY
 from tests.integration.conftest import Stack, StackFactory
 from tests.integration.test_sse import take
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -698,21 +698,14 @@ def test_the_embedded_profile_on_loopback_is_open_unless_asked(tmp_path: Path) -
     assert plain.auth_required()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_serve_on_a_reachable_address_with_auth_off_exits_2(tmp_path: Path) -> None:
     # Turned off explicitly: the embedded profile's default follows the address, so --host
     # 0.0.0.0 alone would start with keys required, as JOBGATE_SERVER__HOST=0.0.0.0 does.
     config = tmp_path / "embedded.toml"
     config.write_text(
         f'[store]\npath = "{tmp_path / "jobs.db"}"\n'
-        f'[server]\nhost = "127.0.0.1"\nport = {_free_port()}\n'
-        f"[sandbox]\nembedded = true\nport = {_free_port()}\n"
+        f'[server]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        f"[sandbox]\nembedded = true\nport = {free_port()}\n"
         "[auth]\nrequired = false\n"
     )
     env = {name: value for name, value in os.environ.items() if not name.startswith("JOBGATE_")}

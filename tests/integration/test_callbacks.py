@@ -7,7 +7,6 @@ on a socket bound first (port 0), whose port then goes into ``server.public_base
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,12 +22,11 @@ from adapters.extract import sandbox as extract_sandbox
 from adapters.registry import PROVIDERS
 from adapters.sandboxes import SUBAPPS_KEY, create_sandbox_app
 from adapters.simulator import SandboxSettings
-from gateway.callbacks import CallbackInbox
-from gateway.runner import Runner
 from gateway.web.app import create_app
 from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve
 from tests.integration.conftest import FAST_POLICY, gateway_settings
+from tests.support import GatewayParts, bound_socket
 
 pytestmark = pytest.mark.integration
 
@@ -46,24 +44,12 @@ IDLE_POLICY: dict[str, Any] = {"first_delay": 600.0, "min_interval": 600.0, "max
 
 
 @dataclass
-class Gateway:
+class Gateway(GatewayParts):
     url: str
     app: web.Application
     sandbox: web.Application
     client: aiohttp.ClientSession
     db: Path
-
-    @property
-    def runner(self) -> Runner:
-        runner = self.app[COMPONENTS_KEY].runner
-        assert runner is not None
-        return runner
-
-    @property
-    def inbox(self) -> CallbackInbox:
-        inbox = self.app[COMPONENTS_KEY].callbacks
-        assert inbox is not None
-        return inbox
 
     def upstream(self, upstream_id: str) -> extract_sandbox.ExtractJob:
         jobs = self.sandbox[SUBAPPS_KEY]["extract"][extract_sandbox.JOBS_KEY]
@@ -122,9 +108,7 @@ async def make_gateway(
     ) -> Gateway:
         sandbox = create_sandbox_app(SandboxSettings(speed=speed, seed=5))
         sandbox_url = await serve(sandbox)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        sock, url = bound_socket()
 
         def provider(name: str, secret: str | None) -> dict[str, Any]:
             return {

@@ -10,7 +10,6 @@ standing in for "the next process" binds the same port again.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +37,15 @@ from adapters.catchall.sandbox_webhooks import WEBHOOKS_KEY, Webhook, WebhookSto
 from adapters.registry import PROVIDERS
 from adapters.sandboxes import SUBAPPS_KEY, create_sandbox_app
 from adapters.simulator import SandboxSettings
-from gateway.callbacks import TOKEN_HEADER, CallbackInbox
+from gateway.callbacks import TOKEN_HEADER
 from gateway.catchall_push import WEBHOOK_NAME
 from gateway.jobs import Job
-from gateway.runner import Runner
 from gateway.service import JobService
 from gateway.web.app import create_app
 from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve
 from tests.integration.conftest import FAST_POLICY, gateway_settings
+from tests.support import GatewayParts, bound_socket
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +87,7 @@ class Upstream:
 
 
 @dataclass
-class Gateway:
+class Gateway(GatewayParts):
     url: str
     port: int
     app: web.Application
@@ -98,18 +97,6 @@ class Gateway:
     @property
     def service(self) -> JobService:
         return self.app[COMPONENTS_KEY].require_service()
-
-    @property
-    def runner(self) -> Runner:
-        runner = self.app[COMPONENTS_KEY].runner
-        assert runner is not None
-        return runner
-
-    @property
-    def inbox(self) -> CallbackInbox:
-        inbox = self.app[COMPONENTS_KEY].callbacks
-        assert inbox is not None
-        return inbox
 
     async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
         async with self.client.post(
@@ -149,12 +136,9 @@ class Factory:
         public_url: str | None = None,
         name: str = "jobs",
     ) -> Gateway:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # The next process binds the port the last one left (its webhook's url names it).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
+        sock, url = bound_socket(port, reuse=True)
         port = sock.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
         db = self.tmp_path / f"{name}.db"
         settings = gateway_settings(
             self.upstream.url,

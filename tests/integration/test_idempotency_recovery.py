@@ -27,7 +27,7 @@ from gateway.store.base import ClaimedIdempotency, IdempotencyPhase, JobFilter, 
 from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve, fresh_schema
 from tests.integration.conftest import Stack, StackFactory
-from tests.integration.replica_harness import free_port
+from tests.support import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 QUERY = "acquisitions in fintech"

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ import aiohttp
 import pytest
 
 from gateway.auth import KeyHasher, looks_like_key, new_key_secret
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -76,13 +76,6 @@ async def keys(config: Path, *args: str, stdin: str | None = None) -> Ran:
             await process.wait()
     assert process.returncode is not None
     return Ran(process.returncode, out.decode(), err.decode())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -8,7 +8,6 @@ must be known before its settings are built, so it is served on a socket bound f
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,13 +27,11 @@ from adapters.pulse.sandbox_webhooks import WebhookDispatcher
 from adapters.registry import PROVIDERS
 from adapters.sandboxes import SUBAPPS_KEY, create_sandbox_app
 from adapters.simulator import SandboxSettings, Scenario, stage_durations
-from gateway.callbacks import CallbackInbox
-from gateway.runner import Runner
 from gateway.signatures import TOLERANCE, generate_secret, parse_secret, signed_headers, verify
 from gateway.web.app import create_app
-from gateway.web.state import COMPONENTS_KEY
 from tests.conftest import Serve
 from tests.integration.conftest import gateway_settings
+from tests.support import GatewayParts, bound_socket, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -54,23 +51,11 @@ async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
 
 
 @dataclass
-class Gateway:
+class Gateway(GatewayParts):
     url: str
     app: web.Application
     sandbox: web.Application
     client: aiohttp.ClientSession
-
-    @property
-    def runner(self) -> Runner:
-        runner = self.app[COMPONENTS_KEY].runner
-        assert runner is not None
-        return runner
-
-    @property
-    def inbox(self) -> CallbackInbox:
-        inbox = self.app[COMPONENTS_KEY].callbacks
-        assert inbox is not None
-        return inbox
 
     @property
     def dispatcher(self) -> pulse_sandbox.WebhookDispatcher:
@@ -123,12 +108,6 @@ def signed(
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
-def _bound_socket() -> tuple[socket.socket, str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 @pytest.fixture
 async def make_gateway(
     serve: Serve, tmp_path: Path, http_session: aiohttp.ClientSession
@@ -136,7 +115,7 @@ async def make_gateway(
     runners: list[web.AppRunner] = []
 
     async def build(*, sandbox_pushes: bool = True, secret: str = SECRET) -> Gateway:
-        sock, url = _bound_socket()
+        sock, url = bound_socket()
         hooks = [(f"{url}/v1/callbacks/pulse", secret)] if sandbox_pushes else []
         sandbox = create_sandbox_app(SandboxSettings(speed=SPEED, seed=5, pulse_webhooks=hooks))
         sandbox_url = await serve(sandbox)
@@ -410,18 +389,11 @@ async def test_a_pulse_secret_that_is_not_whsec_is_refused_as_the_settings_load(
 # -- make run: the embedded sandbox pushes to its own gateway --------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_the_embedded_sandbox_pushes_pulse_events_untouched(
     tmp_path: Path, http_session: aiohttp.ClientSession
 ) -> None:
-    sock, url = _bound_socket()
-    port = _free_port()
+    sock, url = bound_socket()
+    port = free_port()
     embedded = f"http://127.0.0.1:{port}"
     settings = gateway_settings(
         embedded,

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 
 import aiohttp
 import pytest
 
+from tests.support import free_port
+
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_sandbox_command_serves_every_provider(http_session: aiohttp.ClientSession) -> None:

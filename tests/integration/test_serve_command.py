@@ -12,14 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support import free_port
+
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def serve(tmp_path: Path, port: int, **env: str) -> asyncio.subprocess.Process:
