@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# /docs serves Swagger UI from the npm registry, fetched (pinned and checked) beside the code.
+SWAGGER_UI := gateway/web/static/swagger-ui/.version
 
-.PHONY: install test lint typecheck run sandbox demo bench clean
+.PHONY: install test lint typecheck run sandbox demo bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,17 +14,34 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(SWAGGER_UI): tools/vendor_swagger_ui.py
+	$(PYTHON) tools/vendor_swagger_ui.py
 
-test: $(STAMP)
+install: $(STAMP) $(SWAGGER_UI)
+
+test: $(STAMP) $(SWAGGER_UI) chromium
 	$(BIN)/pytest -q
+
+# The browser tests (the jobs page, /docs) drive Debian's chromium through Playwright: installed
+# here when missing (as root, else through sudo). If it cannot be, make test goes on and those
+# tests skip, naming the missing browser.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif [ -t 0 ]; then SUDO=sudo; else SUDO="sudo -n"; fi; \
+	  command -v apt-get >/dev/null && { \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
+	    { $$SUDO apt-get update && \
+	      $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; \
+	  }; \
+	} || echo "make: could not install chromium ($(CHROMIUM)): the browser tests will skip"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check gateway adapters tests bench
-	$(BIN)/mypy --strict gateway adapters
+	$(BIN)/ruff format --check gateway adapters jobgate tests bench tools
+	$(BIN)/mypy --strict gateway adapters jobgate tools
 
-run: $(STAMP)
+run: $(STAMP) $(SWAGGER_UI)
 	$(BIN)/jobgate serve
 
 sandbox: $(STAMP)
@@ -49,4 +68,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sse.py
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) var gateway/web/static/swagger-ui .mypy_cache .pytest_cache .ruff_cache

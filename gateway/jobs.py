@@ -384,7 +384,7 @@ class Job:
         )
 
     def public(self) -> dict[str, JSON]:
-        """The job resource as clients see it (DESIGN.md's sketch)."""
+        """The job resource as clients see it (``JobOut`` in gateway/web/models.py)."""
         return {
             "id": self.id,
             "provider": self.provider,

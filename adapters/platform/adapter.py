@@ -1,4 +1,4 @@
-"""The generic platform Jobs API (``https://<tenant-host>/v1/api``), see providers.md section 4.
+"""The generic platform Jobs API (``https://<tenant-host>/v1/api``).
 
 Jobs are created elsewhere on the platform, so this adapter cannot submit: the gateway adopts a job
 by its id and polls ``GET /jobs/{id}``. A finished (completed or failed) job can be rerun with

@@ -1,4 +1,4 @@
-"""A sandbox of the generic platform Jobs API (providers.md section 4, seed 004).
+"""A sandbox of the generic platform Jobs API: jobs made elsewhere, then read, listed and rerun.
 
 The real API lives at ``https://<tenant-host>/v1/api``; the combined sandbox mounts this application
 at ``/platform/v1/api``, so the paths below are relative to that base.

@@ -42,12 +42,14 @@ from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from gateway.web.bodies import close_after_a_broken_body
 from gateway.web.cors import setup_cors
+from gateway.web.docs import docs_asset, docs_page
 from gateway.web.middleware import gateway_middleware
 from gateway.web.observability import (
     echo_request_id,
     metrics_endpoint,
 )
-from gateway.web.openapi import docs_page, openapi_json
+from gateway.web.openapi import openapi_json
+from gateway.web.pages import setup_pages
 from gateway.web.problems import MAX_BODY_KEY
 from gateway.web.routes import ROUTES
 from gateway.web.sse import setup_sse
@@ -76,6 +78,8 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs_page)
+    setup_pages(app)  # the jobs page: /, /ui/ and its files (public, like /docs)
+    app.router.add_get("/docs/assets/{name}", docs_asset)
     # Prometheus text, not JSON: served beside the API rather than documented in its OpenAPI.
     app.router.add_get("/metrics", metrics_endpoint)
     # The store first: a store that cannot be opened stops start-up before anything else runs.

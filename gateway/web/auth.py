@@ -23,7 +23,9 @@ from gateway.web.routes import ROUTES, Route
 from gateway.web.state import COMPONENTS_KEY, PRINCIPAL
 
 ACCESS_TOKEN = "access_token"
-PUBLIC_PATHS = frozenset({"/openapi.json", "/docs"})
+PUBLIC_PATHS = frozenset({"/openapi.json", "/docs", "/"})
+PUBLIC_PREFIXES = ("/docs/assets/", "/ui/")
+"""Static files of the public pages; each such route serves only the files it lists."""
 ROUTES_BY_NAME: dict[str, Route] = {route.handler.__name__: route for route in ROUTES}
 
 
@@ -35,7 +37,11 @@ def required_scope(request: web.Request) -> tuple[Scope | None, bool]:
     route = ROUTES_BY_NAME.get(match.route.name or "")
     if route is not None:
         return route.scope, route.stream
-    if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
+    if (
+        request.path in PUBLIC_PATHS
+        or request.path.startswith(PUBLIC_PREFIXES)
+        or request.method == "OPTIONS"
+    ):
         return None, False
     if request.path == "/metrics":
         public = request.app[COMPONENTS_KEY].settings.auth.public_metrics

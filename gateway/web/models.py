@@ -20,8 +20,52 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Example = tuple[str, dict[str, Any]]
+"""A summary and a value: ``/docs`` offers each as a ready body for try-it."""
+
+SUBMIT_EXAMPLES: dict[str, Example] = {
+    "extract": (
+        "Submit an extract job (inline result)",
+        {
+            "provider": "extract",
+            "request": {"url": "https://example.com", "maxPages": 3},
+            "labels": {"team": "growth"},
+        },
+    ),
+    "catchall": (
+        "Submit a CatchAll search (paged records)",
+        {"provider": "catchall", "request": {"query": "Series B rounds in logistics", "limit": 10}},
+    ),
+    "pulse": (
+        "Submit a Pulse extraction (the sandbox's ?sandbox=large gives an is_url result)",
+        {"provider": "pulse", "request": {"fileUrl": "https://example.com/report.pdf"}},
+    ),
+    "adopt": (
+        "Adopt a platform job created elsewhere",
+        {"provider": "platform", "upstream_id": "job_0123456789abcdef", "labels": {"src": "etl"}},
+    ),
+}
+CONTINUE_EXAMPLES: dict[str, Example] = {
+    "catchall": ("CatchAll: more records, up to 30", {"new_limit": 30}),
+}
+KEY_EXAMPLES: dict[str, Example] = {
+    "service": (
+        "A key for a service that submits and reads",
+        {"scopes": ["jobs:read", "jobs:write"], "name": "billing worker", "expires_in_days": 90},
+    ),
+}
+
+
+def _examples(examples: dict[str, Example]) -> ConfigDict:
+    return ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [value for _, value in examples.values()]}
+    )
+
+
 class SubmitBody(_Strict):
     """Submit a new upstream job (``request``) or adopt an existing one (``upstream_id``)."""
+
+    model_config = _examples(SUBMIT_EXAMPLES)
 
     provider: str = Field(description="catchall, extract, pulse or platform", min_length=1)
     request: dict[str, Any] | None = Field(
@@ -66,6 +110,10 @@ class SubmitBody(_Strict):
 
 
 class ContinueBody(_Strict):
+    """Continue a finished job: for catchall, a higher record limit."""
+
+    model_config = _examples(CONTINUE_EXAMPLES)
+
     # strict: the schema says integer, so true and "30" are refused rather than read as 1 and 30.
     new_limit: int | None = Field(
         None, ge=1, strict=True, description="CatchAll: the new, higher record limit."
@@ -233,6 +281,8 @@ class Health(BaseModel):
 
 class KeyCreateBody(_Strict):
     """A new key for the caller's own tenant."""
+
+    model_config = _examples(KEY_EXAMPLES)
 
     scopes: list[Scope] = Field(min_length=1, description="jobs:read, jobs:write and/or admin")
     name: str = Field("", max_length=200, description="What the key is for (shown in lists)")

@@ -15,11 +15,25 @@ from aiohttp import web
 from pydantic import BaseModel
 
 import gateway
-from gateway.web.models import Problem
+from gateway.web.models import (
+    CONTINUE_EXAMPLES,
+    KEY_EXAMPLES,
+    SUBMIT_EXAMPLES,
+    ContinueBody,
+    Example,
+    KeyCreateBody,
+    Problem,
+    SubmitBody,
+)
 from gateway.web.routes import ROUTES, Answer, Bytes, EventStream, OrStreamed, Route
 
 REF = "#/components/schemas/{model}"
 JSON_DATA = {"contentMediaType": "application/json"}
+BODY_EXAMPLES: dict[type[BaseModel], dict[str, Example]] = {
+    SubmitBody: SUBMIT_EXAMPLES,
+    ContinueBody: CONTINUE_EXAMPLES,
+    KeyCreateBody: KEY_EXAMPLES,
+}
 
 
 def build_spec() -> dict[str, Any]:
@@ -86,9 +100,15 @@ def build_spec() -> dict[str, Any]:
                 operation["security"].append({"streamToken": [route.scope.value]})
             operation["x-scope"] = route.scope.value
         if route.body is not None:
+            media: dict[str, Any] = {"schema": ref(route.body)}
+            if examples := BODY_EXAMPLES.get(route.body):
+                media["examples"] = {
+                    name: {"summary": summary, "value": value}
+                    for name, (summary, value) in examples.items()
+                }
             operation["requestBody"] = {
-                "required": route.method == "POST" and route.body.__name__ == "SubmitBody",
-                "content": {"application/json": {"schema": ref(route.body)}},
+                "required": route.method == "POST" and route.body is SubmitBody,
+                "content": {"application/json": media},
             }
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
@@ -169,48 +189,3 @@ def _first_line(model: type[BaseModel]) -> str:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(build_spec())
-
-
-# A self-contained page: the gateway often runs where no CDN is reachable.
-DOCS_HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>jobgate API</title>
-<style>
-body{font:14px/1.5 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
-h1{margin-bottom:0}.op{border:1px solid #ddd;border-radius:6px;margin:.8em 0;padding:.6em 1em}
-.m{display:inline-block;min-width:4.5em;font-weight:700}.GET{color:#0a6}.POST{color:#06c}
-.DELETE{color:#c30}code{background:#f4f4f4;padding:0 .3em}table{border-collapse:collapse}
-td{padding:.1em .6em;border-bottom:1px solid #eee;vertical-align:top}
-</style></head><body>
-<h1>jobgate API</h1><p>Generated from <a href="/openapi.json">/openapi.json</a>.
-Authenticate with <code>Authorization: Bearer jg_...</code> (create a key with
-<code>jobgate keys create --tenant T --scopes jobs:read,jobs:write</code>).</p>
-<div id="ops"></div>
-<script>
-fetch('/openapi.json').then(r => r.json()).then(spec => {
-  const root = document.getElementById('ops');
-  const esc = s => String(s ?? '').replace(/[&<>]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;'}[c]));
-  for (const [path, ops] of Object.entries(spec.paths)) {
-    for (const [method, op] of Object.entries(ops)) {
-      const m = method.toUpperCase();
-      const params = (op.parameters || []).map(p =>
-        `<tr><td><code>${esc(p.name)}</code></td><td>${p.in}</td><td>${esc(p.description)}</td></tr>`
-      ).join('');
-      const body = op.requestBody ? `<p>Body: <code>${esc(
-        op.requestBody.content['application/json'].schema.$ref.split('/').pop())}</code></p>` : '';
-      const resp = Object.entries(op.responses).map(([s, r]) =>
-        `<tr><td>${s}</td><td colspan=2>${esc(r.description)}</td></tr>`).join('');
-      const scope = op['x-scope'] ? `<p>Needs a key with <code>${esc(op['x-scope'])}</code>` +
-        (op.security.length > 1 ? ' (or ?access_token= from /v1/stream-tokens)' : '') + '</p>'
-        : '<p>Public: no key needed</p>';
-      root.insertAdjacentHTML('beforeend', `<div class="op"><span class="m ${m}">${m}</span>
-        <code>${esc(path)}</code><p>${esc(op.summary)}</p>${scope}${body}
-        <table>${params}${resp}</table></div>`);
-    }
-  }
-});
-</script></body></html>
-"""
-
-
-async def docs_page(request: web.Request) -> web.Response:
-    return web.Response(text=DOCS_HTML, content_type="text/html")

@@ -256,6 +256,8 @@ ROUTES: tuple[Route, ...] = (
             206: Bytes("A byte range of a stored large result (Range)"),
             304: "Not modified: If-None-Match named the stored copy's ETag",
             307: "Redirect to a presigned large-result URL",
+            412: "precondition_failed: If-Match names no ETag of the stored copy (an If-Range "
+            "naming another copy is not an error: the whole copy is sent)",
             400: BAD_QUERY,
             404: NO_JOB,
             409: "result_not_ready: no result yet, the job ended without one, or a capture of a "

@@ -5,9 +5,11 @@ streaming, followed as it is written."""
 from __future__ import annotations
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 
 from gateway.blobs import BlobError
 from gateway.service import FollowResult, StoredBytes, StoredFile
+from gateway.web.problems import BadInput
 
 SOURCE_HEADER = "X-Jobgate-Result-Source"
 
@@ -33,12 +35,18 @@ class _StoredFileResponse(web.FileResponse):
     stock one derives a weak-ish tag from the file's mtime and size, which changes from one replica
     to another for the same bytes."""
 
-    def __init__(self, answer: StoredFile) -> None:
+    def __init__(self, answer: StoredFile, decided: web.Request) -> None:
         super().__init__(
             answer.path,
             headers={hdrs.CONTENT_TYPE: answer.content_type, SOURCE_HEADER: "jobgate"},
         )
         self._sha256 = answer.sha256
+        self._decided = decided
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        # aiohttp prepares with the request as it came; the ranges are read from the one whose
+        # conditions were already decided on the copy's own tag (_on_our_tag).
+        return await super().prepare(self._decided)
 
     @property
     def etag(self) -> None:
@@ -50,10 +58,35 @@ class _StoredFileResponse(web.FileResponse):
         self._headers[hdrs.ETAG] = _etag(self._sha256)
 
 
+def _on_our_tag(request: web.Request, sha256: str) -> web.Request:
+    """The request with ``If-Match`` and an entity-tag ``If-Range`` decided against the copy's own
+    ETag, and taken out: aiohttp would compare them with its mtime-based tag (so ``If-Match``
+    always failed) and reads ``If-Range`` only as a date (so a resumed download could splice two
+    different copies together, say before and after a ``continue``)."""
+    headers = request.headers.copy()
+    if hdrs.IF_MATCH in headers:
+        tags = request.if_match or ()
+        # If-Match compares strongly (RFC 9110 13.1.1): a weak tag never matches.
+        if not any(tag.value == "*" or (tag.value == sha256 and not tag.is_weak) for tag in tags):
+            raise BadInput(
+                "precondition_failed",
+                "If-Match names no ETag of the current copy: the result changed",
+                status=412,
+            )
+        del headers[hdrs.IF_MATCH]
+    if_range = headers.get(hdrs.IF_RANGE, "").strip()
+    if if_range.startswith(('"', "W/")):
+        # An entity tag: the range is served only if it names this copy (strongly), else the whole.
+        if if_range != _etag(sha256):
+            headers.popall(hdrs.RANGE, None)
+        del headers[hdrs.IF_RANGE]
+    return request.clone(headers=headers)
+
+
 async def serve_file(request: web.Request, answer: StoredFile) -> web.StreamResponse:
     if _not_modified(request, answer.sha256):
         return _unchanged(answer.sha256)
-    response = _StoredFileResponse(answer)
+    response = _StoredFileResponse(answer, _on_our_tag(request, answer.sha256))
     response.headers[hdrs.ETAG] = _etag(answer.sha256)
     return response
 

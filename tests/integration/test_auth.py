@@ -38,11 +38,18 @@ pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
 CALLBACK_SECRET = "callback-secret-for-the-auth-tests"
-DUMMIES = {"job_id": "job_01JDUMMYDUMMYDUMMYDUMMYDUM", "provider": "extract", "key_id": "key_0"}
+DUMMIES = {
+    "job_id": "job_01JDUMMYDUMMYDUMMYDUMMYDUM",
+    "provider": "extract",
+    "key_id": "key_0",
+    "name": "init.js",
+    "file": "app.js",
+}
 EXTRACT = {"url": "https://example.com", "singlePage": True}
 
-# What needs no jobgate key, and why: the probes, the spec and its page, the metrics (by
-# setting), and the callbacks, which providers authenticate with their own callback token.
+# What needs no jobgate key, and why: the probes, the spec and its page, the jobs page (static: its
+# API calls carry the key), the metrics (by setting), and the callbacks, which providers
+# authenticate with their own callback token.
 PUBLIC = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -50,6 +57,14 @@ PUBLIC = {
     ("HEAD", "/openapi.json"),
     ("GET", "/docs"),
     ("HEAD", "/docs"),
+    ("GET", "/docs/assets/{name}"),
+    ("HEAD", "/docs/assets/{name}"),
+    ("GET", "/"),
+    ("HEAD", "/"),
+    ("GET", "/ui/"),
+    ("HEAD", "/ui/"),
+    ("GET", "/ui/{file}"),
+    ("HEAD", "/ui/{file}"),
     ("GET", "/metrics"),
     ("HEAD", "/metrics"),
 }

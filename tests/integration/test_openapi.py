@@ -12,18 +12,29 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.web.models import JobList, JobOut, Problem
+from gateway.web.models import ContinueBody, JobList, JobOut, KeyCreateBody, Problem, SubmitBody
+from gateway.web.openapi import build_spec
 from tests.integration.conftest import Stack, StackFactory
 from tests.unit.test_webhooks import SECRET
 
 pytestmark = pytest.mark.integration
 
-# Served beside the API, not in it: the spec itself, its page, and the Prometheus exposition.
-SPEC_ROUTES = {"/openapi.json", "/docs", "/metrics"}
+# Served beside the API, not in it: the spec itself, its page and the page's files, the jobs page,
+# and the Prometheus exposition.
+SPEC_ROUTES = {
+    "/openapi.json",
+    "/docs",
+    "/docs/assets/{name}",
+    "/",
+    "/ui/",
+    "/ui/{file}",
+    "/metrics",
+}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 REF_PREFIX = "#/components/schemas/"
 
@@ -291,9 +302,60 @@ async def test_docs_page_points_at_the_document(make_stack: StackFactory) -> Non
     async with stack.client.get(f"{stack.url}/docs") as response:
         assert response.status == 200
         assert response.content_type == "text/html"
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
         html = await response.text()
     assert html.lstrip().lower().startswith("<!doctype html>")
     assert "/openapi.json" in html
+    # Swagger UI from this gateway (make install fetched it), never from a CDN.
+    assert "/docs/assets/swagger-ui-bundle.js" in html
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    async with stack.client.get(f"{stack.url}/docs/assets/swagger-ui-bundle.js") as response:
+        assert response.status == 200
+        assert "javascript" in response.content_type
+        assert b"SwaggerUIBundle" in await response.read()
+    async with stack.client.get(f"{stack.url}/docs/assets/init.js") as response:
+        assert response.status == 200
+        assert "validatorUrl: null" in await response.text()
+
+
+@pytest.mark.parametrize(
+    "name", ["nope.js", "..%2F..%2Fdocs.py", "%2e%2e", ".version", "LICENSE", "swagger-ui"]
+)
+async def test_docs_assets_serve_only_their_files(make_stack: StackFactory, name: str) -> None:
+    stack = await make_stack()
+    async with stack.client.get(f"{stack.url}/docs/assets/{name}") as response:
+        assert response.status == 404
+
+
+def test_docs_page_without_swagger_ui_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from gateway.web import docs
+
+    monkeypatch.setattr(docs, "SWAGGER_UI", tmp_path)
+    assert docs.swagger_version() is None
+    assert "make install" in docs.MISSING
+
+
+def test_request_body_examples_are_valid_bodies() -> None:
+    spec = build_spec()
+    bodies = {
+        "SubmitBody": SubmitBody,
+        "ContinueBody": ContinueBody,
+        "KeyCreateBody": KeyCreateBody,
+    }
+    seen = 0
+    for _, _, operation in operations(spec):
+        content = operation.get("requestBody", {}).get("content", {}).get("application/json")
+        if content is None:
+            continue
+        model = bodies[content["schema"]["$ref"].removeprefix(REF_PREFIX)]
+        for example in content["examples"].values():
+            model.model_validate(example["value"])
+            seen += 1
+        schema = spec["components"]["schemas"][model.__name__]
+        assert schema["examples"] == [e["value"] for e in content["examples"].values()]
+    assert seen >= 6
 
 
 # -- documented request bodies are the enforced ones ---------------------------------------------

@@ -144,6 +144,36 @@ async def test_range_resumes_and_if_none_match_answers_304(make_stack: StackFact
         assert len(await response.read()) == size
 
 
+async def test_if_range_and_if_match_are_decided_on_the_copys_own_etag(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack()
+    job = await stack.submit("pulse", {"fileUrl": "https://example.com/r.pdf?sandbox=large"})
+    done = await _until(stack, job["id"], lambda j: j["result"]["stored"])
+    size, sha = done["result"]["size"], done["result"]["sha256"]
+    url = f"{stack.url}/v1/jobs/{job['id']}/result"
+    rest = {"Range": "bytes=100-"}
+
+    # If-Range naming this copy: the range; naming another (a copy from before a continue, or a
+    # weak tag, which If-Range never accepts): the whole copy, so no download splices two copies.
+    async with stack.client.get(url, headers={**rest, "If-Range": f'"{sha}"'}) as response:
+        assert response.status == 206
+        assert len(await response.read()) == size - 100
+    for other in ('"0123abcd"', f'W/"{sha}"'):
+        async with stack.client.get(url, headers={**rest, "If-Range": other}) as response:
+            assert response.status == 200, other
+            assert hashlib.sha256(await response.read()).hexdigest() == sha
+
+    # If-Match: the copy's tag (or *) serves; any other tag is 412, a problem that says why.
+    for tags in (f'"{sha}"', "*", f'"nope", "{sha}"'):
+        async with stack.client.get(url, headers={**rest, "If-Match": tags}) as response:
+            assert response.status == 206, tags
+    async with stack.client.get(url, headers={"If-Match": '"nope"'}) as response:
+        assert response.status == 412
+        problem = await response.json(content_type=None)
+        assert problem["code"] == "precondition_failed"
+
+
 class PullCounter:
     """Counts catchall ``pull`` calls reaching the sandbox."""
 
