@@ -1,0 +1,394 @@
+"""The blocking client: a thin driver that sends what :mod:`jobgate.client.core` builds over an
+``httpx.Client`` and does what the core decides (return, raise, sleep and retry).
+
+Every rule lives in the core; this module holds only the transport glue, and
+:mod:`jobgate.client.aio` is the same glue with ``await``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, BinaryIO, Self, TypeVar
+
+import httpx
+
+from gateway.web.models import JobList, JobOut, ProviderOut, ResultOut
+from jobgate.client import core
+from jobgate.client.core import Call, Config, Exchange, Retry, transport_reason
+from jobgate.client.download import Again, Complete, Download, DownloadPlan, Write
+from jobgate.client.events import Event, EventStream
+
+T = TypeVar("T")
+
+Progress = Callable[[int, int | None], None]
+
+CHUNK = 1 << 16
+
+
+class Client:
+    """A jobgate client over blocking HTTP. Use it as a context manager, or call :meth:`close`.
+
+    ``sleep``, ``clock`` (monotonic seconds), ``now`` (UTC, for Retry-After dates) and ``rand``
+    (reconnect jitter) are there for tests; the defaults are the real ones.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = core.now_utc,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._config = Config.resolve(
+            url,
+            api_key,
+            os.environ,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_retry_wait=max_retry_wait,
+        )
+        self._http = httpx.Client(
+            base_url=self._config.url,
+            headers=self._config.headers(),
+            transport=transport,
+            timeout=timeout,
+        )
+        self._sleep = sleep
+        self._clock = clock
+        self._now = now
+        self._rand = rand
+
+    @property
+    def url(self) -> str:
+        return self._config.display_url
+
+    def __repr__(self) -> str:
+        return f"Client(url={self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- one call -------------------------------------------------------------------------------
+
+    def _request(self, call: Call[Any], *, stream: bool = False) -> httpx.Request:
+        return self._http.build_request(**self._config.request_args(call, stream=stream))
+
+    def _run(self, call: Call[T]) -> T:
+        exchange = Exchange(call, self._config.policy, self.url)
+        while True:
+            reason: str | None = None
+            step: T | Retry
+            try:
+                response = self._http.send(self._request(call))
+            except httpx.TransportError as exc:
+                reason = transport_reason(exc)
+            else:
+                step = exchange.answered(response, self._now())
+            # Raised outside the except block: httpx's exception holds the request, and with it
+            # the Authorization header, which must not ride along as __context__.
+            if reason is not None:
+                step = exchange.failed(reason)
+            if isinstance(step, Retry):
+                self._sleep(step.delay)
+                continue
+            return step
+
+    # -- the API --------------------------------------------------------------------------------
+
+    def providers(self) -> list[ProviderOut]:
+        return self._run(core.providers())
+
+    def submit(
+        self,
+        provider: str,
+        request: Mapping[str, Any],
+        *,
+        labels: Mapping[str, str] | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobOut:
+        return self._run(
+            core.submit(
+                provider,
+                request,
+                labels=labels,
+                callback_url=callback_url,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def adopt(
+        self,
+        provider: str,
+        upstream_id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobOut:
+        return self._run(
+            core.adopt(
+                provider,
+                upstream_id,
+                labels=labels,
+                callback_url=callback_url,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def get(self, job_id: str, *, wait: float | None = None) -> JobOut:
+        return self._run(core.get_job(job_id, wait=wait))
+
+    def list_page(
+        self,
+        *,
+        provider: str | None = None,
+        state: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobList:
+        call = core.list_page(
+            provider=provider, state=state, labels=labels, limit=limit, cursor=cursor
+        )
+        return self._run(call)
+
+    def jobs(
+        self,
+        *,
+        provider: str | None = None,
+        state: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 100,
+        limit: int | None = None,
+    ) -> Iterator[JobOut]:
+        pages = core.JobPages(
+            provider=provider, state=state, labels=labels, page_size=page_size, limit=limit
+        )
+        while (call := pages.next_call()) is not None:
+            yield from pages.feed(self._run(call))
+
+    def wait(self, job_id: str, *, timeout: float | None = None) -> JobOut:
+        loop = core.WaitLoop(job_id, timeout, self._clock())
+        while True:
+            finished = loop.feed(self._run(loop.next_call(self._clock())))
+            if finished is not None:
+                return finished
+
+    def result(
+        self,
+        job_id: str,
+        *,
+        wait: float | None = None,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> ResultOut | bytes:
+        return self._run(core.result(job_id, wait=wait, page=page, page_size=page_size))
+
+    def result_pages(
+        self, job_id: str, *, page_size: int = 100, wait: float | None = None
+    ) -> Iterator[ResultOut]:
+        pages = core.ResultPages(job_id, page_size=page_size, wait=wait)
+        while (call := pages.next_call()) is not None:
+            yield pages.feed(self._run(call))
+
+    def cancel(self, job_id: str) -> JobOut:
+        return self._run(core.cancel(job_id))
+
+    def rerun(self, job_id: str) -> JobOut:
+        return self._run(core.rerun(job_id))
+
+    def continue_(self, job_id: str, *, new_limit: int | None = None) -> JobOut:
+        return self._run(core.continue_(job_id, new_limit=new_limit))
+
+    def delete(self, job_id: str) -> None:
+        self._run(core.delete(job_id))
+
+    # -- downloads ------------------------------------------------------------------------------
+
+    def download(
+        self,
+        job_id: str,
+        path: str | os.PathLike[str],
+        *,
+        resume: bool = True,
+        progress: Progress | None = None,
+        wait: float | None = None,
+    ) -> Download:
+        """Stream the job's result to ``path``.
+
+        The bytes go to ``<path>.part`` and are renamed to ``path`` once whole and verified, so
+        ``path`` never holds half a result. With ``resume``, an existing ``<path>.part`` is
+        continued with a Range request (the rules: :class:`~jobgate.client.download.DownloadPlan`);
+        without, it is discarded. ``wait``: seconds to wait for the result to exist.
+        """
+        target = os.fspath(path)
+        part = target + ".part"
+        size, sha256 = DownloadPlan.expectations(self.get(job_id))
+        partial = partial_size(part, resume=resume)
+        plan = DownloadPlan(
+            job_id, partial=partial, expected_size=size, expected_sha256=sha256, wait=wait
+        )
+        exchange = Exchange(plan.next_call(), self._config.policy, self.url)
+        while True:
+            exchange.call = call = plan.next_call()
+            step: Retry | None = None
+            opened: object = None
+            reason: str | None = None
+            try:
+                response = self._http.send(self._request(call), stream=True)
+                try:
+                    opened = plan.opened(response.status_code, response.headers)
+                    if opened is None:
+                        response.read()
+                        step = exchange.refused(response, self._now())
+                    elif isinstance(opened, Write | Complete):
+                        self._write(part, plan, opened, response, progress)
+                finally:
+                    response.close()
+            except httpx.TransportError as exc:
+                reason = transport_reason(exc)
+            if reason is not None:
+                plan.interrupted()
+                step = exchange.failed(reason)
+            if step is not None:
+                self._sleep(step.delay)
+                continue
+            if isinstance(opened, Again):
+                continue
+            done = plan.finish(target)
+            if isinstance(done, Again):
+                continue
+            os.replace(part, target)
+            return done
+
+    @staticmethod
+    def _write(
+        part: str,
+        plan: DownloadPlan,
+        opened: Write | Complete,
+        response: httpx.Response,
+        progress: Progress | None,
+    ) -> None:
+        with open_part(part) as file:
+            if opened.rehash:
+                rehash(file, plan)
+            if isinstance(opened, Complete):
+                return
+            file.seek(opened.offset)
+            file.truncate()
+            if progress is not None:
+                progress(plan.offset, plan.total)
+            for chunk in response.iter_raw(CHUNK):
+                file.write(chunk)
+                plan.feed(chunk)
+                if progress is not None:
+                    progress(plan.offset, plan.total)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def events(
+        self,
+        job_id: str | None = None,
+        *,
+        provider: str | Sequence[str] | None = None,
+        state: str | Sequence[str] | None = None,
+        last_event_id: int | None = None,
+        reconnect: bool = True,
+        max_reconnect_wait: float = 5.0,
+        max_reconnects: int | None = 20,
+    ) -> Iterator[Event]:
+        """Events of one job (history, then live; over after ``end``) or of every job of the
+        tenant (``job_id=None``: from now, never over by itself). Dropped connections are
+        resumed with ``Last-Event-ID``; each event is yielded once, in order."""
+        stream = EventStream(
+            job_id,
+            provider=provider,
+            state=state,
+            last_event_id=last_event_id,
+            reconnect=reconnect,
+            max_reconnect_wait=max_reconnect_wait,
+            max_reconnects=max_reconnects,
+            rand=self._rand,
+        )
+        return self._events(stream)
+
+    def _events(self, stream: EventStream) -> Iterator[Event]:
+        while not stream.done:
+            call = stream.next_call()
+            delay: float | None = None
+            reason: str | None = None
+            try:
+                response = self._http.send(self._request(call, stream=True), stream=True)
+                try:
+                    content_type = response.headers.get("content-type", "")
+                    if not stream.opened(response.status_code, content_type):
+                        response.read()
+                        delay = stream.refused(response, self._now())
+                    else:
+                        for chunk in response.iter_bytes():
+                            yield from stream.feed(chunk)
+                            if stream.done:
+                                return
+                finally:
+                    response.close()
+            except httpx.TransportError as exc:
+                reason = transport_reason(exc)
+            if delay is None:
+                delay = stream.dropped(reason, self.url)
+                if delay is None:
+                    return
+            self._sleep(delay)
+
+
+def partial_size(part: str, *, resume: bool) -> int:
+    """The bytes of ``part`` to resume from; without ``resume`` the file is removed."""
+    if not resume:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(part)
+        return 0
+    try:
+        return os.path.getsize(part)
+    except FileNotFoundError:
+        return 0
+
+
+def open_part(part: str) -> BinaryIO:
+    """The partial file, opened for writing anywhere in it (created if need be)."""
+    try:
+        return open(part, "r+b")
+    except FileNotFoundError:
+        return open(part, "wb")
+
+
+def rehash(file: BinaryIO, plan: DownloadPlan) -> None:
+    """Feed the partial file's bytes before ``plan.offset`` to the plan's SHA-256."""
+    file.seek(0)
+    left = plan.offset
+    while left > 0 and (chunk := file.read(min(CHUNK, left))):
+        plan.existing(chunk)
+        left -= len(chunk)
