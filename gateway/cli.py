@@ -1,9 +1,12 @@
-"""The ``jobgate`` command: ``serve``, ``sandbox``, ``demo`` and ``keys``."""
+"""The ``jobgate`` command. To run the gateway: ``serve``, ``sandbox``, ``demo`` and ``keys``.
+As its client (``jobgate.cli``): ``submit``, ``adopt``, ``watch``, ``jobs``, ``get``, ``result``,
+``cancel``, ``rerun``, ``continue`` and ``delete``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -127,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox.set_defaults(func=_sandbox)
 
     demo = sub.add_parser("demo", help="submit one job per provider and watch them finish")
-    demo.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    demo.add_argument(
+        "--url",
+        default=os.environ.get("JOBGATE_URL") or "http://127.0.0.1:8080",
+        help="the gateway (default: $JOBGATE_URL, else http://127.0.0.1:8080)",
+    )
     demo.add_argument("--timeout", type=float, default=180.0, help="give up after this long")
     demo.set_defaults(func=_demo)
 
@@ -135,12 +142,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_parser(sub)
 
+    from jobgate.cli import add_client_commands
+
+    add_client_commands(sub)
+
     args = parser.parse_args(argv)
     if getattr(args, "faults", 0.0) and not 0.0 <= args.faults <= 1.0:
         parser.error("--faults must be between 0 and 1")
     if getattr(args, "speed", 1.0) <= 0:
         parser.error("--speed must be positive")
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing of ours failed, so no traceback. Standard output
+        # is pointed at /dev/null so that the interpreter's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return code
 
 

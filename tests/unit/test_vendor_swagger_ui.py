@@ -15,7 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "vendor_swagger_ui.py"
 
 def load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("vendor_swagger_ui", SCRIPT)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
