@@ -1,5 +1,3 @@
-"""HTTP: routes, request/response models, problem+json errors, OpenAPI."""
-
-from gateway.web.app import create_app
-
-__all__ = ["create_app"]
+"""HTTP: routes, request/response models, problem+json errors, OpenAPI. The app is
+``gateway.web.app.create_app``; nothing is imported here, so the client (``jobgate.client``),
+which needs only :mod:`gateway.web.models`, does not load the server."""

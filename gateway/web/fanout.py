@@ -107,15 +107,21 @@ class Channel:
     # -- a stream's life --------------------------------------------------------------------------
 
     async def open(
-        self, request: web.Request, after: int, state: JobState | None
+        self, request: web.Request, after: int, state: JobState | None, *, announce: bool = False
     ) -> tuple[web.StreamResponse, Member | None]:
         """Start the stream from ``after`` (``state``: the job's, as the handler last read it)
         and catch it up to the head. The member, once it has joined: its handler then awaits
         ``member.done`` and nothing else, so a stream at the head holds no coroutine of its own.
-        ``None`` if the stream has already ended."""
+        ``None`` if the stream has already ended.
+
+        ``announce``: first send ``after`` as a message with an id and no data. A client that
+        started "from now" then knows where now was: EventSource (and jobgate.client) resume
+        from it if the connection drops before the first event, instead of from a later now."""
         response = web.StreamResponse(status=200, headers=HEADERS)
         await response.prepare(request)
         try:
+            if announce:
+                await response.write(b"id: %d\n\n" % after)
             return response, await self._catch_up(request, response, after, state)
         except ConnectionResetError:
             return response, None  # the client hung up

@@ -161,9 +161,13 @@ def event_schema(
 ) -> dict[str, Any]:
     """One Server-Sent Event as OpenAPI 3.2 reads it (``event``, ``data``, ``id``), with the JSON
     schema of ``data`` chosen by ``event``."""
+    required: dict[str, Any] = {"required": ["event", "data"]}
+    if stream.opens_with_id:
+        alone = {"required": ["id"], "properties": {"event": False, "data": False}}
+        required = {"anyOf": [required, alone]}
     return {
         "type": "object",
-        "required": ["event", "data"],
+        **required,
         "properties": {
             "event": {"enum": [name for name, _ in stream.events]},
             "data": {"type": "string", **JSON_DATA},

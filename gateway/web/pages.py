@@ -95,7 +95,9 @@ ASSETS = Assets()
 
 async def root_redirect(request: web.Request) -> web.StreamResponse:
     """``/`` (with its query, so a shared filtered view survives) to ``/ui/``."""
-    target = "/ui/" + (f"?{request.query_string}" if request.query_string else "")
+    # The raw query: the decoded one would turn %23 into a '#' that starts a fragment.
+    query = request.rel_url.raw_query_string
+    target = "/ui/" + (f"?{query}" if query else "")
     raise web.HTTPFound(target)
 
 

@@ -50,6 +50,8 @@ class EventStream:
 
     description: str
     events: tuple[tuple[str, type[BaseModel]], ...]
+    opens_with_id: bool = False
+    """May open with a message of an id alone (``/v1/events`` from now: where now was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +365,13 @@ ROUTES: tuple[Route, ...] = (
         sse.all_events,
         "Server-Sent Events for all the tenant's jobs, from now (or after Last-Event-ID)",
         responses={
-            200: EventStream("Every job's events (id, event, data), from now", JOB_EVENTS),
+            200: EventStream(
+                "Every job's events (id, event, data), from now. Started from now (no "
+                "Last-Event-ID), the stream opens with a message of an id alone, no event and no "
+                "data: where now was, to resume from if the connection drops before any event",
+                JOB_EVENTS,
+                opens_with_id=True,
+            ),
             400: BAD_QUERY,
         },
         params=(

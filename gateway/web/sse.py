@@ -123,9 +123,10 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     channel = sse.channel(svc, topic, components.settings.server.sse_heartbeat_seconds)
     member: Member | None = None
     try:
+        announce = after is None
         if after is None:
             after = await sse.now(svc, channel)
-        response, member = await channel.open(request, after, None)
+        response, member = await channel.open(request, after, None, announce=announce)
         if member is not None:
             await member.done
         await channel.finish(response, member)

@@ -84,9 +84,10 @@ def _on_our_tag(request: web.Request, sha256: str) -> web.Request:
 
 
 async def serve_file(request: web.Request, answer: StoredFile) -> web.StreamResponse:
+    decided = _on_our_tag(request, answer.sha256)  # If-Match first (RFC 9110 13.2.2), then:
     if _not_modified(request, answer.sha256):
         return _unchanged(answer.sha256)
-    response = _StoredFileResponse(answer, _on_our_tag(request, answer.sha256))
+    response = _StoredFileResponse(answer, decided)
     response.headers[hdrs.ETAG] = _etag(answer.sha256)
     return response
 

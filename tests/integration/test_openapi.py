@@ -611,6 +611,16 @@ async def test_sse_events_validate_against_the_documented_schemas(
     assert "end" not in item["properties"]["event"]["enum"]
     for event in tenant_stream:
         assert check_event(event, item, spec) == [], event
+    # From now, it opens with an id alone (where now was): documented, and nothing else alone.
+    async with stack.client.get(f"{stack.url}/v1/events") as response:
+        async with asyncio.timeout(30):
+            raw = await response.content.readuntil(b"\n\n")
+    assert raw == f"id: {logged[-1]['id']}\n\n".encode()
+    opening = {"id": logged[-1]["id"]}
+    without_events = {k: v for k, v in item.items() if k != "allOf"}
+    assert validate(opening, without_events, spec) == []
+    assert validate({"data": "{}"}, without_events, spec) != []
+    assert validate({"id": "1", "data": "{}"}, without_events, spec) != []
 
     # A stream whose data no longer matches its schema is caught.
     broken = {**logged[0], "data": json.dumps({**json.loads(logged[0]["data"]), "extra": 1})}

@@ -1,7 +1,8 @@
-"""The README's shell examples, run end to end as pasted and in order, so the README cannot drift.
+"""The README's shell and Python examples, run end to end as pasted and in order, so the README
+cannot drift.
 
-Every ```sh block of README.md runs, in README order, unless the HTML comment right above it says
-otherwise:
+Every ```sh and ```python block of README.md runs, in README order, unless the HTML comment right
+above it says otherwise:
 
 - ``<!-- readme-test: skip: <why> -->``: not run here (docker compose, kubectl, PostgreSQL, a
   command that serves until stopped), and the reason says why;
@@ -26,9 +27,12 @@ configuration (config/sandbox.toml: SQLite in ``var/jobgate.db``, the four sandb
   ``log.access = "all"``), so the test can read every answer's status.
 
 The blocks of each gateway run as one bash script (``set -euo pipefail``) in its directory, with
-``JOBGATE_API_KEY=x`` and the virtualenv's ``bin`` first on ``PATH``. In the script, ``curl`` is
-a function that adds ``--fail-with-body`` (a 4xx or 5xx answer stops the run, its body in the
-output) and ``--max-time``, except for calls that print their own status with
+``JOBGATE_API_KEY=x``, ``JOBGATE_URL`` naming the test's gateway (where the CLI and the Python
+client look for it; their default is make run's ``http://127.0.0.1:8080``) and the virtualenv's
+``bin`` first on ``PATH``. A Python block runs there as ``python - <<'README_PY'``, so its
+``print``s land in the same output and a raised exception stops the script. In the script,
+``curl`` is a function that adds ``--fail-with-body`` (a 4xx or 5xx answer stops the run, its body
+in the output) and ``--max-time``, except for calls that print their own status with
 ``-w '%{http_code}...'``: those must carry a ``# -> NNN`` comment, checked against what they print.
 Lines that only make sense outside a test are replaced, each by an equivalent (``SUBSTITUTIONS``);
 a substitution whose line is gone from the README fails the test, so it cannot go stale. A block
@@ -77,6 +81,8 @@ SCRIPT_TIMEOUT = 300.0
 CURL_MAX_TIME = 90
 """Seconds for any one curl call (the longest wait in the README is ``?wait=60``); a call that
 sets ``--max-time`` itself keeps its own, which comes later on the command line."""
+PORT_ATTEMPTS = 3
+"""Starts on fresh ports after a start that found a port taken."""
 READY_ATTEMPTS = 600
 """Polls of ``/readyz``, 0.1 s apart, before the gateway is declared stuck."""
 
@@ -119,6 +125,11 @@ curl() {{
 """
 
 
+RUN_LANGS = ("sh", "python")
+"""The fences whose blocks run; others (``text``, ``toml``, ``mermaid``) are output or data."""
+PYTHON_END = "README_PY"
+
+
 @dataclass(frozen=True)
 class Block:
     line: int
@@ -127,10 +138,11 @@ class Block:
     mode: str
     """``run``, ``keys-on`` or ``skip``."""
     why: str = ""
+    lang: str = "sh"
 
 
 def readme_blocks(text: str) -> list[Block]:
-    """Every ```sh block, in order, with what the comment right above it asks."""
+    """Every ```sh and ```python block, in order, with what the comment right above it asks."""
     blocks: list[Block] = []
     lines = text.splitlines()
     index = 0
@@ -142,7 +154,7 @@ def readme_blocks(text: str) -> list[Block]:
         end = next(
             (i for i in range(index + 1, len(lines)) if lines[i].startswith("```")), len(lines)
         )
-        if fence["lang"] == "sh":
+        if fence["lang"] in RUN_LANGS:
             above = index - 1
             while above >= 0 and not lines[above].strip():
                 above -= 1
@@ -156,13 +168,16 @@ def readme_blocks(text: str) -> list[Block]:
                         "'readme-test: skip: <why>' nor 'readme-test: keys-on: <why>'"
                     )
                 mode, why = directive["kind"], directive["why"]
-            blocks.append(Block(index + 1, "\n".join(lines[index + 1 : end]), mode, why))
+            text_of = "\n".join(lines[index + 1 : end])
+            blocks.append(Block(index + 1, text_of, mode, why, fence["lang"]))
         index = end + 1
     return blocks
 
 
 def defines_helpers(block: Block) -> bool:
     """Whether ``block`` only defines shell functions."""
+    if block.lang != "sh":
+        return False
     lines = [line for line in block.text.splitlines() if line.strip() and not line.startswith("#")]
     return bool(lines) and all(HELPER.match(line) for line in lines)
 
@@ -233,7 +248,7 @@ def build_script(blocks: list[Block], mode: str, gateway: int, sandbox: int) -> 
     used: set[str] = set()
     checks: list[Check] = []
     echoed: list[str] = []
-    parts = ["set -euo pipefail", TRAP, CURL]
+    parts = ["set -euo pipefail", TRAP, CURL, f"export JOBGATE_URL=http://127.0.0.1:{gateway}"]
     for block in blocks:
         # A block of helper functions (get_id) runs in every script, as it stays defined in a
         # reader's shell: the keys-on examples use it too.
@@ -248,7 +263,11 @@ def build_script(blocks: list[Block], mode: str, gateway: int, sandbox: int) -> 
         )
         echoed += [m["word"] for line in text.splitlines() if (m := ECHOED.search(line))]
         parts.append(f"{BLOCK_HEADER} {block.line}")
-        parts.append(with_status_checks(block, text, checks))
+        if block.lang == "python":
+            assert PYTHON_END not in text, f"README.md block at line {block.line}: {PYTHON_END}"
+            parts.append(f"python - <<'{PYTHON_END}'\n{text}\n{PYTHON_END}")
+        else:
+            parts.append(with_status_checks(block, text, checks))
     missing = set(substitutions) - used
     assert not missing, f"no README line starts with {sorted(missing)}: update SUBSTITUTIONS"
     return Script("\n".join(parts) + "\n", checks, echoed)
@@ -332,21 +351,30 @@ def running_gateway(directory: Path, **extra: str) -> Iterator[Gateway]:
     """``<venv>/bin/jobgate serve`` in ``directory``, as `make run` starts it, on free ports."""
     directory.mkdir()
     (directory / ".venv").symlink_to(VENV, target_is_directory=True)
-    port = free_port()
-    sandbox_port = next(p for p in iter(free_port, None) if p != port)
     log = directory / "gateway.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(BIN / "jobgate"), "serve"],
-            cwd=directory,
-            env=gateway_environment(port, sandbox_port, **extra),
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    gateway = Gateway(port, sandbox_port, directory, log, process)
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        sandbox_port = next(p for p in iter(free_port, None) if p != port)
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [str(BIN / "jobgate"), "serve"],
+                cwd=directory,
+                env=gateway_environment(port, sandbox_port, **extra),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        gateway = Gateway(port, sandbox_port, directory, log, process)
+        try:
+            wait_ready(gateway)
+        except AssertionError:
+            stop(process)
+            # free_port only found the ports free: another process may have bound one since.
+            if "cannot listen" in gateway.log_tail() and attempt + 1 < PORT_ATTEMPTS:
+                continue
+            raise
+        break
     try:
-        wait_ready(gateway)
         yield gateway
     finally:
         stop(process)
@@ -451,11 +479,13 @@ def test_blocks_are_read_with_the_comment_right_above_them() -> None:
         "<!-- readme-test: skip: needs docker -->\n```sh\ndocker ps\n```\n"
         "<!-- readme-test: keys-on: keys -->\n\n```sh\njobgate keys list\n```\n"
         "```toml\n[a]\n```\n```sh\ncurl -s localhost:8080/healthz\n```\n"
+        "```python\nprint(1)\n```\n"
     )
     assert readme_blocks(text) == [
         Block(2, "docker ps", "skip", "needs docker"),
         Block(7, "jobgate keys list", "keys-on", "keys"),
         Block(13, "curl -s localhost:8080/healthz", "run"),
+        Block(16, "print(1)", "run", lang="python"),
     ]
     with pytest.raises(AssertionError, match="neither"):
         readme_blocks("<!-- readme-test: skip -->\n```sh\nmake run\n```\n")

@@ -35,8 +35,12 @@ class Frame:
     text: str = ""
 
 
-async def frames(response: aiohttp.ClientResponse) -> AsyncIterator[Frame]:
-    """A minimal SSE parser: enough of the spec for what jobgate sends."""
+async def frames(
+    response: aiohttp.ClientResponse, *, announcements: bool = False
+) -> AsyncIterator[Frame]:
+    """A minimal SSE parser: enough of the spec for what jobgate sends. A message with an id and
+    nothing else (where a tenant stream's "now" was) is a ``kind == "id"`` frame, left out unless
+    ``announcements``."""
     fields: dict[str, str] = {}
     data: list[str] = []
     while True:
@@ -48,7 +52,10 @@ async def frames(response: aiohttp.ClientResponse) -> AsyncIterator[Frame]:
             return
         line = raw.decode().rstrip("\r\n")
         if not line:
-            if fields or data:
+            if set(fields) == {"id"} and not data:
+                if announcements:
+                    yield Frame(kind="id", id=int(fields["id"]))
+            elif fields or data:
                 yield Frame(
                     kind=fields.get("event", "message"),
                     id=int(fields["id"]) if "id" in fields else None,
@@ -370,6 +377,33 @@ async def expect_problem(
         problem = await response.json()
     assert problem["code"] == code, problem
     assert name in problem["detail"], problem
+
+
+async def test_a_tenant_stream_opens_with_where_now_was_so_an_early_reconnect_loses_nothing(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(server={"sse_heartbeat_seconds": 0.05})
+    earlier = await stack.submit("pulse", {"fileUrl": "https://example.com/before.pdf"})
+    await stack.until_finished(earlier["id"])
+    head = await store_of(stack).last_event_id()
+
+    # "From now": the first message is an id with no data, which EventSource keeps as its last
+    # event id without dispatching anything.
+    async with stack.client.get(f"{stack.url}/v1/events") as first:
+        async with asyncio.timeout(30):
+            opening = await anext(frames(first, announcements=True))
+        assert (opening.kind, opening.id) == ("id", head)
+    # The connection dropped before any event; jobs moved meanwhile. Resuming from the announced
+    # id gets every one of their events, where a new "from now" would have lost them.
+    job = await stack.submit("extract", {"url": "https://example.com/meanwhile"})
+    await stack.until_finished(job["id"])
+    expected = [e.id for e in await event_log(stack) if e.id > head]
+    assert expected
+    headers = {"Last-Event-ID": str(opening.id)}
+    async with stack.client.get(f"{stack.url}/v1/events", headers=headers) as resumed:
+        async with asyncio.timeout(30):
+            got = await take(resumed, len(expected))
+    assert [frame.id for frame in got] == expected
 
 
 async def test_bad_requests_are_problems_before_any_stream(make_stack: StackFactory) -> None:

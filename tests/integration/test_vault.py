@@ -170,6 +170,10 @@ async def test_if_range_and_if_match_are_decided_on_the_copys_own_etag(
             assert response.status == 206, tags
     async with stack.client.get(url, headers={"If-Match": '"nope"'}) as response:
         assert response.status == 412
+    # If-Match is decided before If-None-Match (RFC 9110 13.2.2): a 412, not a 304.
+    both = {"If-Match": '"nope"', "If-None-Match": f'"{sha}"'}
+    async with stack.client.get(url, headers=both) as response:
+        assert response.status == 412
         problem = await response.json(content_type=None)
         assert problem["code"] == "precondition_failed"
 

@@ -31,6 +31,9 @@ async def test_root_redirects_to_the_page_keeping_the_query(
     assert reply.headers["Location"] == "/ui/"
     reply = await client.get("/?provider=pulse&label=team:ui", allow_redirects=False)
     assert reply.headers["Location"] == "/ui/?provider=pulse&label=team:ui"
+    # Escapes stay escaped: a decoded %23 would start a fragment and cut the query short.
+    reply = await client.get("/?label=team:a%23b&x=%26", allow_redirects=False)
+    assert reply.headers["Location"] == "/ui/?label=team:a%23b&x=%26"
 
 
 async def test_the_page_and_its_files_have_their_types_and_headers(

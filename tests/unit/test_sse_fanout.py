@@ -124,14 +124,14 @@ class Frame:
 
 
 def parse(raw: bytes) -> Frame | None:
-    """One SSE message (``None`` for a comment)."""
+    """One SSE event (``None`` for a comment or an id alone)."""
     fields: dict[str, str] = {}
     for line in raw.decode().split("\n"):
         if line and not line.startswith(":"):
             name, _, value = line.partition(": ")
             fields[name] = value
-    if not fields:
-        return None
+    if "event" not in fields and "data" not in fields:
+        return None  # a comment, or the id a tenant stream opens with (where "now" was)
     raw_id = fields.get("id")
     return Frame(fields["event"], int(raw_id) if raw_id else None, orjson.loads(fields["data"]))
 
