@@ -7,8 +7,10 @@ skips.
 
     async with chromium() as browser:
         page = await browser.new_page()
+        errors = PageErrors(page)  # before goto: script, console and CSP errors
         ...
         print(await screenshot(page, "jobs-page"))
+        errors.check()
 
 Screenshots go under ``test-artifacts/`` at the repository root (``JOBGATE_TEST_ARTIFACTS``
 moves it), where CI can keep them.
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page
+    from playwright.async_api import Browser, ConsoleMessage, Page
 
 CHROMIUM = Path(os.environ.get("JOBGATE_TEST_CHROMIUM", "/usr/bin/chromium"))
 REPO = Path(__file__).resolve().parents[2]
@@ -89,3 +91,24 @@ async def no_horizontal_scroll(page: Page) -> tuple[int, int]:
     """``(scrollWidth, innerWidth)`` of the document: the first must not exceed the second."""
     widths = await page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     return int(widths[0]), int(widths[1])
+
+
+class PageErrors:
+    """Script errors, console errors and CSP refusals a page logs: ``check()`` fails on any.
+
+    Make it right after the page, before ``goto``, so nothing logged early is missed. The browser
+    logs every 4xx or 5xx answer as "Failed to load resource"; the pages report those themselves,
+    so those lines are left out."""
+
+    def __init__(self, page: Page) -> None:
+        self.errors: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
+        page.on("console", self._console)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        text = message.text
+        if message.type == "error" and not text.startswith("Failed to load resource"):
+            self.errors.append(f"console: {text}")
+
+    def check(self) -> None:
+        assert self.errors == [], self.errors

@@ -4,7 +4,10 @@ A job submitted through the API appears at the top of the table and goes to ``su
 without a reload; its view shows its events, downloads its result (the same bytes as
 ``GET /result``), pages a paged result, shows an action's problem in the alert region, cancels a
 running pulse job, fits a 360 px screen; with keys required the page asks for one and streams with
-a stream token, never with the key in a URL. Screenshots go to ``test-artifacts/``.
+a stream token, never with the key in a URL. A stream refused for good (400, 403, 404) stops and
+says so, with no token renewed behind it; a token asked for with a key replaced since is never
+used; a stream the page reopens resumes from the last id it was told. Screenshots go to
+``test-artifacts/``.
 
 Every wait is on the page's DOM with a bounded timeout; nothing sleeps.
 """
@@ -21,7 +24,7 @@ import pytest
 from gateway.auth import Scope
 from gateway.web.sse import SSE_KEY
 from gateway.web.state import COMPONENTS_KEY
-from tests.integration.browser import chromium, no_horizontal_scroll, screenshot
+from tests.integration.browser import PageErrors, chromium, no_horizontal_scroll, screenshot
 from tests.integration.conftest import Stack, StackFactory
 
 if TYPE_CHECKING:
@@ -61,24 +64,6 @@ def expect_() -> Any:
     from playwright.async_api import expect
 
     return expect
-
-
-class PageErrors:
-    """Script errors and CSP refusals the page logs: a test fails on any."""
-
-    def __init__(self, page: Any) -> None:
-        self.errors: list[str] = []
-        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
-        page.on("console", self._console)
-
-    def _console(self, message: Any) -> None:
-        text = message.text
-        # The browser logs every 4xx answer; the page shows those itself.
-        if message.type == "error" and not text.startswith("Failed to load resource"):
-            self.errors.append(f"console: {text}")
-
-    def check(self) -> None:
-        assert self.errors == [], self.errors
 
 
 async def result_bytes(stack: Stack, job_id: str, key: str | None = None) -> bytes:
@@ -247,14 +232,20 @@ async def test_jobs_page_live_job_view_download_and_narrow_screen(
 
 
 async def test_cancel_a_running_pulse_job_from_the_page(make_stack: StackFactory) -> None:
-    # Slow enough to click: a ?sandbox=slow pulse job lasts 200 sandbox seconds, 10 s here.
-    stack = await make_stack(speed=20)
+    # A ?sandbox=slow pulse job lasts 200 sandbox seconds: 50 s here, and it is submitted only
+    # once the page is live, so however long chromium takes to start it is still going when the
+    # page cancels it (which ends the test: the 50 s are never waited out).
+    stack = await make_stack(speed=4)
     expect = expect_()
-    job = await stack.submit("pulse", {"fileUrl": "https://example.com/report.pdf?sandbox=slow"})
     async with chromium() as browser:
         page = await browser.new_page(viewport=WIDE)
         errors = PageErrors(page)
-        await page.goto(f"{stack.url}/ui/#/jobs/{job['id']}")
+        await page.goto(f"{stack.url}/ui/")
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT)
+        job = await stack.submit(
+            "pulse", {"fileUrl": "https://example.com/report.pdf?sandbox=slow"}
+        )
+        await page.evaluate("id => { location.hash = '#/jobs/' + id }", job["id"])
         await expect(page.locator("#job-heading")).to_be_focused(timeout=WAIT)
         cancel = page.locator("#act-cancel")
         await expect(cancel).to_be_visible(timeout=WAIT)
@@ -368,4 +359,175 @@ async def test_streams_renew_their_token_and_resume_after_a_drop(
         token = re.compile(r"access_token=([^&]+)")
         assert token.findall(resumed[-1]) != token.findall(first), (first, resumed)
         assert token.findall(first), first
+        errors.check()
+
+
+# -- streams that are refused, keys that change, ids the page is only told -----------------------
+
+# A fetch round trip: once it is back, what the page had queued before it has run.
+SETTLE = "() => fetch('/ui/', {cache: 'no-store'}).then(() => true)"
+# The page's stream tokens, from the module the page itself loaded (one instance per URL).
+TOKENS = """() => import('/ui/api.js').then(({tokens}) => ({
+  token: tokens.token, timer: tokens.timer !== null, holders: tokens.holders.size,
+}))"""
+FOLLOW = """async (path) => {
+  const {LiveStream} = await import('/ui/api.js');
+  window.__statuses = [];
+  const stream = new LiveStream(path, {
+    onStatus: (status, error) =>
+      window.__statuses.push(error ? `${status} ${error.status}` : status),
+  });
+  stream.open();
+}"""
+
+
+async def test_a_refused_stream_stops_and_says_so(make_stack: StackFactory) -> None:
+    """A stream (or its token) refused for good, 400, 403 or 404, is not retried, and with no
+    stream open no token is renewed: minutes later on the page's clock it has asked for nothing
+    more."""
+    stack = await make_stack(auth={"required": True, "stream_token_seconds": 3})
+    access = stack.app[COMPONENTS_KEY].require_access()
+    _, key = await access.create("growth", (Scope.READ, Scope.WRITE))
+    _, write_only = await access.create("growth", (Scope.WRITE,))
+    expect = expect_()
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=WIDE)
+        errors = PageErrors(page)
+        asked: list[str] = []
+        page.on(
+            "request",
+            lambda r: asked.append(r.url) if re.search("/events|/stream-tokens", r.url) else None,
+        )
+
+        async def nothing_more_asked() -> None:
+            before = len(asked)
+            await page.clock.run_for(300_000)  # every retry and renewal timer is due by then
+            await page.evaluate(SETTLE)
+            assert asked[before:] == [], asked[before:]
+
+        await page.clock.install()
+        # /v1/events refuses the filter (400): the stream stops, the page says why.
+        await page.goto(f"{stack.url}/ui/?provider=nope")
+        await page.locator("#api-key").fill(key)
+        await page.locator("#api-key").press("Enter")
+        conn = page.locator("#conn")
+        await expect(conn).to_have_attribute("data-state", "invalid", timeout=WAIT)
+        await expect(conn).to_have_text("Refused")
+        await expect(page.locator("#alert")).to_contain_text("invalid_query")
+        await nothing_more_asked()
+        assert await page.evaluate(TOKENS) == {
+            "token": None,  # the stream's was dropped when it was refused
+            "timer": False,
+            "holders": 0,
+        }
+        print(await screenshot(page, "ui-stream-refused"))
+
+        # A job's stream that is not there (404): the same.
+        await page.evaluate(FOLLOW, "/v1/jobs/job_nope/events")
+        await page.wait_for_function(
+            "() => window.__statuses.includes('not_found 404')", timeout=WAIT
+        )
+        await nothing_more_asked()
+        assert (await page.evaluate(TOKENS))["holders"] == 0
+
+        # A key without jobs:read: its token is refused (403), the page says it is not allowed.
+        await page.locator("#api-key").fill(write_only)
+        await page.locator("#api-key").press("Enter")
+        await expect(conn).to_have_attribute("data-state", "forbidden", timeout=WAIT)
+        await expect(conn).to_have_text("Not allowed")
+        await expect(page.locator("#auth-message")).to_contain_text("refused this key")
+        await nothing_more_asked()
+        errors.check()
+
+
+async def test_a_new_key_drops_a_token_asked_for_with_the_old_one(
+    make_stack: StackFactory,
+) -> None:
+    """A stream token still being fetched with the old key when a new one is entered is never
+    used: the streams go on with the new key's tenant."""
+    stack = await make_stack(auth={"required": True})
+    access = stack.app[COMPONENTS_KEY].require_access()
+    _, first = await access.create("alpha", (Scope.READ, Scope.WRITE))
+    _, second = await access.create("beta", (Scope.READ, Scope.WRITE))
+    expect = expect_()
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=WIDE)
+        errors = PageErrors(page)
+        held, release = asyncio.Event(), asyncio.Event()
+        stale: list[Any] = []
+
+        async def hold_the_first(route: Any) -> None:
+            if not stale:
+                stale.append(route.request)
+                held.set()
+                await release.wait()
+            await route.continue_()
+
+        await page.route(re.compile(r"/v1/stream-tokens$"), hold_the_first)
+        try:
+            await page.goto(f"{stack.url}/ui/")
+            await page.locator("#api-key").fill(first)
+            await page.locator("#api-key").press("Enter")
+            await asyncio.wait_for(held.wait(), WAIT / 1000)  # the first key's token, on its way
+            await page.locator("#api-key").fill(second)
+            await page.locator("#api-key").press("Enter")
+            conn = page.locator("#conn")
+            await expect(conn).to_have_attribute("data-state", "live", timeout=WAIT)
+            current = await page.evaluate(TOKENS)
+            async with page.expect_event(
+                "requestfinished", lambda request: request is stale[0], timeout=WAIT
+            ):
+                release.set()
+        finally:
+            release.set()
+        await page.evaluate(SETTLE)
+        after = await page.evaluate(TOKENS)
+        assert after == current, (current, after)
+        assert (await access.from_stream_token(after["token"])).tenant == "beta"
+        job_id = await submit_as(stack, second, "extract", EXTRACT)
+        row = page.locator(f'tr[data-job-id="{job_id}"]')
+        await expect(row).to_have_attribute("data-state", "succeeded", timeout=WAIT)
+        await expect(conn).to_have_attribute("data-state", "live")
+        errors.check()
+
+
+async def test_a_reopened_stream_resumes_from_an_id_it_was_only_told(
+    make_stack: StackFactory,
+) -> None:
+    """A stream that opens with a message carrying only an id (no event of a job yet), then is
+    given up by the browser, is reopened by the page from that id (?last_event_id=)."""
+    stack = await make_stack()
+    await stack.submit("extract", EXTRACT)
+    head = await stack.app[COMPONENTS_KEY].require_service().store.last_event_id()
+    assert head
+    expect = expect_()
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=WIDE)
+        errors = PageErrors(page)
+        streams: list[str] = []
+
+        async def first_told_then_refused(route: Any) -> None:
+            if route.request.resource_type != "eventsource":
+                await route.continue_()  # the page asking why the browser gave up
+                return
+            streams.append(route.request.url)
+            if len(streams) == 1:  # opens, says where it starts, and ends
+                body = f"retry: 50\nid: {head}\ndata:\n\n"
+                await route.fulfill(status=200, content_type="text/event-stream", body=body)
+            elif len(streams) == 2:  # the browser comes back and is refused: it gives up
+                await route.fulfill(status=503, content_type="text/plain", body="try later")
+            else:
+                await route.continue_()
+
+        await page.route(re.compile(r"/v1/events(\?|$)"), first_told_then_refused)
+        async with page.expect_request(
+            lambda r: r.resource_type == "eventsource" and "last_event_id=" in r.url, timeout=WAIT
+        ) as reopened:
+            await page.goto(f"{stack.url}/ui/")
+        assert f"last_event_id={head}" in (await reopened.value).url, streams
+        conn = page.locator("#conn")
+        await expect(conn).to_have_attribute("data-state", "live", timeout=WAIT)
+        job = await stack.submit("extract", EXTRACT)
+        row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+        await expect(row).to_have_attribute("data-state", "succeeded", timeout=WAIT)
         errors.check()

@@ -68,6 +68,9 @@ const CONNECTION = {
   live: "Live",
   reconnecting: "Reconnecting…",
   unauthorized: "Needs an API key",
+  forbidden: "Not allowed",
+  not_found: "Not found",
+  invalid: "Refused",
   offline: "Offline",
 };
 
@@ -80,7 +83,8 @@ function setConnection(state) {
 
 // -- the key -------------------------------------------------------------------------------------
 
-function askForKey(error) {
+/** Show the key form: no key, a key refused (401), or one without the scope (403: "forbidden"). */
+function askForKey(error, state = "unauthorized") {
   const panel = $("auth");
   const wasHidden = panel.hidden;
   panel.hidden = false;
@@ -93,7 +97,7 @@ function askForKey(error) {
     error ? h("span", { class: "hint block", text: `${error.code}: ${error.detail}` }) : null,
   );
   $("forget-key").hidden = !auth.key;
-  setConnection("unauthorized");
+  setConnection(state);
   if (wasHidden || document.activeElement === document.body) $("api-key").focus();
 }
 
@@ -105,7 +109,7 @@ function showKeyState() {
     panel.hidden = false;
     $("auth-message").textContent = `Using the key ${auth.key.slice(0, 11)}… (this tab only).`;
     $("forget-key").hidden = false;
-  } else if (!panel.hidden && $("conn").dataset.state !== "unauthorized") {
+  } else if (!panel.hidden && !["unauthorized", "forbidden"].includes($("conn").dataset.state)) {
     panel.hidden = true;
   }
 }
@@ -319,8 +323,14 @@ function restartTable() {
     params: { provider: page.filters.provider },
     events: { created: onTableEvent, state: onTableEvent, progress: onTableEvent },
     onStatus: (status, error) => {
-      if (status === "unauthorized") askForKey(error);
-      else setConnection(status);
+      if (page.stream !== stream) return;
+      if (status === "unauthorized" || status === "forbidden") {
+        askForKey(error, status);
+        return;
+      }
+      setConnection(status);
+      // Refused for good (a filter the gateway rejects, no such route): the list still comes.
+      if (error) showAlert(error, "Live updates");
     },
     onOpen: (before) => {
       if (before === 0 || !stream.lastEventId) loadPage();
@@ -468,8 +478,17 @@ function followJob(view, lastEventId = null) {
     onStatus: (status, error) => {
       if (page.view !== view) return;
       if (status === "unauthorized") askForKey(error);
-      const words = { connecting: "Connecting…", live: "Following live.", reconnecting: "Reconnecting…" };
-      if (words[status]) $("timeline-status").textContent = words[status];
+      const words = {
+        connecting: "Connecting…",
+        live: "Following live.",
+        reconnecting: "Reconnecting…",
+        unauthorized: "Not following: needs an API key.",
+        forbidden: "Not following: this key is not allowed to read this job.",
+        not_found: "Not following: there is no such job (any more).",
+      };
+      let text = words[status] ?? `Not following: ${status}.`;
+      if (error && status !== "unauthorized") text += ` (${error.code}: ${error.detail})`;
+      $("timeline-status").textContent = text;
     },
   });
   view.stream.open();
@@ -712,6 +731,9 @@ async function start() {
   }
   restartTable();
   route();
+  // A job view whose stream was refused (no key, a key without the scope) tries again.
+  const view = page.view;
+  if (view?.stream?.stopped) followJob(view, view.stream.lastEventId);
 }
 
 function wire() {
