@@ -47,7 +47,7 @@ from jobgate.cli.parsing import (
     read_request,
 )
 from jobgate.cli.watch import Display, NoDisplay, PlainDisplay, RichDisplay, Watched, watch
-from jobgate.client import Client, GatewayUnreachable, JobgateError, ProblemError
+from jobgate.client import Client, GatewayUnreachable, JobgateError, ProblemError, ResultOut
 
 
 class LocalError(Exception):
@@ -106,6 +106,15 @@ class Ctx:
 
 Run = Callable[[Ctx], int]
 
+INTERNAL_ERROR_CHARS = 300
+
+
+def one_line(text: str, limit: int = INTERNAL_ERROR_CHARS) -> str:
+    """``text`` on one line and at most ``limit`` characters: an exception's text can hold a
+    whole answer body (pydantic's does), and stderr's contract is one line per error."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
 
 def runs(command: Run) -> Callable[[argparse.Namespace], int]:
     """Wrap a command: a client for it, and one line on stderr for whatever goes wrong."""
@@ -148,7 +157,8 @@ def runs(command: Run) -> Callable[[argparse.Namespace], int]:
             if os.environ.get("JOBGATE_DEBUG"):
                 raise
             return fail(
-                f"internal error: {type(exc).__name__}: {exc} (JOBGATE_DEBUG=1 shows where)",
+                f"internal error: {one_line(f'{type(exc).__name__}: {exc}')} "
+                "(JOBGATE_DEBUG=1 shows where)",
                 EXIT_UNSUCCESSFUL,
             )
 
@@ -308,17 +318,24 @@ def result(ctx: Ctx) -> int:
         if args.page is not None or args.page_size is not None:
             raise UsageError("--page and --page-size print one page; they do not go with -o")
         return _download(ctx, Path(args.output))
-    answer = ctx.client.result(
+    with ctx.client.open_result(
         args.job_id, wait=args.wait, page=args.page, page_size=args.page_size
-    )
-    if isinstance(answer, bytes):
-        # A large result streamed through: its bytes as they are.
+    ) as answer:
+        if isinstance(answer, ResultOut):
+            ctx.emit(answer.model_dump(mode="json", exclude_unset=True))
+            return EXIT_OK
+        # The provider's own document, streamed through as it is, never held whole. With
+        # --json it goes out only if it is JSON: stdout then still holds one JSON document.
+        if ctx.json and not answer.is_json:
+            raise UsageError(
+                f"{args.job_id}'s result is {answer.content_type or 'not JSON'}, not JSON: "
+                f"save it with -o FILE"
+            )
         ctx.stdout.flush()
-        sys.stdout.buffer.write(answer)
-        sys.stdout.buffer.flush()
-        return EXIT_OK
-    document = answer.model_dump(mode="json", exclude_unset=True)
-    ctx.emit(document)
+        out = sys.stdout.buffer
+        for chunk in answer.chunks:
+            out.write(chunk)
+        out.flush()
     return EXIT_OK
 
 

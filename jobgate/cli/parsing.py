@@ -41,9 +41,12 @@ EXIT_INTERRUPTED: Final = 130
 EXIT_CODES: Final = f"""\
 exit codes:
   {EXIT_OK}    done (watch, --wait: the job succeeded)
-  {EXIT_UNSUCCESSFUL}    the job ended failed, canceled or expired (watch, --wait), or a local file
-       could not be read or written
-  {EXIT_USAGE}    usage: a bad argument (a malformed --request, a missing @file, a bad --label)
+  {EXIT_UNSUCCESSFUL}    the job ended failed, canceled or expired (watch, --wait), or was deleted
+       while watched; or a local failure: a file could not be read or written, a download
+       did not verify (size or SHA-256), stdout was closed (`| head`), an answer could not
+       be read (not a jobgate at --url?), or an internal error
+  {EXIT_USAGE}    usage: a bad argument (a malformed --request, a missing @file, a bad --label,
+       `result --json` for a result that is not JSON)
   {EXIT_PROBLEM}    the gateway refused: it printed "jobgate: <code>: <detail>" (e.g. job_not_found)
   {EXIT_UNREACHABLE}    the gateway cannot be reached at --url
   {EXIT_TIMEOUT}    --timeout passed before the job finished (it keeps running; watch it again)
@@ -256,7 +259,9 @@ def add_parsers(
     result = add(
         "result",
         "print or download a job's result",
-        "Print a job's result as JSON, or download it to a file (-o), resuming a partial file.",
+        "Print a job's result: jobgate's JSON (inline, or a page of records), or the provider's "
+        "own document, streamed to stdout as it is (with --json only if it is JSON: use -o for "
+        "others). Or download it to a file (-o), resuming a partial file and verifying it.",
     )
     result.add_argument("job_id", metavar="JOB_ID")
     result.add_argument(

@@ -33,7 +33,7 @@ from gateway.web.models import (
     RecordsEventData,
 )
 from jobgate.cli import render
-from jobgate.client import Client, Event, ProblemError
+from jobgate.client import Client, Event, JobgateError, NotFound, ProblemError
 
 Outcome = Literal["finished", "deleted", "timeout"]
 _STREAM_ENDED: Final = object()
@@ -273,9 +273,18 @@ def _wait(client: Client, job_id: str, timeout: float | None) -> JobOut:
 def _stop(
     client: Client, job_id: str, display: Display, watched: Watched, *, refresh: bool = True
 ) -> Watched:
-    """End watching early: the job as it is now (for ``--json``), then the display's last word."""
+    """End watching early: the job as it is now (for ``--json``), then the display's last word.
+
+    The refresh is one try (no retries): ``--timeout`` has passed already. A job deleted
+    meanwhile ends the watch as deleted; any other failure keeps the job as last seen, so the
+    exit code is still the timeout's, not the refresh's."""
     if refresh:
-        watched = Watched(watched.outcome, client.get(job_id))
+        try:
+            watched = Watched(watched.outcome, client.get(job_id, retry=False))
+        except NotFound:
+            watched = Watched("deleted", watched.job)
+        except JobgateError:
+            pass
     display.stop()
     display.finish(watched, job_id)
     return watched

@@ -25,6 +25,7 @@ from gateway.web.models import (
     StateEventData,
 )
 from jobgate.client.aio import AsyncClient
+from jobgate.client.core import ResultStream
 from jobgate.client.download import Download
 from jobgate.client.errors import (
     BadRequest,
@@ -40,6 +41,7 @@ from jobgate.client.errors import (
     StreamError,
     Unauthorized,
     Unavailable,
+    UnexpectedAnswer,
     Unprocessable,
     UpstreamError,
     WaitTimeout,
@@ -73,10 +75,12 @@ __all__ = [
     "RateLimited",
     "RecordsEventData",
     "ResultOut",
+    "ResultStream",
     "StateEventData",
     "StreamError",
     "Unauthorized",
     "Unavailable",
+    "UnexpectedAnswer",
     "Unprocessable",
     "UpstreamError",
     "WaitTimeout",

@@ -6,22 +6,24 @@ line for line alike so a difference between them stands out in a diff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 import httpx
 
 from gateway.web.models import JobList, JobOut, ProviderOut, ResultOut
 from jobgate.client import core
-from jobgate.client.core import Call, Config, Exchange, Retry, transport_reason
-from jobgate.client.download import Again, Complete, Download, DownloadPlan, Write
+from jobgate.client.core import Call, Calls, Config, Exchange, ResultStream, transport_reason
+from jobgate.client.download import Complete, Download, DownloadPlan, Write
+from jobgate.client.errors import GatewayUnreachable
 from jobgate.client.events import Event, EventStream
-from jobgate.client.sync import CHUNK, Progress, open_part, partial_size, rehash
+from jobgate.client.files import CHUNK, Progress, part_path, partial_size, prepare
 
 T = TypeVar("T")
 
@@ -92,25 +94,40 @@ class AsyncClient:
     def _request(self, call: Call[Any], *, stream: bool = False) -> httpx.Request:
         return self._http.build_request(**self._config.request_args(call, stream=stream))
 
-    async def _run(self, call: Call[T]) -> T:
-        exchange = Exchange(call, self._config.policy, self.url)
+    async def _run(self, call: Call[T] | Calls[T]) -> T:
+        async with self._exchange(Exchange(call, self._config.policy, self.url)) as answer:
+            assert not isinstance(answer, httpx.Response)  # only stream_large calls stream
+            return answer
+
+    @contextlib.asynccontextmanager
+    async def _exchange(self, exchange: Exchange[T]) -> AsyncIterator[T | httpx.Response]:
+        """The exchange's value, or (a large result) its answer with the body unread."""
         while True:
             reason: str | None = None
-            step: T | Retry
+            retry: core.Retry | None = None
             try:
-                response = await self._http.send(self._request(call))
+                call = exchange.next_call(self._clock())
+                response = await self._http.send(self._request(call), stream=True)
             except httpx.TransportError as exc:
                 reason = transport_reason(exc)
             else:
-                step = exchange.answered(response, self._now())
+                async with contextlib.aclosing(response):
+                    if exchange.streams(response.status_code, response.headers):
+                        yield response
+                        return
+                    reason = await _read(response)
+                    if reason is None:
+                        step = exchange.answered(response, self._now(), self._clock())
+                        if not isinstance(step, core.Retry):
+                            yield step
+                            return
+                        retry = step
             # Raised outside the except block: httpx's exception holds the request, and with it
             # the Authorization header, which must not ride along as __context__.
             if reason is not None:
-                step = exchange.failed(reason)
-            if isinstance(step, Retry):
-                await self._sleep(step.delay)
-                continue
-            return step
+                retry = exchange.failed(reason, self._clock())
+            assert retry is not None
+            await self._sleep(retry.delay)
 
     # -- the API --------------------------------------------------------------------------------
 
@@ -155,8 +172,10 @@ class AsyncClient:
             )
         )
 
-    async def get(self, job_id: str, *, wait: float | None = None) -> JobOut:
-        return await self._run(core.get_job(job_id, wait=wait))
+    async def get(self, job_id: str, *, wait: float | None = None, retry: bool = True) -> JobOut:
+        """The job; ``wait``: hold the answer up to that many seconds (at most the gateway's
+        ``max_wait_seconds``) until the job changes. ``retry=False``: one try only."""
+        return await self._run(core.get_job(job_id, wait=wait, retry=retry))
 
     async def list_page(
         self,
@@ -192,7 +211,7 @@ class AsyncClient:
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobOut:  # noqa: ASYNC109
         loop = core.WaitLoop(job_id, timeout, self._clock())
         while True:
-            finished = loop.feed(await self._run(loop.next_call(self._clock())))
+            finished = loop.feed(await self._run(loop))
             if finished is not None:
                 return finished
 
@@ -204,14 +223,53 @@ class AsyncClient:
         page: int | None = None,
         page_size: int | None = None,
     ) -> ResultOut | bytes:
-        return await self._run(core.result(job_id, wait=wait, page=page, page_size=page_size))
+        """The result: :class:`ResultOut` (inline, or a page), or the provider's document as
+        bytes, read whole (:meth:`open_result` streams it). ``wait``: seconds to wait for it to
+        exist, however long (as long polls the gateway accepts)."""
+        waiting = core.result_wait(
+            job_id, wait=wait, now=self._clock(), page=page, page_size=page_size
+        )
+        return await self._run(waiting)
+
+    @contextlib.asynccontextmanager
+    async def open_result(
+        self,
+        job_id: str,
+        *,
+        wait: float | None = None,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[ResultOut | ResultStream[AsyncIterator[bytes]]]:
+        """As :meth:`result`, but a document that is not small JSON comes as a
+        :class:`ResultStream` whose ``chunks`` are read as they arrive (within the ``with``)."""
+        waiting = core.result_wait(
+            job_id, wait=wait, now=self._clock(), page=page, page_size=page_size, stream=True
+        )
+        async with self._exchange(Exchange(waiting, self._config.policy, self.url)) as answer:
+            if isinstance(answer, httpx.Response):
+                yield core.stream_of(answer, self._chunks(answer))
+            elif isinstance(answer, bytes):
+                # A small JSON document that is not jobgate's own (read whole to tell).
+                yield ResultStream("application/json", len(answer), _once(answer))
+            else:
+                yield answer
+
+    async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        reason: str | None = None
+        try:
+            async for chunk in response.aiter_bytes(CHUNK):
+                yield chunk
+        except httpx.TransportError as exc:
+            reason = transport_reason(exc)
+        if reason is not None:
+            raise GatewayUnreachable(self.url, f"the result broke off: {reason}")
 
     async def result_pages(
         self, job_id: str, *, page_size: int = 100, wait: float | None = None
     ) -> AsyncIterator[ResultOut]:
         pages = core.ResultPages(job_id, page_size=page_size, wait=wait)
-        while (call := pages.next_call()) is not None:
-            yield pages.feed(await self._run(call))
+        while (calls := pages.next_call(self._clock())) is not None:
+            yield pages.feed(await self._run(calls))
 
     async def cancel(self, job_id: str) -> JobOut:
         return await self._run(core.cancel(job_id))
@@ -241,72 +299,62 @@ class AsyncClient:
         The bytes go to ``<path>.part`` and are renamed to ``path`` once whole and verified, so
         ``path`` never holds half a result. With ``resume``, an existing ``<path>.part`` is
         continued with a Range request (the rules: :class:`~jobgate.client.download.DownloadPlan`);
-        without, it is discarded. ``wait``: seconds to wait for the result to exist.
+        without, it is discarded. ``wait``: seconds to wait for the result to exist, however
+        long (as long polls the gateway accepts).
         """
-        target = os.fspath(path)
-        part = target + ".part"
+        target, part = part_path(path)
         size, sha256 = DownloadPlan.expectations(await self.get(job_id))
-        partial = await asyncio.to_thread(partial_size, part, resume=resume)
         plan = DownloadPlan(
-            job_id, partial=partial, expected_size=size, expected_sha256=sha256, wait=wait
+            job_id,
+            partial=await asyncio.to_thread(partial_size, part, resume=resume),
+            expected_size=size,
+            expected_sha256=sha256,
+            wait=wait,
+            path=target,
+            policy=self._config.policy,
+            url=self.url,
+            now=self._clock(),
         )
-        exchange = Exchange(plan.next_call(), self._config.policy, self.url)
-        while True:
-            exchange.call = call = plan.next_call()
-            step: Retry | None = None
-            opened: object = None
+        while (call := plan.next_call(self._clock())) is not None:
             reason: str | None = None
+            step: core.Retry | None = None
             try:
                 response = await self._http.send(self._request(call), stream=True)
-                try:
-                    opened = plan.opened(response.status_code, response.headers)
-                    if opened is None:
+                async with contextlib.aclosing(response):
+                    todo = plan.opened(response.status_code, response.headers)
+                    if todo is None:
                         await response.aread()
-                        step = exchange.refused(response, self._now())
-                    elif isinstance(opened, Write | Complete):
-                        await self._write(part, plan, opened, response, progress)
-                finally:
-                    await response.aclose()
+                        step = plan.refused(response, self._now(), self._clock())
+                    elif isinstance(todo, Write | Complete):
+                        # A partial file can be large: hash it off the event loop.
+                        file = await asyncio.to_thread(prepare, part, plan, todo)
+                        if file is not None:
+                            with file:
+                                await self._write(file, plan, response, progress)
+                        plan.ended()
             except httpx.TransportError as exc:
                 reason = transport_reason(exc)
             if reason is not None:
-                plan.interrupted()
-                step = exchange.failed(reason)
+                step = plan.failed(reason, self._clock())
             if step is not None:
                 await self._sleep(step.delay)
-                continue
-            if isinstance(opened, Again):
-                continue
-            done = plan.finish(target)
-            if isinstance(done, Again):
-                continue
-            await asyncio.to_thread(os.replace, part, target)
-            return done
+        await asyncio.to_thread(os.replace, part, target)
+        assert plan.download is not None
+        return plan.download
 
     @staticmethod
     async def _write(
-        part: str,
-        plan: DownloadPlan,
-        opened: Write | Complete,
-        response: httpx.Response,
-        progress: Progress | None,
+        file: BinaryIO, plan: DownloadPlan, response: httpx.Response, progress: Progress | None
     ) -> None:
-        with await asyncio.to_thread(open_part, part) as file:
-            if opened.rehash:
-                # A partial file can be large: hash it off the event loop.
-                await asyncio.to_thread(rehash, file, plan)
-            if isinstance(opened, Complete):
-                return
-            file.seek(opened.offset)
-            file.truncate()
+        if progress is not None:
+            progress(plan.offset, plan.total)
+        # Chunks as they arrive (no re-chunking): bytes held in a buffer would be lost to a cut.
+        # They are written in the loop: a chunk to a local file is quicker than a thread hop.
+        async for chunk in response.aiter_raw():
+            file.write(chunk)
+            plan.feed(chunk)
             if progress is not None:
                 progress(plan.offset, plan.total)
-            # Chunks are written in the loop: 64 KiB to a local file is quicker than a thread hop.
-            async for chunk in response.aiter_raw(CHUNK):
-                file.write(chunk)
-                plan.feed(chunk)
-                if progress is not None:
-                    progress(plan.offset, plan.total)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -339,13 +387,12 @@ class AsyncClient:
         return self._events(stream)
 
     async def _events(self, stream: EventStream) -> AsyncIterator[Event]:
-        while not stream.done:
-            call = stream.next_call()
+        while (call := stream.next_call()) is not None:
             delay: float | None = None
             reason: str | None = None
             try:
                 response = await self._http.send(self._request(call, stream=True), stream=True)
-                try:
+                async with contextlib.aclosing(response):
                     content_type = response.headers.get("content-type", "")
                     if not stream.opened(response.status_code, content_type):
                         await response.aread()
@@ -356,12 +403,22 @@ class AsyncClient:
                                 yield event
                             if stream.done:
                                 return
-                finally:
-                    await response.aclose()
             except httpx.TransportError as exc:
                 reason = transport_reason(exc)
             if delay is None:
                 delay = stream.dropped(reason, self.url)
-                if delay is None:
-                    return
-            await self._sleep(delay)
+            if delay is not None:
+                await self._sleep(delay)
+
+
+async def _read(response: httpx.Response) -> str | None:
+    """Read the answer's body: ``None``, or why the connection broke meanwhile."""
+    try:
+        await response.aread()
+    except httpx.TransportError as exc:
+        return transport_reason(exc)
+    return None
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body

@@ -7,9 +7,22 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
 
 from gateway.web.models import JobOut
-from jobgate.client.core import Call, job_path, nothing, number
+from jobgate.client.core import (
+    Attempts,
+    Call,
+    ResultWait,
+    Retry,
+    RetryPolicy,
+    job_path,
+    nothing,
+    number,
+    problem_from,
+)
 from jobgate.client.errors import DownloadError
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
@@ -71,22 +84,41 @@ class Complete:
 
 
 Opened = Write | Again | Complete | None
-"""``None``: an error answer, for the exchange to retry or raise."""
+"""``None``: an error answer: read its body and hand it to :meth:`DownloadPlan.refused`."""
+
+
+def _strong(etag: str | None) -> str | None:
+    """An ETag fit for If-Range, which compares strongly: a weak one would never match."""
+    if not etag or not etag.startswith('"'):
+        return None
+    return etag
 
 
 class DownloadPlan:
     """A resumable download of ``/v1/jobs/{id}/result`` to a partial file.
 
-    - The partial file's bytes are resumed with ``Range: bytes=<size>-`` (when ``partial`` > 0).
-    - 206 from that offset: append. 200: the server sent everything (a copy that does not do
-      ranges, or a new result): start over. 416 with ``bytes */<size>`` equal to the partial's
-      size: it was whole already. Any other 416 or a 206 from elsewhere: start over.
+    The driver's loop: ``while (call := plan.next_call(clock)) is not None``, send it; hand the
+    answer's status and headers to :meth:`opened` and do what it says (write the body, verify
+    the file, drop the answer, or read an error answer for :meth:`refused`); :meth:`ended`
+    once a body is written; :meth:`failed` when the connection breaks; sleep what
+    :meth:`refused` and :meth:`failed` return. At the end, :attr:`download` is the result.
+
+    - The partial file's bytes are resumed with ``Range: bytes=<size>-`` (when ``partial`` > 0),
+      and ``If-Range`` with the ETag of the answer that started the download (or of the stored
+      copy the job names), so bytes of two different copies are never spliced together.
+    - 206 from that offset (and of that ETag): append. 200: the server sent everything (a copy
+      that does not do ranges, a new result, or an If-Range that no longer matches): start
+      over. 416 with ``bytes */<size>`` equal to the partial's size: it was whole already. Any
+      other 416 or a 206 from elsewhere: start over.
     - The end is verified against what the gateway promised: the job's ``result.size`` and
       ``result.sha256`` (for a stored whole copy) or the answer's ETag and length. A resumed
-      download that does not match starts over once (its partial may have been of an older
-      copy); a whole one that does not match raises :class:`DownloadError`.
-    - A connection cut mid-body resumes from the bytes written (the driver counts those tries
-      against its retry budget).
+      download (from a partial file, or after a cut) that does not match starts over (its
+      partial may have been of an older copy); a whole one that does not match raises
+      :class:`DownloadError`.
+    - A connection cut mid-body resumes from the bytes written. The retry budget
+      (``policy.max_retries``) counts failures in a row: a cut after new bytes starts it over,
+      so a long download on a flaky link goes on while each try makes progress.
+    - ``wait``: seconds to wait for the result to exist, as long polls (:class:`ResultWait`).
     """
 
     MAX_RESTARTS = 2
@@ -99,20 +131,33 @@ class DownloadPlan:
         expected_size: int | None = None,
         expected_sha256: str | None = None,
         wait: float | None = None,
+        path: str = "",
+        policy: RetryPolicy | None = None,
+        url: str = "",
+        now: float = 0.0,
     ) -> None:
         self.job_id = job_id
+        self.path = path
         self.offset = partial
         """Bytes of the partial file that the download keeps."""
         self.resumed_from = partial
         self.expected_size = expected_size
         self.expected_sha256 = expected_sha256
-        self.wait = wait
         self.total: int | None = expected_size
         self.status = 0
         self.restarts = 0
+        self.download: Download | None = None
+        """The finished download, once :meth:`next_call` returns ``None``."""
+        self._expected_etag = f'"{expected_sha256}"' if expected_sha256 else None
+        self.etag = self._expected_etag
+        """The ETag the download's bytes are of: sent as If-Range with each Range."""
+        self.waiting = ResultWait(self._call, wait, now)
+        self.attempts = Attempts(policy or RetryPolicy(), url)
         self._hash = hashlib.sha256()
         self._hashed = 0
         self._answer_sha256: str | None = None
+        self._fed = 0
+        """Bytes received since the last failure: progress resets the retry budget."""
 
     @staticmethod
     def expectations(job: JobOut) -> tuple[int | None, str | None]:
@@ -123,11 +168,19 @@ class DownloadPlan:
             return summary.size, summary.sha256
         return None, None
 
-    def next_call(self) -> Call[None]:
+    def next_call(self, clock: float) -> Call[None] | None:
+        """The request to send next, or ``None``: the download is done (:attr:`download`)."""
+        if self.download is not None:
+            return None
+        return self.waiting.next_call(clock)
+
+    def _call(self, wait: float | None) -> Call[None]:
         headers: list[tuple[str, str]] = [("Accept-Encoding", "identity")]
         if self.offset > 0:
             headers.append(("Range", f"bytes={self.offset}-"))
-        params = (("wait", number(self.wait)),) if self.wait else ()
+            if self.etag is not None:
+                headers.append(("If-Range", self.etag))
+        params = (("wait", number(wait)),) if wait else ()
         return Call(
             "GET",
             job_path(self.job_id, "/result"),
@@ -136,15 +189,17 @@ class DownloadPlan:
             headers=tuple(headers),
             idempotent=True,
             ok=(200, 206),
-            wait=self.wait or 0.0,
+            wait=wait or 0.0,
         )
 
     def opened(self, status: int, headers: Mapping[str, str]) -> Opened:
         self.status = status
-        etag_sha = sha256_etag(headers.get("etag"))
+        etag = headers.get("etag")
+        etag_sha = sha256_etag(etag)
         if status == 200:
             self._start_over()
             self._answer_sha256 = etag_sha
+            self.etag = _strong(etag) or self._expected_etag
             length = headers.get("content-length")
             if length is not None and length.isdigit():
                 self.total = int(length)
@@ -155,10 +210,12 @@ class DownloadPlan:
                 etag_sha is not None
                 and self.expected_sha256 is not None
                 and etag_sha != self.expected_sha256
-            )
+            ) or (etag is not None and self.etag is not None and etag != self.etag)
             if first != self.offset or stale:
                 return self._again()
             self._answer_sha256 = etag_sha
+            if self.etag is None:
+                self.etag = _strong(etag)
             if total is not None:
                 self.total = total
             return Write(self.offset, rehash=self._hashed < self.offset)
@@ -179,10 +236,34 @@ class DownloadPlan:
         self._hash.update(chunk)
         self._hashed += len(chunk)
         self.offset += len(chunk)
+        self._fed += len(chunk)
 
-    def interrupted(self) -> None:
-        """The connection broke mid-body: the next call resumes from what was written."""
+    def ended(self) -> None:
+        """The body of a :class:`Write` (or the file of a :class:`Complete`) is all there:
+        verify it. Whole: :meth:`next_call` returns ``None`` now. Else it starts over, or
+        raises :class:`DownloadError`."""
+        done = self.finish(self.path)
+        if isinstance(done, Download):
+            self.download = done
+
+    def refused(self, response: httpx.Response, now: datetime, clock: float) -> Retry:
+        """An error answer, its body read: ask again (a result not ready yet, time left), retry
+        (a 503), or raise its problem."""
+        problem = problem_from(response, now)
+        if self.waiting.again(problem, clock):
+            return Retry(0.0)
+        return self.attempts.refused(self._call(None), problem, clock)
+
+    def failed(self, reason: str, clock: float) -> Retry:
+        """The connection broke (before or mid-body): resume from what was written, or raise
+        :class:`GatewayUnreachable` after ``max_retries`` failures without progress."""
         self.status = 0
+        if self.offset > 0:
+            self.resumed_from = self.offset
+        if self._fed > 0:
+            self.attempts.attempt = 0
+        self._fed = 0
+        return self.attempts.failed(self._call(None), reason, clock)
 
     def finish(self, path: str) -> Download | Again:
         digest = self._hash.hexdigest()
@@ -225,3 +306,4 @@ class DownloadPlan:
         self._hash = hashlib.sha256()
         self._hashed = 0
         self.total = self.expected_size
+        self.etag = self._expected_etag

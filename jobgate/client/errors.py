@@ -135,6 +135,30 @@ class DownloadError(JobgateError):
         self.got = got
 
 
+class UnexpectedAnswer(JobgateError):
+    """A success answer this client cannot read: a proxy's HTML page, a ``--url`` that is not a
+    jobgate, or a field this version does not know. One line: the status, the content type and
+    the start of the body (never the request, so never its key).
+
+    Raised in place of pydantic's ``ValidationError``, whose many lines would split a log record
+    and whose text repeats the whole body."""
+
+    HEAD = 100
+    """Bytes of the body quoted in the message."""
+
+    def __init__(self, status: int, content_type: str, body: bytes, *, what: str = "") -> None:
+        head = " ".join(body[: self.HEAD].decode("utf-8", "replace").split())
+        more = "..." if len(body) > self.HEAD else ""
+        where = f" ({what})" if what else ""
+        super().__init__(
+            f"unexpected answer{where}: HTTP {status}, {content_type or 'no content type'}: "
+            f"{head!r}{more}"
+        )
+        self.status = status
+        self.content_type = content_type
+        self.head = body[: self.HEAD]
+
+
 class StreamError(JobgateError):
     """An event stream that could not be kept up: the answer was not an event stream, or it kept
     failing past the reconnect budget."""

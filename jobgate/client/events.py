@@ -13,8 +13,14 @@ import httpx
 
 from gateway.web.models import EndEventData, JobEventData, RecordsEventData, StateEventData
 from jobgate.client.core import Call, job_path, nothing, problem_from
-from jobgate.client.errors import GatewayUnreachable, StreamError
+from jobgate.client.errors import GatewayUnreachable, StreamError, UnexpectedAnswer
 from jobgate.client.sse import SSEDecoder
+
+MAX_ADVISED_WAIT = 300.0
+"""The longest the server's reconnect advice (``retry:``, Retry-After) is followed: past five
+minutes, a stream that is meant to be live is better retried (and refused again) than left
+silent for longer."""
+EVENT_STREAM = "text/event-stream"
 
 EventData = JobEventData | StateEventData | RecordsEventData | EndEventData
 
@@ -51,11 +57,20 @@ class EventStream:
     """An SSE subscription that survives dropped connections.
 
     Each (re)connect sends ``Last-Event-ID`` with the last id received, and events at or below it
-    are dropped, so each event reaches the caller once and in order. A job's stream is over at
-    ``event: end``; the tenant's never ends by itself. A drop, a refused connection or a 5xx is
-    retried after a backoff (the server's ``retry:`` advice, else 0.1 s, doubling, at most
-    ``max_reconnect_wait``, jittered by ``rand``); ``max_reconnects`` consecutive failures with
-    nothing received give up. A 4xx (a deleted job's 404, a bad filter) is raised at once.
+    are dropped, so each event reaches the caller once and in order. The last id also moves
+    with a data-less ``id:`` line (the gateway opens a stream with ``id: <head>``), so a
+    reconnect before the first event resumes from where the stream stood, not from "now".
+
+    A job's stream is over at ``event: end``; the tenant's never ends by itself. A drop, a
+    refused connection or a 5xx/429 is retried after a backoff: 0.1 s, doubling, at most
+    ``max_reconnect_wait``, jittered by ``rand``; but never sooner than the server asked
+    (its ``retry:`` field or Retry-After, followed up to :data:`MAX_ADVISED_WAIT`).
+    ``max_reconnects`` consecutive failures with nothing received give up. A 4xx (a deleted
+    job's 404, a bad filter) is raised at once.
+
+    Event data is read with the gateway's models, minus any top-level field this client does not
+    know (a newer gateway's addition); an event kind it does not know is skipped. Data that still
+    does not read raises :class:`UnexpectedAnswer`.
     """
 
     def __init__(
@@ -91,7 +106,10 @@ class EventStream:
         self.done = False
         self._decoder = SSEDecoder()
 
-    def next_call(self) -> Call[None]:
+    def next_call(self) -> Call[None] | None:
+        """The request that opens (or reopens) the stream; ``None`` once it is over."""
+        if self.done:
+            return None
         headers = [("Accept", "text/event-stream"), ("Cache-Control", "no-cache")]
         if self.last_id is not None:
             headers.append(("Last-Event-ID", str(self.last_id)))
@@ -109,15 +127,13 @@ class EventStream:
         calls :meth:`refused`."""
         self.connects += 1
         self._decoder.reset()
-        return status == 200 and content_type.split(";")[0].strip() == "text/event-stream"
+        return status == 200 and content_type.split(";")[0].strip() == EVENT_STREAM
 
     def refused(self, response: httpx.Response, now: datetime) -> float:
         """An answer that is not the stream: raise it, or the seconds to wait to reconnect."""
         if response.status_code == 200:
-            raise StreamError(
-                f"{self.path} answered {response.headers.get('content-type')!r}, "
-                "not text/event-stream"
-            )
+            answered = response.headers.get("content-type")
+            raise StreamError(f"{self.path} answered {answered!r}, not {EVENT_STREAM}")
         problem = problem_from(response, now)
         if not self.reconnect or not (response.status_code >= 500 or response.status_code == 429):
             raise problem
@@ -134,8 +150,17 @@ class EventStream:
             events.append(event)
             if event.event == "end":
                 self.done = True
-                break
+                return events
+        self._follow_decoder()
         return events
+
+    def _follow_decoder(self) -> None:
+        """Take the decoder's last id when it is past ours: a data-less ``id:`` line."""
+        raw = self._decoder.last_event_id
+        if raw is not None and raw.isascii() and raw.isdigit() and len(raw) < 20:
+            seen = int(raw)
+            if self.last_id is None or seen > self.last_id:
+                self.last_id = seen
 
     def dropped(self, reason: str | None, url: str) -> float | None:
         """The connection ended without ``end`` (``reason`` is the transport error, or ``None``
@@ -152,13 +177,18 @@ class EventStream:
     def _backoff(self, advised: float | None, give_up: Callable[[], Exception]) -> float:
         if self.max_reconnects is not None and self.failures >= self.max_reconnects:
             raise give_up()
-        base = self._decoder.retry / 1000 if self._decoder.retry is not None else 0.1
-        delay = min(self.max_reconnect_wait, base * 2.0**self.failures)
-        if advised is not None:
-            delay = max(delay, min(advised, self.max_reconnect_wait))
-        self.failures += 1
+        backoff = min(self.max_reconnect_wait, 0.1 * 2.0**self.failures)
         # Jitter: clients dropped together by a restart should not all come back at once.
-        return delay * (0.5 + self.rand() / 2)
+        delay = backoff * (0.5 + self.rand() / 2)
+        asked = [] if advised is None else [advised]
+        if self._decoder.retry is not None:
+            asked.append(self._decoder.retry / 1000)
+        if asked:
+            # The server's advice is a floor ("not before"), so its jitter only adds.
+            floor = min(max(asked), MAX_ADVISED_WAIT)
+            delay = max(delay, floor * (1 + self.rand() / 4))
+        self.failures += 1
+        return delay
 
     def _event(self, name: str, data: str, raw_id: str | None) -> Event | None:
         event_id: int | None = None
@@ -174,8 +204,26 @@ class EventStream:
             if event_id is not None:
                 self.last_id = event_id
             return None
-        raw = json.loads(data)
-        parsed = model.model_validate(raw)
+        parsed, raw = _read(model, data)
+        if parsed is None or raw is None:
+            raise UnexpectedAnswer(200, EVENT_STREAM, data.encode(), what=f"a {name!r} event")
         if event_id is not None:
             self.last_id = event_id
         return Event(event_id, name, parsed, raw)
+
+
+def _read(model: type[EventData], data: str) -> tuple[EventData | None, dict[str, Any] | None]:
+    """The event's data as ``model``, its unknown top-level fields left out (the models forbid
+    extra fields; a newer gateway may add some), and the JSON as sent; ``None`` if it does not
+    read (the caller raises, outside this ``except``)."""
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    known = {field.alias or name for name, field in model.model_fields.items()}
+    try:
+        return model.model_validate({k: v for k, v in raw.items() if k in known}), raw
+    except ValueError:
+        return None, None

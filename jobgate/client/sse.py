@@ -31,7 +31,11 @@ class SSEDecoder:
     """Feed it bytes with :meth:`feed`; it returns the messages completed so far.
 
     ``retry`` is the last valid ``retry:`` field, in milliseconds (the server's reconnect advice);
-    ``last_event_id`` the last ``id:`` seen (kept across messages, as EventSource does).
+    ``last_event_id`` the last ``id:`` of a completed message (kept across messages, as
+    EventSource does). An ``id:`` with no data still sets it once its blank line arrives (the
+    spec sets the last event id before it drops a data-less message): a server can tell a new
+    subscriber where the stream stands before any event. An ``id:`` of a message cut off by a
+    dropped connection does not count: that message was never received.
     """
 
     def __init__(self) -> None:
@@ -41,6 +45,8 @@ class SSEDecoder:
         self._event = ""
         self._data: list[str] = []
         self._has_id = False
+        self._id: str | None = None
+        """The id buffer: the message being received's id, committed at its blank line."""
         self.last_event_id: str | None = None
         self.retry: int | None = None
 
@@ -62,6 +68,7 @@ class SSEDecoder:
         self._event = ""
         self._data = []
         self._has_id = False
+        self._id = self.last_event_id
 
     def _lines(self) -> list[str]:
         lines: list[str] = []
@@ -96,7 +103,7 @@ class SSEDecoder:
             self._event = value
         elif name == "id":
             if "\0" not in value:  # the spec ignores such ids
-                self.last_event_id = value
+                self._id = value
                 self._has_id = True
         elif name == "retry" and value.isascii() and value.isdigit():
             self.retry = int(value)
@@ -106,6 +113,7 @@ class SSEDecoder:
     def _dispatch(self) -> Message | None:
         event, data, has_id = self._event, self._data, self._has_id
         self._event, self._data, self._has_id = "", [], False
+        self.last_event_id = self._id
         if not data:
             # No data, no message; an ``id:`` alone still moved last_event_id.
             return None

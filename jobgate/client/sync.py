@@ -20,15 +20,13 @@ import httpx
 
 from gateway.web.models import JobList, JobOut, ProviderOut, ResultOut
 from jobgate.client import core
-from jobgate.client.core import Call, Config, Exchange, Retry, transport_reason
-from jobgate.client.download import Again, Complete, Download, DownloadPlan, Write
+from jobgate.client.core import Call, Calls, Config, Exchange, ResultStream, transport_reason
+from jobgate.client.download import Complete, Download, DownloadPlan, Write
+from jobgate.client.errors import GatewayUnreachable
 from jobgate.client.events import Event, EventStream
+from jobgate.client.files import CHUNK, Progress, part_path, partial_size, prepare
 
 T = TypeVar("T")
-
-Progress = Callable[[int, int | None], None]
-
-CHUNK = 1 << 16
 
 
 class Client:
@@ -97,25 +95,40 @@ class Client:
     def _request(self, call: Call[Any], *, stream: bool = False) -> httpx.Request:
         return self._http.build_request(**self._config.request_args(call, stream=stream))
 
-    def _run(self, call: Call[T]) -> T:
-        exchange = Exchange(call, self._config.policy, self.url)
+    def _run(self, call: Call[T] | Calls[T]) -> T:
+        with self._exchange(Exchange(call, self._config.policy, self.url)) as answer:
+            assert not isinstance(answer, httpx.Response)  # only stream_large calls stream
+            return answer
+
+    @contextlib.contextmanager
+    def _exchange(self, exchange: Exchange[T]) -> Iterator[T | httpx.Response]:
+        """The exchange's value, or (a large result) its answer with the body unread."""
         while True:
             reason: str | None = None
-            step: T | Retry
+            retry: core.Retry | None = None
             try:
-                response = self._http.send(self._request(call))
+                call = exchange.next_call(self._clock())
+                response = self._http.send(self._request(call), stream=True)
             except httpx.TransportError as exc:
                 reason = transport_reason(exc)
             else:
-                step = exchange.answered(response, self._now())
+                with contextlib.closing(response):
+                    if exchange.streams(response.status_code, response.headers):
+                        yield response
+                        return
+                    reason = _read(response)
+                    if reason is None:
+                        step = exchange.answered(response, self._now(), self._clock())
+                        if not isinstance(step, core.Retry):
+                            yield step
+                            return
+                        retry = step
             # Raised outside the except block: httpx's exception holds the request, and with it
             # the Authorization header, which must not ride along as __context__.
             if reason is not None:
-                step = exchange.failed(reason)
-            if isinstance(step, Retry):
-                self._sleep(step.delay)
-                continue
-            return step
+                retry = exchange.failed(reason, self._clock())
+            assert retry is not None
+            self._sleep(retry.delay)
 
     # -- the API --------------------------------------------------------------------------------
 
@@ -160,8 +173,10 @@ class Client:
             )
         )
 
-    def get(self, job_id: str, *, wait: float | None = None) -> JobOut:
-        return self._run(core.get_job(job_id, wait=wait))
+    def get(self, job_id: str, *, wait: float | None = None, retry: bool = True) -> JobOut:
+        """The job; ``wait``: hold the answer up to that many seconds (at most the gateway's
+        ``max_wait_seconds``) until the job changes. ``retry=False``: one try only."""
+        return self._run(core.get_job(job_id, wait=wait, retry=retry))
 
     def list_page(
         self,
@@ -195,7 +210,7 @@ class Client:
     def wait(self, job_id: str, *, timeout: float | None = None) -> JobOut:
         loop = core.WaitLoop(job_id, timeout, self._clock())
         while True:
-            finished = loop.feed(self._run(loop.next_call(self._clock())))
+            finished = loop.feed(self._run(loop))
             if finished is not None:
                 return finished
 
@@ -207,14 +222,52 @@ class Client:
         page: int | None = None,
         page_size: int | None = None,
     ) -> ResultOut | bytes:
-        return self._run(core.result(job_id, wait=wait, page=page, page_size=page_size))
+        """The result: :class:`ResultOut` (inline, or a page), or the provider's document as
+        bytes, read whole (:meth:`open_result` streams it). ``wait``: seconds to wait for it to
+        exist, however long (as long polls the gateway accepts)."""
+        waiting = core.result_wait(
+            job_id, wait=wait, now=self._clock(), page=page, page_size=page_size
+        )
+        return self._run(waiting)
+
+    @contextlib.contextmanager
+    def open_result(
+        self,
+        job_id: str,
+        *,
+        wait: float | None = None,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[ResultOut | ResultStream[Iterator[bytes]]]:
+        """As :meth:`result`, but a document that is not small JSON comes as a
+        :class:`ResultStream` whose ``chunks`` are read as they arrive (within the ``with``)."""
+        waiting = core.result_wait(
+            job_id, wait=wait, now=self._clock(), page=page, page_size=page_size, stream=True
+        )
+        with self._exchange(Exchange(waiting, self._config.policy, self.url)) as answer:
+            if isinstance(answer, httpx.Response):
+                yield core.stream_of(answer, self._chunks(answer))
+            elif isinstance(answer, bytes):
+                # A small JSON document that is not jobgate's own (read whole to tell).
+                yield ResultStream("application/json", len(answer), iter((answer,)))
+            else:
+                yield answer
+
+    def _chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        reason: str | None = None
+        try:
+            yield from response.iter_bytes(CHUNK)
+        except httpx.TransportError as exc:
+            reason = transport_reason(exc)
+        if reason is not None:
+            raise GatewayUnreachable(self.url, f"the result broke off: {reason}")
 
     def result_pages(
         self, job_id: str, *, page_size: int = 100, wait: float | None = None
     ) -> Iterator[ResultOut]:
         pages = core.ResultPages(job_id, page_size=page_size, wait=wait)
-        while (call := pages.next_call()) is not None:
-            yield pages.feed(self._run(call))
+        while (calls := pages.next_call(self._clock())) is not None:
+            yield pages.feed(self._run(calls))
 
     def cancel(self, job_id: str) -> JobOut:
         return self._run(core.cancel(job_id))
@@ -244,70 +297,60 @@ class Client:
         The bytes go to ``<path>.part`` and are renamed to ``path`` once whole and verified, so
         ``path`` never holds half a result. With ``resume``, an existing ``<path>.part`` is
         continued with a Range request (the rules: :class:`~jobgate.client.download.DownloadPlan`);
-        without, it is discarded. ``wait``: seconds to wait for the result to exist.
+        without, it is discarded. ``wait``: seconds to wait for the result to exist, however
+        long (as long polls the gateway accepts).
         """
-        target = os.fspath(path)
-        part = target + ".part"
+        target, part = part_path(path)
         size, sha256 = DownloadPlan.expectations(self.get(job_id))
-        partial = partial_size(part, resume=resume)
         plan = DownloadPlan(
-            job_id, partial=partial, expected_size=size, expected_sha256=sha256, wait=wait
+            job_id,
+            partial=partial_size(part, resume=resume),
+            expected_size=size,
+            expected_sha256=sha256,
+            wait=wait,
+            path=target,
+            policy=self._config.policy,
+            url=self.url,
+            now=self._clock(),
         )
-        exchange = Exchange(plan.next_call(), self._config.policy, self.url)
-        while True:
-            exchange.call = call = plan.next_call()
-            step: Retry | None = None
-            opened: object = None
+        while (call := plan.next_call(self._clock())) is not None:
             reason: str | None = None
+            step: core.Retry | None = None
             try:
                 response = self._http.send(self._request(call), stream=True)
-                try:
-                    opened = plan.opened(response.status_code, response.headers)
-                    if opened is None:
+                with contextlib.closing(response):
+                    todo = plan.opened(response.status_code, response.headers)
+                    if todo is None:
                         response.read()
-                        step = exchange.refused(response, self._now())
-                    elif isinstance(opened, Write | Complete):
-                        self._write(part, plan, opened, response, progress)
-                finally:
-                    response.close()
+                        step = plan.refused(response, self._now(), self._clock())
+                    elif isinstance(todo, Write | Complete):
+                        file = prepare(part, plan, todo)
+                        if file is not None:
+                            with file:
+                                self._write(file, plan, response, progress)
+                        plan.ended()
             except httpx.TransportError as exc:
                 reason = transport_reason(exc)
             if reason is not None:
-                plan.interrupted()
-                step = exchange.failed(reason)
+                step = plan.failed(reason, self._clock())
             if step is not None:
                 self._sleep(step.delay)
-                continue
-            if isinstance(opened, Again):
-                continue
-            done = plan.finish(target)
-            if isinstance(done, Again):
-                continue
-            os.replace(part, target)
-            return done
+        os.replace(part, target)
+        assert plan.download is not None
+        return plan.download
 
     @staticmethod
     def _write(
-        part: str,
-        plan: DownloadPlan,
-        opened: Write | Complete,
-        response: httpx.Response,
-        progress: Progress | None,
+        file: BinaryIO, plan: DownloadPlan, response: httpx.Response, progress: Progress | None
     ) -> None:
-        with open_part(part) as file:
-            if opened.rehash:
-                rehash(file, plan)
-            if isinstance(opened, Complete):
-                return
-            file.seek(opened.offset)
-            file.truncate()
+        if progress is not None:
+            progress(plan.offset, plan.total)
+        # Chunks as they arrive (no re-chunking): bytes held in a buffer would be lost to a cut.
+        for chunk in response.iter_raw():
+            file.write(chunk)
+            plan.feed(chunk)
             if progress is not None:
                 progress(plan.offset, plan.total)
-            for chunk in response.iter_raw(CHUNK):
-                file.write(chunk)
-                plan.feed(chunk)
-                if progress is not None:
-                    progress(plan.offset, plan.total)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -338,13 +381,12 @@ class Client:
         return self._events(stream)
 
     def _events(self, stream: EventStream) -> Iterator[Event]:
-        while not stream.done:
-            call = stream.next_call()
+        while (call := stream.next_call()) is not None:
             delay: float | None = None
             reason: str | None = None
             try:
                 response = self._http.send(self._request(call, stream=True), stream=True)
-                try:
+                with contextlib.closing(response):
                     content_type = response.headers.get("content-type", "")
                     if not stream.opened(response.status_code, content_type):
                         response.read()
@@ -354,41 +396,18 @@ class Client:
                             yield from stream.feed(chunk)
                             if stream.done:
                                 return
-                finally:
-                    response.close()
             except httpx.TransportError as exc:
                 reason = transport_reason(exc)
             if delay is None:
                 delay = stream.dropped(reason, self.url)
-                if delay is None:
-                    return
-            self._sleep(delay)
+            if delay is not None:
+                self._sleep(delay)
 
 
-def partial_size(part: str, *, resume: bool) -> int:
-    """The bytes of ``part`` to resume from; without ``resume`` the file is removed."""
-    if not resume:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(part)
-        return 0
+def _read(response: httpx.Response) -> str | None:
+    """Read the answer's body: ``None``, or why the connection broke meanwhile."""
     try:
-        return os.path.getsize(part)
-    except FileNotFoundError:
-        return 0
-
-
-def open_part(part: str) -> BinaryIO:
-    """The partial file, opened for writing anywhere in it (created if need be)."""
-    try:
-        return open(part, "r+b")
-    except FileNotFoundError:
-        return open(part, "wb")
-
-
-def rehash(file: BinaryIO, plan: DownloadPlan) -> None:
-    """Feed the partial file's bytes before ``plan.offset`` to the plan's SHA-256."""
-    file.seek(0)
-    left = plan.offset
-    while left > 0 and (chunk := file.read(min(CHUNK, left))):
-        plan.existing(chunk)
-        left -= len(chunk)
+        response.read()
+    except httpx.TransportError as exc:
+        return transport_reason(exc)
+    return None

@@ -11,18 +11,22 @@ import hashlib
 import json
 import os
 import pty
+import select
 import signal
 import socket
 import struct
 import sys
 import termios
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from tests.conftest import Serve
 from tests.integration.conftest import Stack, StackFactory
 
 pytestmark = pytest.mark.integration
@@ -37,6 +41,8 @@ class Ran:
     code: int
     out: str
     err: str
+    raw: bytes = b""
+    """stdout's bytes as they came (``out`` is their text)."""
 
     @property
     def lines(self) -> list[str]:
@@ -74,7 +80,7 @@ async def cli(stack: Stack | str, *args: str, stdin: bytes | None = None) -> Ran
             proc.kill()
             await proc.wait()
     assert proc.returncode is not None
-    return Ran(proc.returncode, out.decode(), err.decode())
+    return Ran(proc.returncode, out.decode(errors="replace"), err.decode(), out)
 
 
 async def cli_tty(stack: Stack, *args: str) -> Ran:
@@ -90,9 +96,14 @@ async def cli_tty(stack: Stack, *args: str) -> Ran:
     finally:
         os.close(slave)
     chunks: list[bytes] = []
+    stop = threading.Event()
 
     def drain() -> None:
-        while True:
+        # select() with a short timeout rather than a blocking read, so that the thread can be
+        # told to stop: the master is closed only once this thread is done with it.
+        while not stop.is_set():
+            if not select.select([master], [], [], 0.1)[0]:
+                continue
             try:
                 data = os.read(master, 65536)
             except OSError:  # EIO: every writer of the terminal is gone
@@ -104,14 +115,16 @@ async def cli_tty(stack: Stack, *args: str) -> Ran:
     reader = asyncio.ensure_future(asyncio.to_thread(drain))
     try:
         await asyncio.wait_for(proc.wait(), RUN_TIMEOUT)
-        await asyncio.wait_for(reader, 10)
+        # shield: a timeout here must not cancel the future while its thread still runs.
+        await asyncio.wait_for(asyncio.shield(reader), 10)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        os.close(master)
+        stop.set()
         with contextlib.suppress(Exception):
             await reader
+        os.close(master)
     assert proc.returncode is not None
     return Ran(proc.returncode, b"".join(chunks).decode(errors="replace"), "")
 
@@ -184,10 +197,12 @@ async def platform_job(stack: Stack, scenario: str = "succeed") -> str:
 async def finished_with_copy(stack: Stack, job_id: str) -> dict[str, Any]:
     """The finished job once jobgate holds its result's copy (captured after the job ends)."""
     job = await stack.until_finished(job_id)
-    for _ in range(200):
+    for _ in range(20):
         if job["result"]["sha256"]:
             return job
-        await asyncio.sleep(0.05)
+        # A long poll: the gateway holds a result read until a capture under way has ended.
+        async with stack.client.get(f"{stack.url}/v1/jobs/{job_id}/result?wait=5") as response:
+            await response.read()
         job = await stack.job(job_id)
     raise AssertionError(f"no stored copy: {job}")
 
@@ -321,7 +336,9 @@ async def test_watch_exits_1_when_the_job_is_canceled_meanwhile(make_stack: Stac
 async def test_watch_timeout_exits_5_and_ctrl_c_exits_130_quietly(
     make_stack: StackFactory,
 ) -> None:
-    stack = await make_stack(speed=10)
+    # pulse slow: 200 s / 2, far more than two cold starts of the CLI on a loaded machine take,
+    # so the job is surely still running throughout; it is canceled at the end.
+    stack = await make_stack(speed=2)
     job = await stack.submit("pulse", {"fileUrl": "https://example.com/report.pdf?sandbox=slow"})
     ran = await cli(stack, "watch", job["id"], "--timeout", "0.5", "--json")
     assert ran.code == 5, ran
@@ -337,6 +354,8 @@ async def test_watch_timeout_exits_5_and_ctrl_c_exits_130_quietly(
         _, err = await asyncio.wait_for(watcher.communicate(), RUN_TIMEOUT)
     assert watcher.returncode == 130
     assert err.decode() == ""
+    async with stack.client.post(f"{stack.url}/v1/jobs/{job['id']}/cancel") as response:
+        assert response.status in (200, 202), await response.text()
 
 
 # -- jobs, get, result --------------------------------------------------------------------------
@@ -445,6 +464,14 @@ async def test_result_downloads_a_large_result_and_resumes(
     assert saved["sha256"] == done["result"]["sha256"]
     assert target.read_bytes() == data
 
+    # Without -o: the document streamed to stdout, byte for byte; --json passes it (it is JSON).
+    printed = await cli(stack, "result", job["id"])
+    assert printed.code == 0, printed.err
+    assert printed.raw == data
+    as_json = await cli(stack, "result", job["id"], "--json")
+    assert as_json.code == 0, as_json.err
+    assert as_json.raw == data
+
     # On a terminal: a download bar.
     target.unlink()
     tty = await cli_tty(stack, "result", job["id"], "-o", str(target))
@@ -531,6 +558,42 @@ async def test_request_from_a_file_and_from_stdin(make_stack: StackFactory, tmp_
     assert job_id.startswith("job_")
     assert "\n" not in job_id
     assert (await stack.job(job_id))["state"] == "succeeded"
+
+
+def not_a_gateway(document: bytes) -> web.Application:
+    """A server that is not jobgate: HTML for any job (a proxy's sign-in page, a wrong --url),
+    and ``document`` (a PDF, streamed) as job_pdf's result."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(
+            text="<html>\n<body>\nSign in</body>\n</html>", content_type="text/html"
+        )
+
+    async def result(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/pdf"})
+        await response.prepare(request)
+        for start in range(0, len(document), 100_000):
+            await response.write(document[start : start + 100_000])
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/jobs/job_pdf/result", result)
+    app.router.add_get("/v1/jobs/{job_id}", page)
+    return app
+
+
+async def test_a_document_streams_and_an_unreadable_answer_is_one_line(serve: Serve) -> None:
+    pdf = b"%PDF-1.7\n" + bytes(range(256)) * 8192  # 2 MiB, binary, of unknown length
+    url = await serve(not_a_gateway(pdf))
+    printed = await cli(url, "result", "job_pdf")
+    assert printed.code == 0, printed.err
+    assert printed.raw == pdf
+    refused = await cli(url, "result", "job_pdf", "--json")
+    assert_one_line_error(refused, 2, "jobgate: job_pdf's result is application/pdf, not JSON")
+    assert "-o FILE" in refused.err
+    html = await cli(url, "get", "job_x")
+    assert_one_line_error(html, 1, "jobgate: unexpected answer: HTTP 200, text/html")
+    assert "Sign in" in html.err
 
 
 async def test_gateway_errors_are_one_line(make_stack: StackFactory) -> None:

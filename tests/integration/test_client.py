@@ -374,10 +374,13 @@ class Flaky:
         self.job = job
         self.failures = failures
         self.counts: dict[str, int] = {}
+        self.keys: dict[str, list[str | None]] = {}
+        """Each request's Idempotency-Key, by route."""
 
     async def handle(self, request: web.Request) -> web.Response:
         key = f"{request.method} {request.path}"
         self.counts[key] = self.counts.get(key, 0) + 1
+        self.keys.setdefault(key, []).append(request.headers.get("Idempotency-Key"))
         if self.counts[key] <= self.failures:
             return web.json_response(
                 {
@@ -417,6 +420,9 @@ async def test_503_with_retry_after_is_retried_for_idempotent_calls_only(
     submitted: Job = await drive("submit", "extract", {"url": "https://e.com"})
     assert submitted.id == job["id"]
     assert flaky.counts["POST /v1/jobs"] == 3  # a keyed submit is safe to resend
+    (sent_key,) = set(flaky.keys["POST /v1/jobs"])  # ...because every try carried the same key
+    assert sent_key is not None
+    assert sent_key.startswith("jobgate-client-")
     with pytest.raises(Unavailable) as caught:
         await drive("cancel", job["id"])
     assert caught.value.retry_after == 0
@@ -427,6 +433,90 @@ async def test_503_with_retry_after_is_retried_for_idempotent_calls_only(
     with pytest.raises(Unavailable):
         await drive("get", "j")
     assert stubborn.counts["GET /v1/jobs/j"] == 3  # the first try and max_retries
+
+
+# -- a download cut mid-body, against a real (small) server ---------------------------------------
+
+
+class Cut:
+    """A real aiohttp app on 127.0.0.1 serving one job and its result ``body``, whose first
+    answer is cut (the connection closed) after ``cut`` bytes. It honours ``Range`` with an
+    entity-tag ``If-Range`` as the gateway does: the range only for the current ETag, else the
+    whole body (200). ``etags``: the ETag of each answer, in turn (the last one repeats)."""
+
+    def __init__(self, body: bytes, cut: int, etags: list[str]) -> None:
+        self.body = body
+        self.cut = cut
+        self.etags = etags
+        self.seen: list[dict[str, str]] = []
+        """The headers of each request for the result."""
+
+    async def job(self, request: web.Request) -> web.Response:
+        from tests.unit.client.test_core import job
+
+        return web.json_response(job("succeeded", job_id=request.match_info["job_id"]))
+
+    async def result(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(dict(request.headers))
+        etag = self.etags[min(len(self.seen), len(self.etags)) - 1]
+        wanted = request.headers.get("Range", "")
+        start = 0
+        if wanted and request.headers.get("If-Range") == etag:
+            start = int(wanted.removeprefix("bytes=").removesuffix("-"))
+        headers = {"Content-Type": "application/octet-stream", "ETag": etag}
+        if start:
+            last = len(self.body) - 1
+            headers["Content-Range"] = f"bytes {start}-{last}/{len(self.body)}"
+        response = web.StreamResponse(status=206 if start else 200, headers=headers)
+        response.content_length = len(self.body) - start
+        await response.prepare(request)
+        if len(self.seen) == 1:
+            await response.write(self.body[: self.cut])
+            assert request.transport is not None
+            request.transport.close()  # sends what was written, then hangs up mid-body
+            return response
+        await response.write(self.body[start:])
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/jobs/{job_id}", self.job)
+        app.router.add_get("/v1/jobs/{job_id}/result", self.result)
+        return app
+
+
+BODY = hashlib.sha256(b"seed").digest() * 10_000  # 320 kB
+
+
+async def test_a_download_cut_mid_body_resumes_with_range_and_if_range(
+    serve: Serve, drivers: Callable[..., Driver], tmp_path: Path
+) -> None:
+    sha = hashlib.sha256(BODY).hexdigest()
+    cut = Cut(BODY, 100_000, [f'"{sha}"'])
+    delays: list[float] = []
+    drive = drivers(await serve(cut.app()), delays=delays)
+    saved = await drive("download", "job_cut", tmp_path / "cut.bin")
+    assert (tmp_path / "cut.bin").read_bytes() == BODY
+    assert not (tmp_path / "cut.bin.part").exists()
+    first, second = cut.seen
+    assert "Range" not in first
+    assert second["Range"] == f"bytes={saved.resumed_from}-"
+    assert second["If-Range"] == f'"{sha}"'  # the ETag of the answer that started it
+    assert 0 < saved.resumed_from <= 100_000
+    assert (saved.status, saved.size, saved.sha256) == (206, len(BODY), sha)
+    assert len(delays) == 1  # one backoff, after the cut
+
+
+async def test_a_resume_whose_copy_changed_starts_over(
+    serve: Serve, drivers: Callable[..., Driver], tmp_path: Path
+) -> None:
+    # The second answer has another ETag: If-Range fails, the server sends it all (200).
+    cut = Cut(BODY, 50_000, ['"v1"', '"v2"'])
+    drive = drivers(await serve(cut.app()), delays=[])
+    saved = await drive("download", "job_cut", tmp_path / "cut.bin")
+    assert cut.seen[1].get("If-Range") == '"v1"', cut.seen
+    assert (saved.status, saved.resumed_from) == (200, 0)
+    assert (tmp_path / "cut.bin").read_bytes() == BODY
 
 
 # -- events ---------------------------------------------------------------------------------------

@@ -175,3 +175,59 @@ def test_rich_jobs_table_keeps_ids_whole_on_a_narrow_terminal() -> None:
         header = text.splitlines()[0].split()
         assert all(column in header for column in shown), text
         assert not any(column in header for column in gone), text
+
+
+# -- the runner's last words ----------------------------------------------------------------------
+
+
+def test_an_internal_error_is_squashed_to_one_short_line() -> None:
+    from jobgate.cli.commands import INTERNAL_ERROR_CHARS, one_line
+
+    assert one_line("ValidationError: 3 errors\n  id\n    missing") == (
+        "ValidationError: 3 errors id missing"
+    )
+    long = one_line("x " * 1000)
+    assert len(long) == INTERNAL_ERROR_CHARS
+    assert long.endswith("...")
+
+
+class Refreshing:
+    """A client whose ``get`` raises ``error`` (or returns the job), recording its arguments."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.calls: list[dict[str, Any]] = []
+
+    def get(self, job_id: str, **options: Any) -> JobOut:
+        self.calls.append({"job_id": job_id, **options})
+        if self.error is not None:
+            raise self.error
+        return job(state="running", version=9)
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome", "version"),
+    [
+        (None, "timeout", 9),
+        ("not_found", "deleted", 7),
+        ("unreachable", "timeout", 7),
+        ("busy", "timeout", 7),
+    ],
+)
+def test_a_timeout_refreshes_once_and_a_failed_refresh_keeps_the_outcome(
+    error: str | None, outcome: str, version: int
+) -> None:
+    from jobgate.cli.watch import NoDisplay, _stop
+    from jobgate.client import GatewayUnreachable, NotFound, Unavailable
+
+    errors: dict[str, Exception] = {
+        "not_found": NotFound(status=404, code="job_not_found", detail="gone"),
+        "unreachable": GatewayUnreachable("http://gw", "ConnectError"),
+        "busy": Unavailable(status=503, code="upstream_unavailable", detail="later"),
+    }
+    client = Refreshing(None if error is None else errors[error])
+    watched = _stop(client, "job_1", NoDisplay(), Watched("timeout", job()))  # type: ignore[arg-type]
+    assert watched.outcome == outcome
+    assert watched.job is not None
+    assert watched.job.version == version
+    assert client.calls == [{"job_id": "job_1", "retry": False}]  # one try: time is up already

@@ -20,6 +20,7 @@ from jobgate.client.errors import (
     ProblemError,
     RateLimited,
     Unavailable,
+    UnexpectedAnswer,
     Unprocessable,
     WaitTimeout,
 )
@@ -148,6 +149,12 @@ def test_config_from_the_environment_and_the_key_stays_out_of_reprs() -> None:
     args = config.request_args(core.get_job("j", wait=20))
     assert args["timeout"].read == 25
     assert core.safe_url("http://user:pw@host:1/x") == "http://host:1/x"
+    # A key put in the URL's user info stays out of the repr too.
+    inline = core.Config.resolve(
+        "http://jg_inurl@gw:9", None, {}, timeout=5, max_retries=1, max_retry_wait=2
+    )
+    assert "jg_inurl" not in repr(inline)
+    assert "http://gw:9" in repr(inline)
 
 
 # -- Retry-After and the retry decision ------------------------------------------------------------
@@ -163,6 +170,10 @@ def test_config_from_the_environment_and_the_key_stays_out_of_reprs() -> None:
         ("soon", None),
         ("-1", None),
         (None, None),
+        ("999999999", 999999999.0),
+        ("1" * 10, None),  # past any sane wait: as if absent
+        ("9" * 5000, None),  # int() of this raises; it must not escape
+        ("Fri, 02 Jan 99999999999 03:04:15 GMT", None),
     ],
 )
 def test_retry_after(value: str | None, seconds: float | None) -> None:
@@ -170,7 +181,12 @@ def test_retry_after(value: str | None, seconds: float | None) -> None:
 
 
 def retry(
-    call: core.Call[Any], status: int, code: str, attempt: int = 0, retry_after: str | None = None
+    call: core.Call[Any],
+    status: int,
+    code: str,
+    attempt: int = 0,
+    retry_after: str | None = None,
+    left: float | None = None,
 ) -> Any:
     headers = {} if retry_after is None else {"Retry-After": retry_after}
     return core.retry_delay(
@@ -178,13 +194,16 @@ def retry(
         core.problem_from(answer(status, problem(status, code), headers), NOW),
         attempt,
         POLICY,
+        left,
     )
 
 
 def test_retry_decisions() -> None:
     get = core.get_job("j")
     assert retry(get, 503, "upstream_unavailable", retry_after="2") == 2.0
-    assert retry(get, 429, "tenant_rate_limited", retry_after="600") == 30.0  # capped
+    # Longer than max_retry_wait: not retried early, but raised (with retry_after) to the caller.
+    assert retry(get, 429, "tenant_rate_limited", retry_after="600") is None
+    assert retry(get, 429, "tenant_rate_limited", retry_after="30") == 30.0
     assert retry(get, 503, "x") == core.DEFAULT_RETRY_WAIT  # absent: a small default
     assert retry(get, 503, "x", attempt=2) == core.DEFAULT_RETRY_WAIT * 4
     assert retry(get, 503, "x", attempt=3) is None  # out of retries
@@ -198,21 +217,117 @@ def test_retry_decisions() -> None:
     assert core.retry_delay(get, None, 0, POLICY) == core.TRANSPORT_BACKOFF
     assert core.retry_delay(get, None, 3, POLICY) is None
     assert core.retry_delay(core.rerun("j"), None, 0, POLICY) is None
+    # A deadline: no retry that would start at or after it.
+    assert retry(get, 503, "x", retry_after="2", left=2.5) == 2.0
+    assert retry(get, 503, "x", retry_after="2", left=2.0) is None
+    assert retry(get, 503, "x", left=0.5) is None  # the 1 s default does not fit either
+    assert core.retry_delay(get, None, 0, POLICY, left=0.0) is None
+
+
+def exchange_of(calls: Any, clock: float = 0.0) -> core.Exchange[Any]:
+    exchange: core.Exchange[Any] = core.Exchange(calls, POLICY, "http://gw")
+    exchange.next_call(clock)
+    return exchange
 
 
 def test_an_exchange_parses_retries_then_raises() -> None:
-    exchange = core.Exchange(core.get_job("j"), POLICY, "http://gw")
+    exchange = exchange_of(core.get_job("j"))
     busy = answer(503, problem(503, "upstream_unavailable"), {"Retry-After": "0"})
-    assert [exchange.answered(busy, NOW) for _ in range(3)] == [core.Retry(0.0)] * 3
+    assert [exchange.answered(busy, NOW, 0.0) for _ in range(3)] == [core.Retry(0.0)] * 3
     with pytest.raises(Unavailable):
-        exchange.answered(busy, NOW)
-    fresh = core.Exchange(core.get_job("j"), POLICY, "http://gw")
-    parsed = fresh.answered(answer(200, job()), NOW)
+        exchange.answered(busy, NOW, 0.0)
+    parsed = exchange_of(core.get_job("j")).answered(answer(200, job()), NOW, 0.0)
     assert not isinstance(parsed, core.Retry)
     assert parsed.id == "job_1"
     with pytest.raises(GatewayUnreachable, match="http://gw") as caught:
-        core.Exchange(core.cancel("j"), POLICY, "http://gw").failed("ConnectError: refused")
+        exchange_of(core.cancel("j")).failed("ConnectError: refused", 0.0)
     assert "refused" in str(caught.value)
+
+
+def test_a_long_retry_after_is_raised_with_its_retry_after() -> None:
+    exchange = exchange_of(core.get_job("j"))
+    limited = answer(429, problem(429, "tenant_rate_limited"), {"Retry-After": "120"})
+    with pytest.raises(RateLimited) as caught:
+        exchange.answered(limited, NOW, 0.0)
+    assert caught.value.retry_after == 120.0
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"<html>\n<body>\nproxy login</body></html>" + b"x" * 500, "text/html"),
+        (orjson.dumps({**job(), "state": "paused"}), "application/json"),  # a state it lacks
+        (b'{"jobs": "nope"}', "application/json"),
+    ],
+)
+def test_a_success_that_does_not_read_is_one_unexpected_answer(
+    body: bytes, content_type: str
+) -> None:
+    call = core.get_job("j") if b"jobs" not in body else core.list_page()
+    response = httpx.Response(200, content=body, headers={"Content-Type": content_type})
+    with pytest.raises(UnexpectedAnswer) as caught:
+        exchange_of(call).answered(response, NOW, 0.0)
+    text = str(caught.value)
+    assert "\n" not in text
+    assert "HTTP 200" in text
+    assert content_type in text
+    assert len(text) < 250  # the start of the body, not all of it
+    # Raised outside the except block: no pydantic error (nor anything else) chained to it.
+    assert caught.value.__context__ is None
+    assert caught.value.__cause__ is None
+
+
+def test_unknown_fields_of_a_job_are_tolerated() -> None:
+    parsed = exchange_of(core.get_job("j")).answered(
+        answer(200, {**job(), "new_field": 1}), NOW, 0.0
+    )
+    assert not isinstance(parsed, core.Retry)
+    assert parsed.id == "job_1"
+
+
+def test_a_resent_delete_that_finds_the_job_gone_succeeded() -> None:
+    gone = answer(404, problem(404, "job_not_found"))
+    with pytest.raises(NotFound):
+        exchange_of(core.delete("j")).answered(gone, NOW, 0.0)  # the first try: it was not there
+    exchange = exchange_of(core.delete("j"))
+    assert exchange.failed("ReadTimeout", 0.0) == core.Retry(core.TRANSPORT_BACKOFF)
+    assert exchange.answered(gone, NOW, 1.0) is None  # the lost first try deleted it
+    with pytest.raises(NotFound):
+        exchange_of(core.get_job("j")).answered(gone, NOW, 0.0)
+
+
+def test_wait_retries_stop_at_its_deadline() -> None:
+    loop = core.WaitLoop("j", 10.0, now=0.0)
+    exchange = exchange_of(loop, clock=0.0)
+    busy = answer(503, problem(503, "upstream_unavailable"), {"Retry-After": "3"})
+    assert exchange.answered(busy, NOW, 0.0) == core.Retry(3.0)
+    # The poll after the retry asks only for the time that is left.
+    assert dict(exchange.next_call(3.0).params) == {"wait": "7"}
+    with pytest.raises(Unavailable):
+        exchange.answered(busy, NOW, 8.0)  # 3 s more would pass the deadline: raised instead
+    unreachable = exchange_of(core.WaitLoop("j", 10.0, now=0.0), clock=9.9)
+    with pytest.raises(GatewayUnreachable):
+        unreachable.failed("ConnectError", 9.9)
+
+
+def not_ready(state: str) -> httpx.Response:
+    return answer(409, problem(409, "result_not_ready", state=state))
+
+
+def test_a_long_result_wait_is_long_polls_the_gateway_accepts() -> None:
+    waiting = core.result_wait("j", wait=120, now=0.0, page=2)
+    exchange = exchange_of(waiting, clock=0.0)
+    assert dict(exchange.next_call(0.0).params) == {"wait": "30", "page": "2"}
+    # Not ready after 30 s, the job still running: ask again, at once, for what is left.
+    assert exchange.answered(not_ready("running"), NOW, 30.0) == core.Retry(0.0)
+    assert dict(exchange.next_call(100.0).params) == {"wait": "20", "page": "2"}
+    assert exchange.attempt == 0  # asking again is not a failure
+    with pytest.raises(Conflict):
+        exchange.answered(not_ready("running"), NOW, 120.0)  # the deadline passed
+    ended = exchange_of(core.result_wait("j", wait=120, now=0.0))
+    with pytest.raises(Conflict):
+        ended.answered(not_ready("failed"), NOW, 1.0)  # it never gets a result
+    assert core.result_wait("j", wait=None, now=0.0).next_call(5.0).params == ()
 
 
 # -- problems -------------------------------------------------------------------------------------
@@ -256,6 +371,23 @@ def test_a_non_problem_error_is_still_a_problem_error_on_one_line() -> None:
 
 
 # -- results --------------------------------------------------------------------------------------
+
+
+def test_only_small_json_results_are_read_whole() -> None:
+    assert core.small_json({"content-type": "application/json", "content-length": "10"})
+    big = str(core.SMALL_RESULT + 1)
+    assert not core.small_json({"content-type": "application/json", "content-length": big})
+    assert not core.small_json({"content-type": "application/json"})  # length unknown
+    assert not core.small_json({"content-type": "application/pdf", "content-length": "10"})
+    assert not core.small_json({"content-type": "text/json", "content-length": "9" * 40})
+    call = core.result("j", stream=True)
+    exchange = exchange_of(call)
+    assert exchange.streams(200, {"content-type": "application/pdf"})
+    assert not exchange.streams(409, {"content-type": "application/pdf"})
+    assert not exchange_of(core.result("j")).streams(200, {"content-type": "application/pdf"})
+    stream = core.ResultStream("application/vnd.x+json; charset=utf-8", None, iter(()))
+    assert stream.is_json
+    assert not core.ResultStream("application/pdf", 1, iter(())).is_json
 
 
 def test_results_are_models_or_the_providers_bytes() -> None:
@@ -324,8 +456,8 @@ def test_result_pages_until_the_last() -> None:
     pages = core.ResultPages("j", page_size=2, wait=10)
     calls = []
     total = 3
-    while (call := pages.next_call()) is not None:
-        calls.append(dict(call.params))
+    while (calls_ := pages.next_call(0.0)) is not None:
+        calls.append(dict(calls_.next_call(0.0).params))
         n = int(calls[-1]["page"])
         pages.feed(
             core.parse_result(
@@ -350,7 +482,7 @@ def test_result_pages_until_the_last() -> None:
     ]
     inline = core.ResultPages("j")
     inline.feed(core.parse_result(answer(200, {"kind": "inline", "partial": False, "data": 1})))
-    assert inline.next_call() is None
+    assert inline.next_call(0.0) is None
 
 
 def test_event_models_match_the_routes() -> None:

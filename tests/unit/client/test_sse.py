@@ -73,8 +73,10 @@ def test_a_cr_at_a_chunk_end_waits_for_the_next_byte() -> None:
 def test_an_incomplete_message_is_dropped_on_reset() -> None:
     decoder = SSEDecoder()
     decoder.feed(b"id: 3\n\nid: 4\ndata: half")
+    assert decoder.last_event_id == "3"  # 4's message is not whole yet
     decoder.reset()
-    assert decoder.feed(b"data: whole\n\n") == [Message("message", "whole", "4", False)]
+    # The cut message's id went with it: the stream stands at 3.
+    assert decoder.feed(b"data: whole\n\n") == [Message("message", "whole", "3", False)]
 
 
 def test_bad_retry_and_nul_ids_are_ignored() -> None:
