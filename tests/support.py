@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.callbacks import CallbackInbox
 from gateway.jobs import Job
 from gateway.runner import Runner
+from gateway.states import JobState
 from gateway.web.state import COMPONENTS_KEY
 
 
@@ -22,6 +23,29 @@ def bumped(job: Job, now: datetime, **changes: Any) -> Job:
     through its typed changes and ``gateway.jobs.transition``.
     """
     return replace(job, updated_at=now, version=job.version + 1, **changes)
+
+
+def public_job(**changes: Any) -> dict[str, Any]:
+    """A job's body as the API renders it (the gateway's own ``Job.public()``), with ``changes``
+    merged in (a dict merges into the dict it replaces): for client and CLI tests that need one
+    without a gateway."""
+    created = datetime(2026, 1, 2, 3, 2, 5, tzinfo=UTC)
+    job = Job(
+        id="job_1",
+        provider="pulse",
+        upstream_id="u1",
+        state=JobState.RUNNING,
+        created_at=created,
+        updated_at=created,
+        deadline_at=created + timedelta(days=1),
+    )
+    body: dict[str, Any] = dict(job.public())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(body.get(key), dict):
+            body[key] = {**body[key], **value}
+        else:
+            body[key] = value
+    return body
 
 
 def free_port() -> int:

@@ -13,50 +13,23 @@ from gateway.web.models import JobOut
 from jobgate.cli import render
 from jobgate.cli.parsing import UsageError, read_labels, read_request
 from jobgate.cli.watch import PlainDisplay, Watched
+from tests.support import public_job
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def job(**changes: Any) -> JobOut:
     base: dict[str, Any] = {
-        "id": "job_1",
         "provider": "extract",
         "upstream_id": "up_1",
-        "state": "running",
         "native_status": "processing",
         "progress": {"fraction": 0.4, "step": "scraping", "step_index": 3, "step_count": 5},
         "eta": "2026-01-02T03:04:17Z",
-        "result": {
-            "available": False,
-            "partial": False,
-            "kind": None,
-            "total_records": None,
-            "source": None,
-            "stored": False,
-            "capturing": False,
-            "size": None,
-            "sha256": None,
-            "expires_at": None,
-            "error": None,
-        },
-        "error": None,
-        "created_at": "2026-01-02T03:02:05Z",
-        "updated_at": "2026-01-02T03:04:00Z",
         "started_at": "2026-01-02T03:02:06Z",
-        "finished_at": None,
-        "next_poll_at": None,
-        "cadence": None,
         "polls": 7,
-        "rerun_of": None,
-        "labels": {},
         "version": 7,
     }
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return JobOut.model_validate(base)
+    return JobOut.model_validate(public_job(**{**base, **changes}))
 
 
 def test_status_line_shows_state_native_step_fraction_and_eta() -> None:

@@ -25,46 +25,14 @@ from jobgate.client.errors import (
     WaitTimeout,
 )
 from jobgate.client.events import EVENT_MODELS
+from tests.support import public_job
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 POLICY = core.RetryPolicy(max_retries=3, max_retry_wait=30.0)
 
 
 def job(state: str = "running", job_id: str = "job_1", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "provider": "pulse",
-        "upstream_id": "u1",
-        "state": state,
-        "native_status": None,
-        "progress": {"fraction": None, "step": None, "step_index": None, "step_count": None},
-        "eta": None,
-        "result": {
-            "available": False,
-            "partial": False,
-            "kind": None,
-            "total_records": None,
-            "source": None,
-            "stored": False,
-            "capturing": False,
-            "size": None,
-            "sha256": None,
-            "expires_at": None,
-            "error": None,
-        },
-        "error": None,
-        "created_at": "2026-01-01T00:00:00Z",
-        "updated_at": "2026-01-01T00:00:00Z",
-        "started_at": None,
-        "finished_at": None,
-        "next_poll_at": None,
-        "cadence": None,
-        "polls": 0,
-        "rerun_of": None,
-        "labels": {},
-        "version": 1,
-        **extra,
-    }
+    return public_job(state=state, id=job_id, **extra)
 
 
 def answer(status: int, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
