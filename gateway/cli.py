@@ -110,7 +110,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobgate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="jobgate",
+        description="One gateway for asynchronous job APIs. Run it: serve, sandbox, demo, keys. "
+        "Use it: submit, adopt, watch, jobs, get, result, cancel, rerun, continue, delete "
+        "(JOBGATE_URL, JOBGATE_API_KEY). `jobgate COMMAND --help` says more.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
