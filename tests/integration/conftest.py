@@ -104,6 +104,20 @@ class Stack:
             body: dict[str, Any] = await response.json()
             return body
 
+    async def platform_job(
+        self, kind: str = "export", scenario: str = "succeed", key: str = "test-key"
+    ) -> str:
+        """The upstream id of a new platform job: the platform creates jobs elsewhere, and its
+        sandbox has a side door for that (any non-empty key)."""
+        async with self.client.post(
+            f"{self.sandbox_url}/platform/v1/api/sandbox/jobs",
+            json={"type": kind, "scenario": scenario},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as response:
+            assert response.status == 201
+            upstream_id: str = (await response.json())["data"]["id"]
+        return upstream_id
+
     async def until_finished(self, job_id: str, *, rounds: int = 200) -> dict[str, Any]:
         """Long-poll until the job is finished; bounded by ``rounds`` waits of at most 1 s."""
         for _ in range(rounds):

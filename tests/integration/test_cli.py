@@ -181,19 +181,6 @@ def assert_one_line_error(ran: Ran, code: int, starts: str) -> None:
     assert "Traceback" not in ran.err
 
 
-async def platform_job(stack: Stack, scenario: str = "succeed") -> str:
-    """The platform creates jobs elsewhere; the sandbox has a side door for that."""
-    async with stack.client.post(
-        f"{stack.sandbox_url}/platform/v1/api/sandbox/jobs",
-        json={"type": "export", "scenario": scenario},
-        headers={"Authorization": "Bearer test-key"},
-    ) as response:
-        assert response.status == 201
-        body = await response.json()
-    upstream_id: str = body["data"]["id"]
-    return upstream_id
-
-
 async def finished_with_copy(stack: Stack, job_id: str) -> dict[str, Any]:
     """The finished job once jobgate holds its result's copy (captured after the job ends)."""
     job = await stack.until_finished(job_id)
@@ -258,7 +245,7 @@ async def test_submit_wait_follows_each_provider_to_success(
 
 async def test_adopt_wait_follows_a_platform_job(make_stack: StackFactory) -> None:
     stack = await make_stack()
-    upstream_id = await platform_job(stack)
+    upstream_id = await stack.platform_job()
     ran = await cli(stack, "adopt", "platform", upstream_id, "--wait", "--json")
     assert ran.code == 0, ran
     assert_plain(ran)

@@ -185,12 +185,7 @@ async def test_adopt_a_platform_job_and_rerun_it(
 ) -> None:
     stack = await make_stack()
     drive = drivers(stack.url)
-    side_door = stack.settings.providers["platform"].base_url + "/sandbox/jobs"
-    async with http_session.post(
-        side_door, json={"type": "export"}, headers={"Authorization": "Bearer x"}
-    ) as response:
-        assert response.status == 201
-        upstream = (await response.json())["data"]["id"]
+    upstream = await stack.platform_job()
 
     adopted: Job = await drive("adopt", "platform", upstream, labels={"via": "adopt"})
     assert adopted.upstream_id == upstream

@@ -17,19 +17,6 @@ from tests.integration.conftest import Stack, StackFactory
 pytestmark = pytest.mark.integration
 
 
-async def platform_job(stack: Stack, scenario: str = "succeed") -> str:
-    """The platform API creates jobs elsewhere; the sandbox has a side door for that."""
-    async with stack.client.post(
-        f"{stack.sandbox_url}/platform/v1/api/sandbox/jobs",
-        json={"type": "document_processing", "scenario": scenario},
-        headers={"Authorization": "Bearer test-key"},
-    ) as response:
-        assert response.status == 201
-        body = await response.json()
-    upstream_id: str = body["data"]["id"]
-    return upstream_id
-
-
 async def test_extract_job_to_inline_result(make_stack: StackFactory) -> None:
     stack = await make_stack()
     job = await stack.submit("extract", {"url": "https://example.com", "maxPages": 3})
@@ -179,7 +166,7 @@ async def _all_records(stack: Stack, job_id: str) -> tuple[list[dict[str, Any]],
 
 async def test_platform_adopt_result_and_native_rerun(make_stack: StackFactory) -> None:
     stack = await make_stack()
-    upstream_id = await platform_job(stack)
+    upstream_id = await stack.platform_job("document_processing")
     async with stack.client.post(
         f"{stack.url}/v1/jobs",
         json={"provider": "platform", "upstream_id": upstream_id, "labels": {"team": "docs"}},
@@ -298,7 +285,7 @@ async def test_faults_never_lose_a_job(make_stack: StackFactory) -> None:
         expected[bad["id"]] = "failed"
         flaky = await stack.submit("pulse", {"fileUrl": f"https://x.test/{index}?sandbox=flaky"})
         expected[flaky["id"]] = "succeeded"
-    for upstream_id in [await platform_job(stack) for _ in range(3)]:
+    for upstream_id in [await stack.platform_job("document_processing") for _ in range(3)]:
         async with stack.client.post(
             f"{stack.url}/v1/jobs", json={"provider": "platform", "upstream_id": upstream_id}
         ) as response:

@@ -49,18 +49,6 @@ PROVIDERS = ("catchall", "extract", "pulse", "platform")
 # -- helpers --------------------------------------------------------------------------------------
 
 
-async def platform_job(stack: Stack) -> str:
-    """The platform sandbox's side door creates a job to adopt (with the canary as its key)."""
-    async with stack.client.post(
-        f"{stack.sandbox_url}/platform/v1/api/sandbox/jobs",
-        json={"type": "document_processing"},
-        headers={"Authorization": f"Bearer {CANARY}"},
-    ) as response:
-        assert response.status == 201
-        upstream_id: str = (await response.json())["data"]["id"]
-    return upstream_id
-
-
 async def adopt(stack: Stack, provider: str, upstream_id: str) -> dict[str, Any]:
     async with stack.client.post(
         f"{stack.url}/v1/jobs", json={"provider": provider, "upstream_id": upstream_id}
@@ -76,7 +64,7 @@ async def one_job_per_provider(stack: Stack) -> list[str]:
         await stack.submit("catchall", {"query": "observability in logistics", "limit": 10}),
         await stack.submit("extract", {"url": "https://example.com", "maxPages": 2}),
         await stack.submit("pulse", {"fileUrl": "https://example.com/r.pdf?sandbox=large"}),
-        await adopt(stack, "platform", await platform_job(stack)),
+        await adopt(stack, "platform", await stack.platform_job("document_processing", key=CANARY)),
     ]
     for job in jobs:
         done = await stack.until_finished(job["id"])

@@ -51,13 +51,7 @@ async def seed_jobs(stack: Stack) -> list[str]:
     catchall = await stack.submit("catchall", {"query": "Series B rounds", "limit": 20})
     extract = await stack.submit("extract", {"url": "https://example.com"})
     pulse = await stack.submit("pulse", {"fileUrl": "https://example.com/a.pdf?sandbox=large"})
-    async with stack.client.post(
-        f"{stack.sandbox_url}/platform/v1/api/sandbox/jobs",
-        json={"type": "export", "scenario": "succeed"},
-        headers={"Authorization": "Bearer test-key"},
-    ) as response:
-        assert response.status == 201
-        upstream_id = (await response.json())["data"]["id"]
+    upstream_id = await stack.platform_job()
     async with stack.client.post(
         f"{stack.url}/v1/jobs", json={"provider": "platform", "upstream_id": upstream_id}
     ) as response:
